@@ -1,0 +1,16 @@
+"""Tables of the orders service's own database."""
+
+from __future__ import annotations
+
+from sqlmodel import SQLModel
+
+from shared.db import make_registry
+from shared.tables import define_platform_tables
+
+registry = make_registry()
+metadata = registry.metadata
+platform = define_platform_tables(metadata)
+
+
+class Base(SQLModel, registry=registry):
+    """Base of this service's SQLModel tables (its own metadata, its own database)."""

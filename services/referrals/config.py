@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+
+from shared.settings import ServiceSettings
+
+
+class ReferralsSettings(ServiceSettings):
+    port: int = Field(8003, alias="PORT")
+
+
+@lru_cache
+def get_settings() -> ReferralsSettings:
+    return ReferralsSettings()  # type: ignore[call-arg]  # values come from the environment

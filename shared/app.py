@@ -1,0 +1,131 @@
+"""The FastAPI app every service is made of: middleware, errors, health, metrics, worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import text
+
+from shared.auth import TokenVerifier
+from shared.db import make_engine, sessionmaker_for
+from shared.errors import install_error_handlers, problem_response
+from shared.events import EventHandler, OutboxRelay, inbox_router
+from shared.events._relay import RelayPolicy
+from shared.idempotency import IdempotencyMiddleware
+from shared.observability import RequestContextMiddleware, configure_logging, metrics_endpoint
+from shared.settings import ServiceSettings
+from shared.tables import PlatformTables
+
+__all__ = ["ServiceSpec", "create_service_app"]
+
+_log = structlog.get_logger("qunbuy.worker")
+Startup = Callable[[FastAPI], Awaitable[None]]
+
+
+@dataclass
+class ServiceSpec:
+    name: str
+    title: str
+    tables: PlatformTables
+    routers: Sequence[APIRouter] = ()
+    event_handlers: Mapping[str, EventHandler] = field(default_factory=dict)
+    # Extra work for the worker loop (due-work schedulers), run every poll interval.
+    periodic: Sequence[Callable[[FastAPI], Awaitable[None]]] = ()
+    on_startup: Sequence[Startup] = ()
+
+
+def relay_for(app: FastAPI) -> OutboxRelay:
+    settings: ServiceSettings = app.state.settings
+    return OutboxRelay(
+        sessionmaker=app.state.sessionmaker,
+        tables=app.state.tables,
+        subscribers=settings.subscribers(),
+        secret=settings.event_secret,
+        policy=RelayPolicy(
+            max_attempts=settings.event_max_attempts,
+            backoff_base_seconds=settings.event_backoff_base_seconds,
+            backoff_max_seconds=settings.event_backoff_max_seconds,
+        ),
+    )
+
+
+async def _worker(app: FastAPI, spec: ServiceSpec, stop: asyncio.Event) -> None:
+    settings: ServiceSettings = app.state.settings
+    relay = relay_for(app)
+
+    async def periodic_loop() -> None:
+        while not stop.is_set():
+            for job in spec.periodic:
+                try:
+                    await job(app)
+                except Exception:
+                    _log.exception("periodic_job_failed", job=getattr(job, "__name__", "?"))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=settings.worker_poll_seconds)
+
+    await asyncio.gather(relay.run_forever(stop, settings.worker_poll_seconds), periodic_loop())
+
+
+def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
+    configure_logging(spec.name, settings.log_level)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+        app.state.engine = engine
+        app.state.sessionmaker = sessionmaker_for(engine)
+        for hook in spec.on_startup:
+            await hook(app)
+        stop = asyncio.Event()
+        worker = asyncio.create_task(_worker(app, spec, stop)) if settings.worker_enabled else None
+        try:
+            yield
+        finally:
+            stop.set()
+            if worker is not None:
+                await worker
+            await engine.dispose()
+
+    app = FastAPI(title=spec.title, version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.tables = spec.tables
+    app.state.service_name = spec.name
+    if settings.jwt_public_key_file:
+        app.state.token_verifier = TokenVerifier.from_file(
+            settings.jwt_public_key_file, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+        )
+    install_error_handlers(app)
+    app.add_middleware(IdempotencyMiddleware)
+    app.add_middleware(RequestContextMiddleware, service=spec.name)
+
+    @app.get("/healthz", tags=["ops"], summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], summary="Readiness: the database answers")
+    async def readyz(request: Request) -> Response:
+        try:
+            async with asyncio.timeout(2):
+                async with request.app.state.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            return problem_response(
+                request,
+                status=503,
+                code="database_unreachable",
+                title="The database does not answer",
+                detail=type(exc).__name__,
+            )
+        return JSONResponse({"status": "ready"})
+
+    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+    app.include_router(inbox_router(spec.event_handlers))
+    for router in spec.routers:
+        app.include_router(router)
+    return app

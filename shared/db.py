@@ -1,0 +1,77 @@
+"""Async database access: one engine per process, one session (one transaction) per request.
+
+The request's session is opened by :func:`session_dependency` and committed once when the
+endpoint returns; any exception rolls everything back, events it meant to publish included.
+Services never call ``commit()``; they ``flush()`` when they need an id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import MetaData
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import registry
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "SessionDep",
+    "make_engine",
+    "make_registry",
+    "session_dependency",
+    "to_async_url",
+]
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def make_registry() -> registry:
+    """A SQLAlchemy registry with its own metadata: one per service, one database each."""
+    return registry(metadata=MetaData(naming_convention=NAMING_CONVENTION))
+
+
+def to_async_url(url: str) -> str:
+    """Accept ``postgresql://`` URLs (what operators write) and use the asyncpg driver."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg", "postgresql+asyncpg"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    return create_async_engine(
+        to_async_url(url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+    )
+
+
+def sessionmaker_for(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def session_dependency(request: Request) -> AsyncIterator[AsyncSession]:
+    maker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    async with maker() as session, session.begin():
+        yield session
+
+
+# scope="function": the commit runs before the response is sent, so a failed commit is
+# reported as a failure instead of after a 2xx already went out.
+SessionDep = Annotated[AsyncSession, Depends(session_dependency, scope="function")]

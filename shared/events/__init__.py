@@ -1,0 +1,26 @@
+"""Events between services: transactional outbox, HMAC-signed HTTP relay, idempotent inbox.
+
+- :class:`EventPublisher` writes events into the caller's transaction (no commit, no I/O).
+- :class:`OutboxRelay` claims due rows with ``FOR UPDATE SKIP LOCKED``, POSTs them signed to
+  each subscriber's ``/internal/events`` and reschedules failures with exponential backoff,
+  marking a row ``dead`` after the configured number of attempts.
+- :func:`inbox_router` verifies the signature and applies each event id once.
+"""
+
+from shared.events._envelope import Envelope
+from shared.events._inbox import EventHandler, inbox_router
+from shared.events._outbox import EventPublisher
+from shared.events._relay import OutboxRelay, redrive_dead
+from shared.events._signing import SIGNATURE_HEADER, sign, verify
+
+__all__ = [
+    "SIGNATURE_HEADER",
+    "Envelope",
+    "EventHandler",
+    "EventPublisher",
+    "OutboxRelay",
+    "inbox_router",
+    "redrive_dead",
+    "sign",
+    "verify",
+]

@@ -1,0 +1,64 @@
+"""Alembic, driven from code: each service keeps its own history in its migrations/ folder."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
+from sqlalchemy import MetaData, pool
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from shared.db import to_async_url
+
+__all__ = ["SERVICES", "alembic_config", "check", "run_env", "upgrade"]
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES = ("orders", "crowdfund", "referrals")
+
+
+def alembic_config(service: str, database_url: str) -> Config:
+    if service not in SERVICES:
+        raise ValueError(f"unknown service {service!r}")
+    config = Config()
+    config.set_main_option("script_location", str(ROOT / "services" / service / "migrations"))
+    # Kept out of the ini options: a URL may contain '%', which configparser would interpret.
+    config.attributes["database_url"] = database_url
+    return config
+
+
+def upgrade(service: str, database_url: str, revision: str = "head") -> None:
+    command.upgrade(alembic_config(service, database_url), revision)
+
+
+def check(service: str, database_url: str) -> None:
+    """Raises if the models and the migrated database differ (a migration is missing)."""
+    command.check(alembic_config(service, database_url))
+
+
+def run_env(context: EnvironmentContext, metadata: MetaData) -> None:
+    """The body of every service's env.py (online mode only: migrations need a database)."""
+    url = context.config.attributes["database_url"]
+
+    def migrate(connection: Connection) -> None:
+        context.configure(
+            connection=connection,
+            target_metadata=metadata,
+            compare_type=True,
+            compare_server_default=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+    async def run() -> None:
+        engine = create_async_engine(to_async_url(url), poolclass=pool.NullPool)
+        try:
+            async with engine.connect() as connection:
+                await connection.run_sync(migrate)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())

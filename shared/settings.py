@@ -1,0 +1,56 @@
+"""Settings shared by every process. Each process subclasses :class:`ServiceSettings`.
+
+Secrets have no defaults outside the embedded development mode: ``QUNBUY_MODE=embedded``
+(what ``qunbuy up`` sets) fills them with development values; any other mode refuses to
+start without them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEV_EVENT_SECRET", "ServiceSettings"]
+
+DEV_EVENT_SECRET = "dev-only-event-signing-secret"  # noqa: S105 - embedded mode only
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    mode: Literal["embedded", "production"] = Field("production", alias="QUNBUY_MODE")
+    database_url: str = Field(..., alias="DATABASE_URL")
+    # Public key (PEM) that verifies user tokens; the gateway holds the private half.
+    jwt_public_key_file: str | None = Field(None, alias="JWT_PUBLIC_KEY_FILE")
+    jwt_issuer: str = Field("qunbuy-gateway", alias="JWT_ISSUER")
+    jwt_audience: str = Field("qunbuy", alias="JWT_AUDIENCE")
+    # HMAC secret that signs events between services (and that receivers verify).
+    event_secret: str = Field("", alias="EVENT_SECRET")
+    # Comma-separated name=url pairs: where this service's events are delivered.
+    event_subscribers: str = Field("", alias="EVENT_SUBSCRIBERS")
+    worker_enabled: bool = Field(True, alias="WORKER_ENABLED")
+    worker_poll_seconds: float = Field(0.5, alias="WORKER_POLL_SECONDS")
+    event_max_attempts: int = Field(12, alias="EVENT_MAX_ATTEMPTS")
+    event_backoff_base_seconds: float = Field(1.0, alias="EVENT_BACKOFF_BASE_SECONDS")
+    event_backoff_max_seconds: float = Field(600.0, alias="EVENT_BACKOFF_MAX_SECONDS")
+    log_level: str = Field("INFO", alias="LOG_LEVEL")
+    db_pool_size: int = Field(10, alias="DB_POOL_SIZE")
+
+    @model_validator(mode="after")
+    def _secrets(self) -> ServiceSettings:
+        if self.mode == "embedded" and not self.event_secret:
+            object.__setattr__(self, "event_secret", DEV_EVENT_SECRET)
+        if not self.event_secret:
+            raise ValueError("EVENT_SECRET must be set outside the embedded mode")
+        return self
+
+    def subscribers(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for pair in filter(None, (p.strip() for p in self.event_subscribers.split(","))):
+            name, _, url = pair.partition("=")
+            if not url:
+                raise ValueError(f"EVENT_SUBSCRIBERS entry {pair!r} is not name=url")
+            out[name.strip()] = url.strip().rstrip("/")
+        return out

@@ -1,0 +1,173 @@
+"""Fixtures shared by every test.
+
+PostgreSQL: ``TEST_DATABASE_URL`` when set, else the machine's server when one answers on
+127.0.0.1:5432, else the embedded server (one per test run, shared by the xdist workers).
+Each xdist worker gets its own three databases, built by the services' migrations, so
+tests in different workers never see each other's rows; within a worker, tests create
+their own uniquely named rows and never assume an empty table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi import FastAPI
+
+from qunbuy.pg import (
+    EmbeddedPostgres,
+    database_url,
+    drop_databases,
+    ensure_databases,
+    local_server_answers,
+)
+from shared.auth import Role, TokenIssuer, public_pem
+from shared.migrations import SERVICES, upgrade
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_EVENT_SECRET = "test-event-secret"
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    configured = os.environ.get("TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    if local_server_answers():
+        yield "postgresql://postgres@127.0.0.1:5432/postgres"
+        return
+    server = EmbeddedPostgres(ROOT / ".qunbuy" / "test-pg" / "data")
+    url = server.start()
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def worker_id_safe(worker_id: str) -> str:
+    return f"{worker_id}_{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="session")
+def db_urls(pg_server_url: str, worker_id_safe: str) -> Iterator[dict[str, str]]:
+    """One migrated database per service for this worker: {service: url}."""
+    names = {svc: f"qbt_{worker_id_safe}_{svc}" for svc in SERVICES}
+    asyncio.run(ensure_databases(pg_server_url, list(names.values()), fresh=True))
+    urls = {svc: database_url(pg_server_url, name) for svc, name in names.items()}
+    for svc, url in urls.items():
+        upgrade(svc, url)
+    yield urls
+    asyncio.run(drop_databases(pg_server_url, list(names.values())))
+
+
+@pytest.fixture(scope="session")
+def signing_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture(scope="session")
+def issuer(signing_key: ec.EllipticCurvePrivateKey) -> TokenIssuer:
+    return TokenIssuer(signing_key, issuer="qunbuy-gateway", audience="qunbuy", ttl_seconds=900)
+
+
+@pytest.fixture(scope="session")
+def public_key_file(
+    signing_key: ec.EllipticCurvePrivateKey, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    path = tmp_path_factory.mktemp("keys") / "jwt-public.pem"
+    path.write_bytes(public_pem(signing_key))
+    return path
+
+
+TokenFactory = Callable[..., dict[str, str]]
+
+
+@pytest.fixture(scope="session")
+def auth(issuer: TokenIssuer) -> TokenFactory:
+    """``auth("customer")`` -> an Authorization header for a fresh user with that role."""
+
+    def make(
+        *roles: Role, sub: str | None = None, merchant_id: str | None = None
+    ) -> dict[str, str]:
+        token = issuer.issue(
+            sub or f"user_{uuid.uuid4().hex[:10]}",
+            list(roles) or ["customer"],
+            merchant_id=merchant_id,
+        )
+        return {"Authorization": f"Bearer {token}"}
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def service_env(db_urls: dict[str, str], public_key_file: Path) -> Callable[[str], dict[str, str]]:
+    """The environment a service process (or in-process app) runs with in the tests."""
+
+    def env(service: str, **extra: str) -> dict[str, str]:
+        return {
+            "QUNBUY_MODE": "production",
+            "DATABASE_URL": db_urls[service],
+            "JWT_PUBLIC_KEY_FILE": str(public_key_file),
+            "EVENT_SECRET": TEST_EVENT_SECRET,
+            "WORKER_ENABLED": "false",
+            "LOG_LEVEL": "WARNING",
+            **extra,
+        }
+
+    return env
+
+
+@asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Runs ``app``'s lifespan and gives an HTTP client bound to it (ASGI, no socket)."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+
+
+def settings_for(service: str, env: dict[str, str]) -> Any:
+    from services.crowdfund.config import CrowdfundSettings
+    from services.orders.config import OrdersSettings
+    from services.referrals.config import ReferralsSettings
+
+    cls = {"orders": OrdersSettings, "crowdfund": CrowdfundSettings, "referrals": ReferralsSettings}
+    return cls[service](**{k: v for k, v in env.items()})
+
+
+@pytest.fixture
+async def orders_client(
+    service_env: Callable[..., dict[str, str]],
+) -> AsyncIterator[httpx.AsyncClient]:
+    from services.orders.app import create_app
+
+    async with running(create_app(settings_for("orders", service_env("orders")))) as client:
+        yield client
+
+
+@pytest.fixture
+async def crowdfund_client(
+    service_env: Callable[..., dict[str, str]],
+) -> AsyncIterator[httpx.AsyncClient]:
+    from services.crowdfund.app import create_app
+
+    async with running(create_app(settings_for("crowdfund", service_env("crowdfund")))) as client:
+        yield client
+
+
+@pytest.fixture
+async def referrals_client(
+    service_env: Callable[..., dict[str, str]],
+) -> AsyncIterator[httpx.AsyncClient]:
+    from services.referrals.app import create_app
+
+    async with running(create_app(settings_for("referrals", service_env("referrals")))) as client:
+        yield client
