@@ -50,8 +50,9 @@ def _connect_kwargs(url: str) -> dict[str, Any]:
     return kwargs
 
 
-async def wait_reachable(url: str, timeout: float = 5.0) -> None:
-    conn = await asyncio.wait_for(asyncpg.connect(**_connect_kwargs(url)), timeout)
+async def wait_reachable(url: str) -> None:
+    async with asyncio.timeout(5):
+        conn = await asyncpg.connect(**_connect_kwargs(url))
     await conn.close()
 
 

@@ -140,7 +140,7 @@ def settings_for(service: str, env: dict[str, str]) -> Any:
     from services.referrals.config import ReferralsSettings
 
     cls = {"orders": OrdersSettings, "crowdfund": CrowdfundSettings, "referrals": ReferralsSettings}
-    return cls[service](**{k: v for k, v in env.items()})
+    return cls[service](**env)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from dataclasses import dataclass
@@ -134,10 +135,8 @@ class OutboxRelay:
                     _log.exception("relay_error")
                     attempted = 0
                 if attempted == 0:
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=poll_seconds)
-                    except TimeoutError:
-                        pass
 
 
 async def redrive_dead(

@@ -1,0 +1,90 @@
+"""The gateway: `uvicorn gateway.app:create_app --factory`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from gateway.config import GatewaySettings, get_settings
+from gateway.identity import router as identity_router
+from gateway.proxy import UpstreamPool, proxy
+from shared.auth import TokenIssuer, TokenVerifier, load_or_create_private_key
+from shared.errors import install_error_handlers, problem_response
+from shared.observability import RequestContextMiddleware, configure_logging, metrics_endpoint
+
+PROXY_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging("gateway", settings.log_level)
+    key_path = Path(settings.jwt_private_key_file)
+    if not key_path.exists() and settings.mode != "embedded":
+        raise RuntimeError(f"JWT_PRIVATE_KEY_FILE {key_path} does not exist")
+    issuer = TokenIssuer(
+        load_or_create_private_key(key_path),
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        ttl_seconds=settings.token_ttl_seconds,
+    )
+    pool = UpstreamPool(
+        settings.upstreams(),
+        connect_timeout=settings.upstream_connect_timeout,
+        read_timeout=settings.upstream_read_timeout,
+        pool_size=settings.upstream_pool_size,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await pool.start()
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    app = FastAPI(title="Qunbuy gateway", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.token_issuer = issuer
+    app.state.token_verifier = TokenVerifier(
+        issuer.public_pem, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+    )
+    app.state.upstreams = pool
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, service="gateway")
+
+    @app.get("/healthz", tags=["ops"], summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], summary="Readiness: every service is ready")
+    async def readyz(request: Request) -> Response:
+        async def probe(name: str, session: aiohttp.ClientSession) -> tuple[str, str]:
+            try:
+                async with asyncio.timeout(3), session.get("/readyz") as resp:
+                    return name, "ready" if resp.status == 200 else f"HTTP {resp.status}"
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                return name, type(exc).__name__
+
+        results = dict(await asyncio.gather(*(probe(n, s) for n, s in pool.sessions.items())))
+        if all(v == "ready" for v in results.values()):
+            return JSONResponse({"status": "ready", "services": results})
+        return problem_response(
+            request,
+            status=503,
+            code="services_not_ready",
+            title="Some services are not ready",
+            detail=", ".join(f"{k}: {v}" for k, v in results.items() if v != "ready"),
+            extra={"services": results},
+        )
+
+    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+    app.include_router(identity_router)
+    # Everything else under /v1 is proxied to the service that owns the resource.
+    app.add_route("/v1/{path:path}", proxy, methods=PROXY_METHODS, include_in_schema=False)
+    return app

@@ -1,0 +1,75 @@
+"""Identity the gateway answers itself: JWKS, the development login, /v1/me."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field, model_validator
+
+from shared.auth import CurrentUser, Role, TokenIssuer
+from shared.errors import NotFound, responses
+
+router = APIRouter()
+
+
+class DevLoginDisabled(NotFound):
+    code = "dev_login_disabled"
+    title = "The development login exists only in the embedded mode"
+
+
+class DevLogin(BaseModel):
+    user_id: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    roles: list[Role] = Field(default_factory=lambda: ["customer"], min_length=1)
+    merchant_id: str | None = Field(None, min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _staff_has_merchant(self) -> DevLogin:
+        if "staff" in self.roles and self.merchant_id is None:
+            raise ValueError("staff tokens need a merchant_id")
+        return self
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: Literal["Bearer"] = "Bearer"
+    expires_in: int
+    user_id: str
+
+
+class Me(BaseModel):
+    user_id: str
+    roles: list[Role]
+    merchant_id: str | None
+
+
+@router.get("/.well-known/jwks.json", tags=["identity"], summary="Public keys that sign tokens")
+async def jwks(request: Request) -> dict[str, Any]:
+    issuer: TokenIssuer = request.app.state.token_issuer
+    return issuer.jwks()
+
+
+@router.post(
+    "/v1/auth/dev-login",
+    response_model=TokenResponse,
+    tags=["identity"],
+    summary="Issue a token for any user and roles (embedded development mode only)",
+    responses=responses(DevLoginDisabled),
+)
+async def dev_login(body: DevLogin, request: Request) -> TokenResponse:
+    if not request.app.state.settings.dev_login_enabled:
+        raise DevLoginDisabled()
+    issuer: TokenIssuer = request.app.state.token_issuer
+    user_id = body.user_id or f"dev_{uuid.uuid4().hex[:12]}"
+    token = issuer.issue(user_id, body.roles, merchant_id=body.merchant_id)
+    return TokenResponse(access_token=token, expires_in=issuer.ttl_seconds, user_id=user_id)
+
+
+@router.get("/v1/me", response_model=Me, tags=["identity"], summary="Who the token says you are")
+async def me(principal: CurrentUser) -> Me:
+    return Me(
+        user_id=principal.sub,
+        roles=sorted(principal.roles),
+        merchant_id=principal.merchant_id,
+    )

@@ -1,0 +1,83 @@
+"""The ``qunbuy`` command.
+
+qunbuy up                     run the whole platform (embedded PostgreSQL by default)
+qunbuy migrate [--service S]  apply migrations (the Kubernetes migration Job runs this)
+qunbuy events dead  --service S        list events that exhausted their retries
+qunbuy events redrive --service S [--id N ...]   put dead events back in line
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from qunbuy.platform import DEFAULT_DATA_DIR, PlatformError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qunbuy", description="Qunbuy platform commands")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the gateway and the three services")
+    up.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument(
+        "--port-base",
+        type=int,
+        default=None,
+        help="gateway on this port and the services on the next three (default 8000-8003)",
+    )
+
+    migrate = sub.add_parser("migrate", help="apply each service's migrations")
+    migrate.add_argument("--service", choices=["orders", "crowdfund", "referrals"])
+    migrate.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+
+    events = sub.add_parser("events", help="inspect and re-drive the outbox")
+    events_sub = events.add_subparsers(dest="events_command", required=True)
+    for name, text in (("dead", "list dead events"), ("redrive", "re-drive dead events")):
+        cmd = events_sub.add_parser(name, help=text)
+        cmd.add_argument("--service", required=True, choices=["orders", "crowdfund", "referrals"])
+        cmd.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+        if name == "redrive":
+            cmd.add_argument("--id", type=int, action="append", dest="ids", default=[])
+
+    try:
+        from shared.payments.cli import add_payments_commands
+    except ImportError:  # the payments package is optional for the skeleton
+        pass
+    else:
+        add_payments_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "up":
+            from qunbuy.supervisor import run_platform
+
+            return run_platform(data_dir=args.data_dir, host=args.host, port_base=args.port_base)
+        if args.command == "migrate":
+            from qunbuy.commands import migrate
+
+            return migrate(args.data_dir, args.service)
+        if args.command == "events":
+            from qunbuy.commands import events
+
+            return asyncio.run(events(args))
+        handler = getattr(args, "handler", None)
+        if handler is not None:
+            return int(handler(args))
+    except PlatformError as exc:
+        print(f"qunbuy: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Operator commands that need the databases: migrations and the outbox."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy import select
+
+from qunbuy.pg import ensure_databases
+from qunbuy.platform import Databases, PlatformError, open_databases
+from shared.db import make_engine, sessionmaker_for
+from shared.events import redrive_dead
+from shared.migrations import SERVICES, upgrade
+from shared.tables import PlatformTables
+
+
+def prepare_databases(dbs: Databases, services: Sequence[str] = SERVICES) -> None:
+    """Create the service databases when we own the server, then migrate them."""
+    if dbs.server_url is not None:
+        names = [dbs.urls[s].rsplit("/", 1)[-1].split("?", 1)[0] for s in services]
+        try:
+            asyncio.run(ensure_databases(dbs.server_url, names))
+        except (OSError, TimeoutError) as exc:
+            raise PlatformError(
+                f"cannot reach PostgreSQL at the configured URL ({exc}); "
+                "check QUNBUY_DATABASE_URL and that the server is running"
+            ) from exc
+    for service in services:
+        try:
+            upgrade(service, dbs.urls[service])
+        except (OSError, TimeoutError) as exc:
+            raise PlatformError(
+                f"cannot reach the {service} database ({exc}); check {service.upper()}_DATABASE_URL"
+            ) from exc
+        except Exception as exc:
+            raise PlatformError(
+                f"migrating {service} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}; "
+                f"fix the migration in services/{service}/migrations and run again"
+            ) from exc
+
+
+def migrate(data_dir: Path, service: str | None) -> int:
+    dbs = open_databases(data_dir)
+    try:
+        prepare_databases(dbs, [service] if service else SERVICES)
+    finally:
+        dbs.stop()
+    print("migrations applied:", service or ", ".join(SERVICES))
+    return 0
+
+
+def _tables(service: str) -> PlatformTables:
+    if service == "orders":
+        from services.orders.models import platform
+    elif service == "crowdfund":
+        from services.crowdfund.models import platform
+    else:
+        from services.referrals.models import platform
+    return platform
+
+
+async def events(args: argparse.Namespace) -> int:
+    dbs = await asyncio.to_thread(open_databases, args.data_dir)
+    engine = make_engine(dbs.urls[args.service], pool_size=1)
+    tables = _tables(args.service)
+    try:
+        async with sessionmaker_for(engine)() as session, session.begin():
+            if args.events_command == "redrive":
+                count = await redrive_dead(session, tables, ids=args.ids or None)
+                print(f"re-driven: {count} event deliveries")
+                return 0
+            o = tables.outbox
+            rows = await session.execute(
+                select(o.c.id, o.c.event_type, o.c.subscriber, o.c.attempts, o.c.last_error)
+                .where(o.c.status == "dead")
+                .order_by(o.c.id)
+            )
+            found = 0
+            for row in rows:
+                found += 1
+                print(
+                    f"{row.id}\t{row.event_type}\t{row.subscriber}\t{row.attempts}\t{row.last_error}"
+                )
+            print(f"dead: {found}")
+            return 0
+    finally:
+        await engine.dispose()
+        dbs.stop()

@@ -1,0 +1,183 @@
+"""``qunbuy up``: PostgreSQL, migrations, then the four processes, stopped together."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from types import FrameType
+
+from qunbuy.commands import prepare_databases
+from qunbuy.platform import APPS, PORTS, SUBSCRIBERS, PlatformError, open_databases
+from shared.auth import load_or_create_private_key, public_pem
+
+STARTUP_TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the child gets SIGTERM if the supervisor itself dies, so nothing is orphaned."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _check_ports(host: str, ports: dict[str, int]) -> None:
+    for name, port in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                raise PlatformError(
+                    f"port {port} ({name}) on {host} is already in use: stop what is using it, "
+                    "or start with --port-base to use other ports"
+                ) from exc
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - our own loopback URL
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def _keys(data_dir: Path) -> tuple[Path, Path]:
+    private = data_dir / "keys" / "jwt-private.pem"
+    key = load_or_create_private_key(private)
+    public = data_dir / "keys" / "jwt-public.pem"
+    public.write_bytes(public_pem(key))
+    return private, public
+
+
+def _environments(
+    host: str,
+    ports: dict[str, int],
+    urls: dict[str, str],
+    private: Path,
+    public: Path,
+    embedded: bool,
+) -> dict[str, dict[str, str]]:
+    base = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
+    mode = "embedded" if embedded else os.environ.get("QUNBUY_MODE", "embedded")
+    envs: dict[str, dict[str, str]] = {}
+    for service in ("orders", "crowdfund", "referrals"):
+        subscribers = ",".join(
+            f"{name}=http://{host}:{ports[name]}" for name in SUBSCRIBERS[service]
+        )
+        envs[service] = {
+            **base,
+            "QUNBUY_MODE": mode,
+            "DATABASE_URL": urls[service],
+            "JWT_PUBLIC_KEY_FILE": str(public),
+            "EVENT_SUBSCRIBERS": subscribers,
+            "PORT": str(ports[service]),
+        }
+    envs["gateway"] = {
+        **base,
+        "QUNBUY_MODE": mode,
+        "JWT_PRIVATE_KEY_FILE": str(private),
+        "ORDERS_URL": f"http://{host}:{ports['orders']}",
+        "CROWDFUND_URL": f"http://{host}:{ports['crowdfund']}",
+        "REFERRALS_URL": f"http://{host}:{ports['referrals']}",
+        "PORT": str(ports["gateway"]),
+    }
+    return envs
+
+
+def _stop_all(processes: dict[str, subprocess.Popen[bytes]]) -> None:
+    for proc in processes.values():
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for proc in processes.values():
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def run_platform(*, data_dir: Path, host: str, port_base: int | None = None) -> int:
+    ports = (
+        dict(PORTS) if port_base is None else {name: port_base + i for i, name in enumerate(PORTS)}
+    )
+    _check_ports(host, ports)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    dbs = open_databases(data_dir)
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        prepare_databases(dbs)
+        private, public = _keys(data_dir)
+        envs = _environments(host, ports, dbs.urls, private, public, dbs.embedded is not None)
+        for name in ("orders", "crowdfund", "referrals", "gateway"):
+            processes[name] = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    APPS[name],
+                    "--factory",
+                    "--host",
+                    host,
+                    "--port",
+                    str(ports[name]),
+                    "--no-access-log",
+                    "--log-level",
+                    "warning",
+                ],
+                env=envs[name],
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets the death signal
+            )
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        pending = set(processes)
+        while pending and not stop.is_set():
+            for name in list(pending):
+                proc = processes[name]
+                if proc.poll() is not None:
+                    raise PlatformError(
+                        f"{name} exited during start-up (code {proc.returncode}); "
+                        "its error is printed above"
+                    )
+                if _healthy(f"http://{host}:{ports[name]}/healthz"):
+                    pending.discard(name)
+            if time.monotonic() > deadline:
+                raise PlatformError(f"{', '.join(sorted(pending))} did not start within 60 s")
+            time.sleep(0.2)
+        if not stop.is_set():
+            where = (
+                "embedded PostgreSQL in " + str(data_dir / "postgres")
+                if dbs.embedded
+                else "configured PostgreSQL"
+            )
+            print(f"Qunbuy is running ({where}). Ctrl-C stops everything.", flush=True)
+            for name in ("gateway", "orders", "crowdfund", "referrals"):
+                print(f"  {name:<10} http://{host}:{ports[name]}", flush=True)
+            print(f"  API docs   http://{host}:{ports['gateway']}/docs", flush=True)
+        while not stop.is_set():
+            for name, proc in processes.items():
+                if proc.poll() is not None:
+                    raise PlatformError(f"{name} stopped unexpectedly (code {proc.returncode})")
+            stop.wait(0.5)
+        return 0
+    finally:
+        _stop_all(processes)
+        dbs.stop()
+        print("Qunbuy stopped.", flush=True)
