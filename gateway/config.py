@@ -39,4 +39,4 @@ class GatewaySettings(BaseSettings):
 
 @lru_cache
 def get_settings() -> GatewaySettings:
-    return GatewaySettings()  # type: ignore[call-arg]  # values come from the environment
+    return GatewaySettings()  # values come from the environment

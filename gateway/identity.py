@@ -21,7 +21,7 @@ class DevLoginDisabled(NotFound):
 
 class DevLogin(BaseModel):
     user_id: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
-    roles: list[Role] = Field(default_factory=lambda: ["customer"], min_length=1)
+    roles: list[Role] = Field(default=["customer"], min_length=1)
     merchant_id: str | None = Field(None, min_length=1, max_length=64)
 
     @model_validator(mode="after")

@@ -34,6 +34,8 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _RESPONSE_DROP = _HOP_BY_HOP | {"x-request-id", "server", "date"}
+# x-served-by is kept: it names the service that answered, which operators need when reading
+# an error a customer reports.
 
 
 class UpstreamPool:

@@ -32,6 +32,9 @@ class Target:
 
 def resolve(path: str) -> Target | None:
     """The service and upstream path for a public ``path``, or None when nothing serves it."""
+    if any(segment in (".", "..") for segment in path.split("/")):
+        # Never let a dot segment walk out of a route prefix (e.g. into /internal).
+        return None
     parts = path.split("/", 4)  # "", "v1", resource, rest...
     if len(parts) < 3:
         return None

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.environment import EnvironmentContext
 from sqlalchemy import MetaData, pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -39,8 +39,11 @@ def check(service: str, database_url: str) -> None:
     command.check(alembic_config(service, database_url))
 
 
-def run_env(context: EnvironmentContext, metadata: MetaData) -> None:
-    """The body of every service's env.py (online mode only: migrations need a database)."""
+def run_env(context: Any, metadata: MetaData) -> None:
+    """The body of every service's env.py (online mode only: migrations need a database).
+
+    ``context`` is ``alembic.context``, a module that proxies the running EnvironmentContext.
+    """
     url = context.config.attributes["database_url"]
 
     def migrate(connection: Connection) -> None:

@@ -7,6 +7,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Mapping, MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -44,7 +45,7 @@ def current_request_id() -> str | None:
     return _request_id.get()
 
 
-def _add_request_id(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _add_request_id(_: Any, __: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
     rid = _request_id.get()
     if rid is not None:
         event.setdefault("request_id", rid)
@@ -76,6 +77,7 @@ class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, *, service: str) -> None:
         self.app = app
         self.service = service
+        self._served_by = service.encode()
         self.log = structlog.get_logger("qunbuy.http")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -99,6 +101,7 @@ class RequestContextMiddleware:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", rid.encode()))
+                headers.append((b"x-served-by", self._served_by))
                 message = {**message, "headers": headers}
             await send(message)
 

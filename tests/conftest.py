@@ -14,11 +14,13 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
 
@@ -31,6 +33,8 @@ from qunbuy.pg import (
 )
 from shared.auth import Role, TokenIssuer, public_pem
 from shared.migrations import SERVICES, upgrade
+from tests.helpers import free_port
+from tests.processes import Process
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_EVENT_SECRET = "test-event-secret"
@@ -42,7 +46,8 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if configured:
         yield configured
         return
-    if local_server_answers():
+    # QUNBUY_TEST_EMBEDDED=1 forces the embedded server, to exercise CI's fallback locally.
+    if not os.environ.get("QUNBUY_TEST_EMBEDDED") and local_server_answers():
         yield "postgresql://postgres@127.0.0.1:5432/postgres"
         return
     server = EmbeddedPostgres(ROOT / ".qunbuy" / "test-pg" / "data")
@@ -140,7 +145,7 @@ def settings_for(service: str, env: dict[str, str]) -> Any:
     from services.referrals.config import ReferralsSettings
 
     cls = {"orders": OrdersSettings, "crowdfund": CrowdfundSettings, "referrals": ReferralsSettings}
-    return cls[service](**env)
+    return cls[service].model_validate(env)
 
 
 @pytest.fixture
@@ -171,3 +176,77 @@ async def referrals_client(
 
     async with running(create_app(settings_for("referrals", service_env("referrals")))) as client:
         yield client
+
+
+@dataclass
+class Platform:
+    processes: dict[str, Process]
+
+    @property
+    def gateway(self) -> str:
+        return self.processes["gateway"].url
+
+    def url(self, name: str) -> str:
+        return self.processes[name].url
+
+
+@pytest.fixture(scope="session")
+def private_key_file(
+    signing_key: ec.EllipticCurvePrivateKey, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    path = tmp_path_factory.mktemp("keys") / "jwt-private.pem"
+    path.write_bytes(
+        signing_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def platform(
+    service_env: Callable[..., dict[str, str]],
+    private_key_file: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Platform]:
+    """The three services and the gateway as real uvicorn processes, once per session.
+
+    Tests that use it are grouped on one xdist worker (``xdist_group("processes")``).
+    """
+    logs = tmp_path_factory.mktemp("logs")
+    ports = {name: free_port() for name in ("gateway", "orders", "crowdfund", "referrals")}
+    referrals_url = f"http://127.0.0.1:{ports['referrals']}"
+    processes: dict[str, Process] = {}
+    for name in ("orders", "crowdfund", "referrals"):
+        env = service_env(
+            name,
+            WORKER_ENABLED="true",
+            WORKER_POLL_SECONDS="0.1",
+            LOG_LEVEL="INFO",
+            EVENT_SUBSCRIBERS="" if name == "referrals" else f"referrals={referrals_url}",
+        )
+        processes[name] = Process(name, ports[name], logs / f"{name}.log", env=env)
+    processes["gateway"] = Process(
+        "gateway",
+        ports["gateway"],
+        logs / "gateway.log",
+        env={
+            "QUNBUY_MODE": "production",
+            "JWT_PRIVATE_KEY_FILE": str(private_key_file),
+            "ORDERS_URL": processes["orders"].url,
+            "CROWDFUND_URL": processes["crowdfund"].url,
+            "REFERRALS_URL": processes["referrals"].url,
+            "LOG_LEVEL": "INFO",
+        },
+    )
+    try:
+        for process in processes.values():
+            process.start()
+        for process in processes.values():
+            process.wait_healthy()
+        yield Platform(processes)
+    finally:
+        for process in processes.values():
+            process.stop()

@@ -13,4 +13,4 @@ class CrowdfundSettings(ServiceSettings):
 
 @lru_cache
 def get_settings() -> CrowdfundSettings:
-    return CrowdfundSettings()  # type: ignore[call-arg]  # values come from the environment
+    return CrowdfundSettings()  # values come from the environment

@@ -13,4 +13,4 @@ class OrdersSettings(ServiceSettings):
 
 @lru_cache
 def get_settings() -> OrdersSettings:
-    return OrdersSettings()  # type: ignore[call-arg]  # values come from the environment
+    return OrdersSettings()  # values come from the environment

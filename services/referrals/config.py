@@ -13,4 +13,4 @@ class ReferralsSettings(ServiceSettings):
 
 @lru_cache
 def get_settings() -> ReferralsSettings:
-    return ReferralsSettings()  # type: ignore[call-arg]  # values come from the environment
+    return ReferralsSettings()  # values come from the environment

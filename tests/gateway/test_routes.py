@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import pytest
+
+from gateway.routes import ROUTES, Target, resolve
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/v1/presales", Target("orders", "/v1/presales")),
+        ("/v1/presales/p1/orders", Target("orders", "/v1/presales/p1/orders")),
+        ("/v1/pledges/x", Target("crowdfund", "/v1/pledges/x")),
+        ("/v1/withdrawals", Target("referrals", "/v1/withdrawals")),
+        ("/v1/webhooks/orders/stripe", Target("orders", "/webhooks/stripe")),
+        ("/v1/webhooks/crowdfund/stripe", Target("crowdfund", "/webhooks/stripe")),
+        ("/v1/presalesx", None),
+        ("/v1/webhooks/referrals/stripe", None),
+        ("/v1", None),
+        ("/internal/events", None),
+        ("/v1/orders/../../internal/events", None),
+        ("/v1/webhooks/orders/./stripe", None),
+    ],
+)
+def test_resolve(path: str, expected: Target | None) -> None:
+    assert resolve(path) == expected
+
+
+def test_every_resource_in_the_architecture_is_routed() -> None:
+    expected = {
+        "orders": {"/v1/presales", "/v1/orders", "/v1/groups", "/v1/pickup-points"},
+        "crowdfund": {"/v1/projects", "/v1/pledges"},
+        "referrals": {
+            "/v1/distributors",
+            "/v1/referral-links",
+            "/v1/commissions",
+            "/v1/commission-rules",
+            "/v1/withdrawals",
+        },
+    }
+    for service, prefixes in expected.items():
+        for prefix in prefixes:
+            assert ROUTES[prefix][0] == service
