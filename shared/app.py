@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ from shared.db import make_engine, sessionmaker_for
 from shared.errors import install_error_handlers, problem_response
 from shared.events import EventHandler, OutboxRelay, inbox_router
 from shared.events._relay import RelayPolicy
-from shared.idempotency import IdempotencyMiddleware
+from shared.idempotency import IdempotencyMiddleware, purge_expired
 from shared.observability import RequestContextMiddleware, configure_logging, metrics_endpoint
 from shared.settings import ServiceSettings
 from shared.tables import PlatformTables
@@ -55,13 +56,24 @@ def relay_for(app: FastAPI) -> OutboxRelay:
     )
 
 
+async def purge_idempotency_keys(app: FastAPI) -> None:
+    """Expired keys (older than 24 hours) are deleted at most every 10 minutes."""
+    now = time.monotonic()
+    if now - getattr(app.state, "last_key_purge", float("-inf")) < 600:
+        return
+    app.state.last_key_purge = now
+    async with app.state.sessionmaker() as session, session.begin():
+        await purge_expired(session, app.state.tables)
+
+
 async def _worker(app: FastAPI, spec: ServiceSpec, stop: asyncio.Event) -> None:
     settings: ServiceSettings = app.state.settings
     relay = relay_for(app)
+    jobs = [purge_idempotency_keys, *spec.periodic]
 
     async def periodic_loop() -> None:
         while not stop.is_set():
-            for job in spec.periodic:
+            for job in jobs:
                 try:
                     await job(app)
                 except Exception:

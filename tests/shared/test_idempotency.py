@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel, Field
-from sqlalchemy import text
+from sqlalchemy import func, select, text, update
 
 from services.orders.config import OrdersSettings
 from services.orders.models import platform
@@ -114,8 +115,12 @@ class TestReplay:
     ) -> None:
         headers = {**auth("customer"), **key()}
         marker = uuid.uuid4().hex
-        first = await client.post("/things", json={"marker": marker, "amount": 1, "delay": 0}, headers=headers)
-        other = await client.post("/things", json={"marker": marker, "amount": 2, "delay": 0}, headers=headers)
+        first = await client.post(
+            "/things", json={"marker": marker, "amount": 1, "delay": 0}, headers=headers
+        )
+        other = await client.post(
+            "/things", json={"marker": marker, "amount": 2, "delay": 0}, headers=headers
+        )
         assert first.status_code == 201
         assert other.status_code == 422
         assert other.headers["content-type"] == "application/problem+json"
@@ -172,9 +177,10 @@ class TestReplay:
         headers = {**auth("customer"), **key()}
         body: dict[str, Any] = {"marker": marker, "amount": 9, "delay": 0}
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=transport, base_url="http://test"
-        ) as c:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://test") as c,
+        ):
             failed = await c.post("/things", json=body, headers=headers)
             assert failed.status_code == 500
             assert await count(app, marker) == 0  # rolled back
@@ -221,3 +227,36 @@ class TestKeyRules:
         spec = (await client.get("/openapi.json")).json()
         params = spec["paths"]["/things"]["post"]["parameters"]
         assert any(p["name"] == "Idempotency-Key" and p["in"] == "header" for p in params)
+
+
+async def test_expired_keys_are_purged_and_live_ones_kept(
+    client: httpx.AsyncClient, app: FastAPI, auth: TokenFactory
+) -> None:
+    from shared.app import purge_idempotency_keys
+
+    table = platform.idempotency_key
+    expired, live = key(), key()
+    for headers in (expired, live):
+        body = {"marker": uuid.uuid4().hex, "amount": 1, "delay": 0}
+        assert (
+            await client.post("/things", json=body, headers={**auth(), **headers})
+        ).status_code == 201
+    async with app.state.engine.begin() as conn:
+        await conn.execute(
+            update(table)
+            .where(table.c.key == expired["Idempotency-Key"])
+            .values(expires_at=func.now() - timedelta(seconds=1))
+        )
+    app.state.last_key_purge = float("-inf")
+    await purge_idempotency_keys(app)
+    async with app.state.engine.connect() as conn:
+        left = set(
+            (
+                await conn.execute(
+                    select(table.c.key).where(
+                        table.c.key.in_([expired["Idempotency-Key"], live["Idempotency-Key"]])
+                    )
+                )
+            ).scalars()
+        )
+    assert left == {live["Idempotency-Key"]}

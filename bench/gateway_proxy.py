@@ -1,0 +1,175 @@
+"""Gateway proxy throughput: direct vs gateway vs nginx, same upstream, same run.
+
+    .venv/bin/python bench/gateway_proxy.py [--seconds 10] [--connections 32]
+
+Needs `wrk` and `nginx` on PATH (Debian: `apt-get install wrk nginx-light`); without nginx
+the nginx row is skipped. Prints requests/s, p50/p99 latency and the gateway's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_http(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def uvicorn(app: str, port: int, env: dict[str, str], factory: bool) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--no-access-log", "--log-level", "warning"] + (["--factory"] if factory else [])
+    return subprocess.Popen(argv, env={**os.environ, **env}, cwd=ROOT)
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * _UNITS[unit]
+
+
+def wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": rps,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "non_2xx": float(errors.group(1)) if errors else 0,
+    }
+
+
+NGINX_CONF = """
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Request-ID $request_id;
+    }}
+  }}
+}}
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+
+    tmp = Path(tempfile.mkdtemp(prefix="qb-bench-"))
+    ports = {"upstream": free_port(), "gateway": free_port(), "nginx": free_port()}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        upstream = uvicorn("bench.upstream:app", ports["upstream"], {}, factory=False)
+        procs.append(upstream)
+        gateway_env = {
+            "QUNBUY_MODE": "embedded",
+            "JWT_PRIVATE_KEY_FILE": str(tmp / "jwt.pem"),
+            "ORDERS_URL": f"http://127.0.0.1:{ports['upstream']}",
+            "LOG_LEVEL": "WARNING",
+        }
+        gateway = uvicorn("gateway.app:create_app", ports["gateway"], gateway_env, factory=True)
+        procs.append(gateway)
+        targets = {
+            "direct (uvicorn upstream)": f"http://127.0.0.1:{ports['upstream']}/v1/orders/o1",
+            "qunbuy gateway": f"http://127.0.0.1:{ports['gateway']}/v1/orders/o1",
+        }
+        if shutil.which("nginx"):
+            (tmp / "nginx.conf").write_text(
+                NGINX_CONF.format(tmp=tmp, upstream=ports["upstream"], port=ports["nginx"])
+            )
+            nginx = subprocess.Popen(
+                ["nginx", "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"],
+            )
+            procs.append(nginx)
+            targets["nginx proxy"] = f"http://127.0.0.1:{ports['nginx']}/v1/orders/o1"
+        for url in targets.values():
+            wait_http(url)
+        for url in targets.values():  # warm-up: pools filled, code paths hot
+            wrk(url, 2, args.connections)
+        results = {name: wrk(url, args.seconds, args.connections) for name, url in targets.items()}
+        rss = peak_rss_mib(gateway.pid)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    direct = results["direct (uvicorn upstream)"]["rps"]
+    print(
+        f"{args.connections} connections, {args.seconds}s per target, "
+        f"2 wrk threads, {os.cpu_count()} CPUs"
+    )
+    print(f"{'target':<28}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'vs direct':>11}{'non-2xx':>9}")
+    for name, r in results.items():
+        print(
+            f"{name:<28}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+            f"{r['rps'] / direct:>10.0%}{int(r['non_2xx']):>9}"
+        )
+    print(f"gateway peak RSS: {rss:.1f} MiB")
+    print(json.dumps({"results": results, "gateway_peak_rss_mib": rss}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
