@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -108,9 +108,7 @@ async def test_gateway_is_ready_when_every_service_is(gw: httpx.AsyncClient) -> 
     }
 
 
-async def test_caller_token_reaches_the_service(
-    gw: httpx.AsyncClient, auth: TokenFactory
-) -> None:
+async def test_caller_token_reaches_the_service(gw: httpx.AsyncClient, auth: TokenFactory) -> None:
     """The gateway forwards Authorization untouched; the service verifies it."""
     forged = {"Authorization": "Bearer not-a-token"}
     response = await gw.get("/v1/payments/" + uuid.uuid4().hex, headers=forged)
@@ -120,35 +118,6 @@ async def test_caller_token_reaches_the_service(
     ok = await gw.get("/v1/payments/" + uuid.uuid4().hex, headers=auth("customer"))
     assert ok.status_code == 404
     assert ok.headers.get_list("x-served-by") == ["orders", "gateway"]
-
-
-@pytest.fixture
-def lone_gateway(
-    private_key_file: Path, tmp_path: Path
-) -> Iterator[Callable[..., Process]]:
-    """Starts extra gateways with chosen upstreams; stops them after the test."""
-    started: list[Process] = []
-
-    def start(**env: str) -> Process:
-        process = Process(
-            "gateway",
-            free_port(),
-            tmp_path / f"gateway-{len(started)}.log",
-            env={
-                "QUNBUY_MODE": "production",
-                "JWT_PRIVATE_KEY_FILE": str(private_key_file),
-                "LOG_LEVEL": "WARNING",
-                **env,
-            },
-        )
-        process.start()
-        started.append(process)
-        process.wait_healthy()
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 async def test_stopped_upstream_is_502_problem_json(

@@ -26,7 +26,14 @@ from services.referrals.config import ReferralsSettings
 from services.referrals.models import platform as referrals_platform
 from shared.app import ServiceSpec, create_service_app
 from shared.db import make_engine, sessionmaker_for
-from shared.events import SIGNATURE_HEADER, Envelope, EventPublisher, OutboxRelay, redrive_dead, sign
+from shared.events import (
+    SIGNATURE_HEADER,
+    Envelope,
+    EventPublisher,
+    OutboxRelay,
+    redrive_dead,
+    sign,
+)
 from shared.events._relay import RelayPolicy
 from tests.conftest import TEST_EVENT_SECRET
 from tests.helpers import free_port, serve
@@ -99,7 +106,9 @@ def publisher() -> EventPublisher:
     return EventPublisher(source="orders", tables=orders_platform, subscribers=["referrals"])
 
 
-def relay(maker: async_sessionmaker[AsyncSession], url: str, policy: RelayPolicy = FAST) -> OutboxRelay:
+def relay(
+    maker: async_sessionmaker[AsyncSession], url: str, policy: RelayPolicy = FAST
+) -> OutboxRelay:
     return OutboxRelay(
         sessionmaker=maker,
         tables=orders_platform,
@@ -109,7 +118,9 @@ def relay(maker: async_sessionmaker[AsyncSession], url: str, policy: RelayPolicy
     )
 
 
-async def publish(maker: async_sessionmaker[AsyncSession], marker: str, n: int = 1) -> list[Envelope]:
+async def publish(
+    maker: async_sessionmaker[AsyncSession], marker: str, n: int = 1
+) -> list[Envelope]:
     async with maker() as session, session.begin():
         return [
             await publisher().publish(session, "order.paid", {"marker": marker, "n": i})
@@ -135,7 +146,9 @@ async def outbox_rows(engine: AsyncEngine, events: list[Envelope]) -> list[dict[
         return [dict(r._mapping) for r in rows]
 
 
-async def drain(r: OutboxRelay, engine: AsyncEngine, events: list[Envelope], rounds: int = 50) -> None:
+async def drain(
+    r: OutboxRelay, engine: AsyncEngine, events: list[Envelope], rounds: int = 50
+) -> None:
     """Runs the relay until every row of ``events`` has left 'pending'."""
     for _ in range(rounds):
         await r.run_once()
@@ -195,10 +208,15 @@ class TestDelivery:
         orders, _ = engines
         maker = sessionmaker_for(orders)
         published: list[Envelope] = []
-        with pytest.raises(RuntimeError, match="business rule failed"):
+
+        async def fail_after_publishing() -> None:
             async with maker() as session, session.begin():
-                published.append(await publisher().publish(session, "order.paid", {"marker": marker}))
+                event = await publisher().publish(session, "order.paid", {"marker": marker})
+                published.append(event)
                 raise RuntimeError("business rule failed")
+
+        with pytest.raises(RuntimeError, match="business rule failed"):
+            await fail_after_publishing()
         assert published  # the event was built...
         assert await outbox_rows(orders, published) == []  # ...but never stored
 
@@ -266,7 +284,9 @@ class TestDelivery:
 
 
 class TestInbox:
-    def signed(self, envelope: Envelope, secret: str = TEST_EVENT_SECRET) -> tuple[bytes, dict[str, str]]:
+    def signed(
+        self, envelope: Envelope, secret: str = TEST_EVENT_SECRET
+    ) -> tuple[bytes, dict[str, str]]:
         body = json.dumps(envelope.model_dump(mode="json")).encode()
         return body, {SIGNATURE_HEADER: sign(secret, body), "content-type": "application/json"}
 
@@ -357,12 +377,16 @@ class TestInbox:
     async def test_signed_but_malformed_envelope_is_422(self, client: httpx.AsyncClient) -> None:
         body = b'{"type": "not an event"}'
         response = await client.post(
-            "/internal/events", content=body, headers={SIGNATURE_HEADER: sign(TEST_EVENT_SECRET, body)}
+            "/internal/events",
+            content=body,
+            headers={SIGNATURE_HEADER: sign(TEST_EVENT_SECRET, body)},
         )
         assert response.status_code == 422
         assert response.json()["code"] == "invalid_event"
 
-    async def test_unknown_event_type_is_recorded_and_ignored(self, client: httpx.AsyncClient) -> None:
+    async def test_unknown_event_type_is_recorded_and_ignored(
+        self, client: httpx.AsyncClient
+    ) -> None:
         envelope = Envelope(type="order.shipped", source="orders", payload={})
         body, headers = self.signed(envelope)
         first = await client.post("/internal/events", content=body, headers=headers)

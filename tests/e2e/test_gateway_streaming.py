@@ -1,0 +1,111 @@
+"""Bodies stream through the gateway both ways (upstream: a stand-in app on a real port)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from tests.helpers import free_port, serve
+from tests.processes import Process
+
+pytestmark = pytest.mark.xdist_group("processes")
+MIB = 1024 * 1024
+
+
+async def digest(request: Request) -> JSONResponse:
+    sha = hashlib.sha256()
+    size = 0
+    async for chunk in request.stream():
+        sha.update(chunk)
+        size += len(chunk)
+    return JSONResponse(
+        {
+            "size": size,
+            "sha256": sha.hexdigest(),
+            "query": request.url.query,
+            "path": request.url.path,
+            "authorization": request.headers.get("authorization"),
+            "x_request_id": request.headers.get("x-request-id"),
+            "x_forwarded_for": request.headers.get("x-forwarded-for"),
+        },
+        status_code=201,
+    )
+
+
+async def big(request: Request) -> StreamingResponse:
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(8):
+            yield bytes([65 + i]) * MIB
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+
+upstream = Starlette(
+    routes=[
+        Route("/v1/orders/digest", digest, methods=["POST", "PUT"]),
+        Route("/v1/orders/big", big),
+    ]
+)
+
+
+@pytest.fixture
+async def through_gateway(
+    lone_gateway: Callable[..., Process],
+) -> AsyncIterator[httpx.AsyncClient]:
+    import asyncio
+
+    async with serve(upstream, free_port()) as url:
+        gateway = await asyncio.to_thread(
+            lone_gateway, ORDERS_URL=url, CROWDFUND_URL=url, REFERRALS_URL=url
+        )
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+            yield client
+
+
+async def test_large_request_body_streams_to_the_service(
+    through_gateway: httpx.AsyncClient,
+) -> None:
+    payload = bytes(range(256)) * (4 * MIB // 256)
+
+    async def body() -> AsyncIterator[bytes]:  # chunked upload: no Content-Length
+        for start in range(0, len(payload), 256 * 1024):
+            yield payload[start : start + 256 * 1024]
+
+    response = await through_gateway.post(
+        "/v1/orders/digest?a=1&b=two",
+        content=body(),
+        headers={"Authorization": "Bearer abc.def.ghi", "X-Request-ID": "stream-1"},
+    )
+    assert response.status_code == 201
+    seen = response.json()
+    assert seen["size"] == len(payload)
+    assert seen["sha256"] == hashlib.sha256(payload).hexdigest()
+    assert seen["query"] == "a=1&b=two"
+    assert seen["authorization"] == "Bearer abc.def.ghi"
+    assert seen["x_request_id"] == "stream-1"
+    assert seen["x_forwarded_for"] == "127.0.0.1"
+
+
+async def test_fixed_length_body_is_forwarded(through_gateway: httpx.AsyncClient) -> None:
+    response = await through_gateway.put("/v1/orders/digest", content=b"hello")
+    assert response.json()["size"] == 5
+    assert response.json()["sha256"] == hashlib.sha256(b"hello").hexdigest()
+
+
+async def test_large_response_streams_back(through_gateway: httpx.AsyncClient) -> None:
+    received = 0
+    first_bytes: set[int] = set()
+    async with through_gateway.stream("GET", "/v1/orders/big") as response:
+        assert response.status_code == 200
+        async for chunk in response.aiter_bytes():
+            received += len(chunk)
+            first_bytes.update(chunk[:1])
+    assert received == 8 * MIB
+    assert first_bytes <= set(range(65, 73))

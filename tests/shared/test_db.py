@@ -1,0 +1,118 @@
+"""One transaction per request: committed when the endpoint returns, rolled back on error."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+from fastapi import APIRouter, FastAPI
+from sqlalchemy import text
+
+from services.orders.config import OrdersSettings
+from services.orders.models import platform
+from shared.app import ServiceSpec, create_service_app
+from shared.db import SessionDep
+from shared.errors import Conflict
+
+router = APIRouter()
+
+
+class Refused(Conflict):
+    code = "refused_after_write"
+
+
+async def _write(session: SessionDep, marker: str) -> None:
+    await session.execute(text("INSERT INTO test_tx (marker) VALUES (:m)"), {"m": marker})
+    await session.flush()
+
+
+@router.post("/ok/{marker}")
+async def ok(marker: str, session: SessionDep) -> dict[str, str]:
+    await _write(session, marker)
+    return {"marker": marker}
+
+
+@router.post("/domain-error/{marker}")
+async def domain_error(marker: str, session: SessionDep) -> dict[str, str]:
+    await _write(session, marker)
+    raise Refused("written, then refused")
+
+
+@router.post("/crash/{marker}")
+async def crash(marker: str, session: SessionDep) -> dict[str, str]:
+    await _write(session, marker)
+    raise RuntimeError("bug after the write")
+
+
+@router.post("/commit-fails/{marker}")
+async def commit_fails(marker: str, session: SessionDep) -> dict[str, str]:
+    """The deferred constraint fires only at COMMIT, after the endpoint has returned."""
+    await session.execute(text("SET CONSTRAINTS ALL DEFERRED"))
+    await session.execute(
+        text("INSERT INTO test_tx_deferred (marker) VALUES (:m), (:m)"), {"m": marker}
+    )
+    return {"marker": marker}
+
+
+@pytest.fixture(scope="module")
+def app(service_env: Callable[..., dict[str, str]]) -> FastAPI:
+    settings = OrdersSettings.model_validate(service_env("orders"))
+    spec = ServiceSpec(name="txtest", title="tx", tables=platform, routers=[router])
+    return create_service_app(spec, settings)
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with app.router.lifespan_context(app):
+        async with app.state.engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE IF NOT EXISTS test_tx (marker text)"))
+            await conn.execute(
+                text(
+                    "CREATE TABLE IF NOT EXISTS test_tx_deferred (marker text, "
+                    "CONSTRAINT uq_test_tx_deferred UNIQUE (marker) DEFERRABLE INITIALLY DEFERRED)"
+                )
+            )
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            yield c
+
+
+async def rows(app: FastAPI, marker: str) -> int:
+    async with app.state.engine.connect() as conn:
+        value = await conn.scalar(
+            text("SELECT count(*) FROM test_tx WHERE marker = :m"), {"m": marker}
+        )
+    return int(value or 0)
+
+
+async def test_committed_when_the_endpoint_returns(client: httpx.AsyncClient, app: FastAPI) -> None:
+    marker = uuid.uuid4().hex
+    assert (await client.post(f"/ok/{marker}")).status_code == 200
+    assert await rows(app, marker) == 1
+
+
+async def test_domain_error_rolls_back_the_write(client: httpx.AsyncClient, app: FastAPI) -> None:
+    marker = uuid.uuid4().hex
+    response = await client.post(f"/domain-error/{marker}")
+    assert response.status_code == 409
+    assert response.json()["code"] == "refused_after_write"
+    assert await rows(app, marker) == 0
+
+
+async def test_unexpected_error_rolls_back_and_is_500(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    marker = uuid.uuid4().hex
+    response = await client.post(f"/crash/{marker}")
+    assert response.status_code == 500
+    assert response.json()["code"] == "internal_error"
+    assert "bug after the write" not in response.text
+    assert await rows(app, marker) == 0
+
+
+async def test_a_failed_commit_is_not_reported_as_success(client: httpx.AsyncClient) -> None:
+    response = await client.post(f"/commit-fails/{uuid.uuid4().hex}")
+    assert response.status_code == 500
+    assert response.json()["code"] == "internal_error"
