@@ -13,7 +13,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,16 +61,25 @@ def worker_id_safe(worker_id: str) -> str:
     return f"{worker_id}_{uuid.uuid4().hex[:6]}"
 
 
+@contextmanager
+def migrated_databases(server_url: str, prefix: str) -> Iterator[dict[str, str]]:
+    """One fresh database per service, built by its migrations: {service: url}."""
+    names = {svc: f"{prefix}_{svc}" for svc in SERVICES}
+    asyncio.run(ensure_databases(server_url, list(names.values()), fresh=True))
+    urls = {svc: database_url(server_url, name) for svc, name in names.items()}
+    try:
+        for svc, url in urls.items():
+            upgrade(svc, url)
+        yield urls
+    finally:
+        asyncio.run(drop_databases(server_url, list(names.values())))
+
+
 @pytest.fixture(scope="session")
 def db_urls(pg_server_url: str, worker_id_safe: str) -> Iterator[dict[str, str]]:
-    """One migrated database per service for this worker: {service: url}."""
-    names = {svc: f"qbt_{worker_id_safe}_{svc}" for svc in SERVICES}
-    asyncio.run(ensure_databases(pg_server_url, list(names.values()), fresh=True))
-    urls = {svc: database_url(pg_server_url, name) for svc, name in names.items()}
-    for svc, url in urls.items():
-        upgrade(svc, url)
-    yield urls
-    asyncio.run(drop_databases(pg_server_url, list(names.values())))
+    """This worker's databases, for in-process apps (no relay of theirs runs on their own)."""
+    with migrated_databases(pg_server_url, f"qbt_{worker_id_safe}") as urls:
+        yield urls
 
 
 @pytest.fixture(scope="session")
@@ -206,8 +215,16 @@ def private_key_file(
 
 
 @pytest.fixture(scope="session")
+def platform_db_urls(pg_server_url: str, worker_id_safe: str) -> Iterator[dict[str, str]]:
+    """The databases of the service processes: their relays run, so they get their own."""
+    with migrated_databases(pg_server_url, f"qbp_{worker_id_safe}") as urls:
+        yield urls
+
+
+@pytest.fixture(scope="session")
 def platform(
     service_env: Callable[..., dict[str, str]],
+    platform_db_urls: dict[str, str],
     private_key_file: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Platform]:
@@ -226,6 +243,7 @@ def platform(
             WORKER_POLL_SECONDS="0.1",
             LOG_LEVEL="INFO",
             EVENT_SUBSCRIBERS="" if name == "referrals" else f"referrals={referrals_url}",
+            DATABASE_URL=platform_db_urls[name],
         )
         processes[name] = Process(name, ports[name], logs / f"{name}.log", env=env)
     processes["gateway"] = Process(

@@ -156,7 +156,7 @@ async def test_stopped_upstream_is_502_problem_json(
 
 async def test_slow_upstream_is_504_problem_json(lone_gateway: Callable[..., Process]) -> None:
     async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(30)
+        await reader.read()  # reads the request, never answers; ends when the gateway hangs up
         writer.close()
 
     server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
