@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from qunbuy.pg import ensure_databases
 from qunbuy.platform import Databases, PlatformError, open_databases
@@ -43,9 +44,10 @@ def prepare_databases(dbs: Databases, services: Sequence[str] = SERVICES) -> Non
 
 
 def migrate(data_dir: Path, service: str | None) -> int:
-    dbs = open_databases(data_dir)
+    services = [service] if service else list(SERVICES)
+    dbs = open_databases(data_dir, services)
     try:
-        prepare_databases(dbs, [service] if service else SERVICES)
+        prepare_databases(dbs, services)
     finally:
         dbs.stop()
     print("migrations applied:", service or ", ".join(SERVICES))
@@ -63,7 +65,7 @@ def _tables(service: str) -> PlatformTables:
 
 
 async def events(args: argparse.Namespace) -> int:
-    dbs = await asyncio.to_thread(open_databases, args.data_dir)
+    dbs = await asyncio.to_thread(open_databases, args.data_dir, [args.service])
     engine = make_engine(dbs.urls[args.service], pool_size=1)
     tables = _tables(args.service)
     try:
@@ -86,6 +88,17 @@ async def events(args: argparse.Namespace) -> int:
                 )
             print(f"dead: {found}")
             return 0
+    except (OSError, TimeoutError) as exc:
+        raise PlatformError(
+            f"cannot reach the {args.service} database ({exc}); "
+            f"check {args.service.upper()}_DATABASE_URL"
+        ) from exc
+    except DBAPIError as exc:
+        reason = str(exc.orig if exc.orig is not None else exc).splitlines()[0]
+        raise PlatformError(
+            f"the {args.service} database has no usable outbox ({reason}); "
+            "run `qunbuy migrate` first"
+        ) from exc
     finally:
         await engine.dispose()
         dbs.stop()

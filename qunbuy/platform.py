@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,16 +38,17 @@ class Databases:
             self.embedded.stop()
 
 
-def configured_urls() -> dict[str, str] | None:
+def configured_urls(services: Sequence[str] = SERVICES) -> dict[str, str] | None:
     """Per-service URLs from the environment, or None to use the embedded server.
 
     ``QUNBUY_DATABASE_URL`` names a server: its databases qunbuy_orders, qunbuy_crowdfund and
     qunbuy_referrals are used (and created). ``ORDERS_DATABASE_URL`` and friends name one
-    service's database directly and win over it.
+    service's database directly and win over it. Only ``services`` need a URL (a migration
+    Job for one service is given that service's credentials and no others).
     """
     server = os.environ.get("QUNBUY_DATABASE_URL")
     urls: dict[str, str] = {}
-    for service in SERVICES:
+    for service in services:
         own = os.environ.get(f"{service.upper()}_DATABASE_URL")
         if own:
             urls[service] = own
@@ -54,7 +56,7 @@ def configured_urls() -> dict[str, str] | None:
             urls[service] = database_url(server, f"qunbuy_{service}")
     if not urls:
         return None
-    missing = [s for s in SERVICES if s not in urls]
+    missing = [s for s in services if s not in urls]
     if missing:
         raise PlatformError(
             f"database URLs are set for some services but not for {', '.join(missing)}: "
@@ -63,11 +65,16 @@ def configured_urls() -> dict[str, str] | None:
     return urls
 
 
-def open_databases(data_dir: Path) -> Databases:
-    urls = configured_urls()
+def open_databases(data_dir: Path, services: Sequence[str] = SERVICES) -> Databases:
+    urls = configured_urls(services)
     if urls is not None:
         server = os.environ.get("QUNBUY_DATABASE_URL")
         return Databases(urls=urls, server_url=server, embedded=None)
+    if os.environ.get("QUNBUY_MODE") == "production":
+        raise PlatformError(
+            "no database URL is configured (QUNBUY_DATABASE_URL or <SERVICE>_DATABASE_URL); "
+            "the embedded PostgreSQL is for development only"
+        )
     embedded = EmbeddedPostgres(data_dir / "postgres")
     try:
         server_url = embedded.start()
@@ -76,5 +83,5 @@ def open_databases(data_dir: Path) -> Databases:
             f"the embedded PostgreSQL did not start ({type(exc).__name__}); "
             f"see {data_dir / 'postgres' / 'log'}"
         ) from exc
-    urls = {s: database_url(server_url, f"qunbuy_{s}") for s in SERVICES}
+    urls = {s: database_url(server_url, f"qunbuy_{s}") for s in services}
     return Databases(urls=urls, server_url=server_url, embedded=embedded)
