@@ -25,6 +25,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.observability import REQUEST_ID_HEADER
+
 __all__ = [
     "PROBLEM_JSON",
     "BadRequest",
@@ -98,10 +100,14 @@ class Forbidden(DomainError):
 def responses(*errors: type[DomainError]) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` for an endpoint, grouping the declared errors by status."""
     out: dict[int | str, dict[str, Any]] = {}
+    # ``model`` registers the Problem schema as a component, but FastAPI attaches it to the
+    # route's media type (application/json); errors are sent as problem+json, so that media
+    # type gets the schema too.
+    problem = {"schema": {"$ref": "#/components/schemas/Problem"}}
     for err in errors:
         entry = out.setdefault(
             err.status,
-            {"model": Problem, "description": "", "content": {PROBLEM_JSON: {}}},
+            {"model": Problem, "description": "", "content": {PROBLEM_JSON: problem}},
         )
         entry["description"] = ", ".join(filter(None, [entry["description"], f"`{err.code}`"]))
     return out
@@ -186,7 +192,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code, title = _STATUS_CODES.get(exc.status_code, ("http_error", "HTTP error"))
-    detail = exc.detail if isinstance(exc.detail, str) and exc.detail != title else None
+    # Starlette's default detail is the status phrase ("Not Found"): it only repeats the title.
+    repeats_title = isinstance(exc.detail, str) and exc.detail.casefold() == title.casefold()
+    detail = exc.detail if isinstance(exc.detail, str) and not repeats_title else None
     return problem_response(
         request,
         status=exc.status_code,
@@ -198,13 +206,20 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    _log.exception("unhandled_error", path=request.url.path, error=type(exc).__name__)
+    # Starlette runs this handler in its outermost middleware, after the request-context
+    # middleware has returned: the request id is carried over by hand, to the log line and
+    # to the response header, so that the id a caller quotes finds the traceback.
+    rid = _request_id(request)
+    _log.exception(
+        "unhandled_error", path=request.url.path, error=type(exc).__name__, request_id=rid
+    )
     return problem_response(
         request,
         status=500,
         code="internal_error",
         title="Internal server error",
         detail="An unexpected error occurred. Quote the request id when reporting it.",
+        headers={REQUEST_ID_HEADER: rid} if rid else None,
     )
 
 

@@ -128,10 +128,14 @@ class Money:
         """Split into parts proportional to ``weights`` that add up exactly to this amount.
 
         Largest-remainder method: each part is floored, then the leftover minor units go one
-        each to the parts with the largest remainders (earlier parts win ties).
+        each to the parts with the largest remainders (earlier parts win ties). A negative
+        amount is split as the negation of the positive split.
         """
         if not weights or any(w < 0 for w in weights) or sum(weights) == 0:
             raise InvalidMoney("weights must be non-negative and not all zero")
+        if self.amount < 0:
+            # Mirror image of the positive split, so a refund reverses each part exactly.
+            return [-part for part in (-self).allocate(weights)]
         total = sum(weights)
         raw = [divmod(self.amount * w, total) for w in weights]
         parts = [q for q, _ in raw]
@@ -165,9 +169,15 @@ class Money:
         def build(value: dict[str, Any]) -> Money:
             return cls(value["amount"], value["currency"])
 
-        return core_schema.no_info_after_validator_function(
-            build,
-            fields,
+        def unpack(value: Any) -> Any:
+            # A Money instance (a model built in code) is validated like its JSON form.
+            if isinstance(value, Money):
+                return {"amount": value.amount, "currency": value.currency}
+            return value
+
+        return core_schema.no_info_before_validator_function(
+            unpack,
+            core_schema.no_info_after_validator_function(build, fields),
             serialization=core_schema.plain_serializer_function_ser_schema(
                 lambda m: {"amount": m.amount, "currency": m.currency}
             ),

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from structlog.typing import Processor
 
 __all__ = [
     "REQUEST_ID_HEADER",
@@ -53,14 +54,32 @@ def _add_request_id(_: Any, __: str, event: MutableMapping[str, Any]) -> Mapping
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:
-    """One JSON object per line on stdout, with the service name and the request id."""
-    logging.basicConfig(format="%(message)s", stream=sys.stdout, level=level.upper(), force=True)
+    """One JSON object per line on stdout, with the service name and the request id.
+
+    Records of the standard library's logging (httpx, SQLAlchemy, alembic, ...) are rendered
+    the same way, with their logger's name, so that every line on stdout parses as JSON.
+    """
+    stamp: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        _add_request_id,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*stamp, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
+    logging.basicConfig(handlers=[handler], level=level.upper(), force=True)
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            _add_request_id,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *stamp,
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
         ],

@@ -38,6 +38,7 @@ from tests.processes import Process
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_EVENT_SECRET = "test-event-secret"
+TEST_SIMULATED_WEBHOOK_SECRET = "whsec_test_platform"
 
 
 @pytest.fixture(scope="session")
@@ -152,8 +153,13 @@ def settings_for(service: str, env: dict[str, str]) -> Any:
     from services.crowdfund.config import CrowdfundSettings
     from services.orders.config import OrdersSettings
     from services.referrals.config import ReferralsSettings
+    from shared.settings import ServiceSettings
 
-    cls = {"orders": OrdersSettings, "crowdfund": CrowdfundSettings, "referrals": ReferralsSettings}
+    cls: dict[str, type[ServiceSettings]] = {
+        "orders": OrdersSettings,
+        "crowdfund": CrowdfundSettings,
+        "referrals": ReferralsSettings,
+    }
     return cls[service].model_validate(env)
 
 
@@ -244,6 +250,10 @@ def platform(
             LOG_LEVEL="INFO",
             EVENT_SUBSCRIBERS="" if name == "referrals" else f"referrals={referrals_url}",
             DATABASE_URL=platform_db_urls[name],
+            # Payments on, as on a real platform (simulated: no keys; referrals ignores it).
+            PAYMENT_PROVIDER="simulated",
+            SIMULATED_WEBHOOK_SECRET=TEST_SIMULATED_WEBHOOK_SECRET,
+            SIMULATED_SETTLE_SECONDS="0.2",
         )
         processes[name] = Process(name, ports[name], logs / f"{name}.log", env=env)
     processes["gateway"] = Process(

@@ -4,10 +4,10 @@ from functools import lru_cache
 
 from pydantic import Field
 
-from shared.settings import ServiceSettings
+from shared.payments import PaymentSettings
 
 
-class CrowdfundSettings(ServiceSettings):
+class CrowdfundSettings(PaymentSettings):
     port: int = Field(8002, alias="PORT")
 
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from services.orders.config import OrdersSettings, get_settings
-from services.orders.models import platform
+from services.orders.models import payments, platform
 from shared.app import ServiceSpec, create_service_app
+from shared.payments import (
+    install_payments,
+    payments_router,
+    run_simulated_provider,
+    webhook_router,
+)
 
 
 def create_app(settings: OrdersSettings | None = None) -> FastAPI:
@@ -14,5 +20,8 @@ def create_app(settings: OrdersSettings | None = None) -> FastAPI:
         name="orders",
         title="Qunbuy orders: pre-sales, group buys, pickup points",
         tables=platform,
+        routers=[payments_router(), webhook_router()],
+        on_startup=[install_payments(payments)],
+        periodic=[run_simulated_provider],
     )
     return create_service_app(spec, settings or get_settings())

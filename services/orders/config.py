@@ -4,10 +4,10 @@ from functools import lru_cache
 
 from pydantic import Field
 
-from shared.settings import ServiceSettings
+from shared.payments import PaymentSettings
 
 
-class OrdersSettings(ServiceSettings):
+class OrdersSettings(PaymentSettings):
     port: int = Field(8001, alias="PORT")
 
 

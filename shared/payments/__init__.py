@@ -1,0 +1,164 @@
+"""Payments: one interface, two providers (Stripe, simulated), chosen by configuration.
+
+A service that takes payments:
+
+- adds the tables: ``payments = define_payment_tables(metadata)`` in its models;
+- inherits its settings from :class:`PaymentSettings` (``PAYMENT_PROVIDER``...);
+- mounts ``payments_router()`` and/or ``webhook_router()`` and registers
+  ``install_payments(payments)`` in ``on_startup`` and ``run_simulated_provider`` in
+  ``periodic``;
+- calls the service functions (``create_payment``, ``charge_off_session``,
+  ``refund_payment``...) with ``payment_context(app)`` from its own domain code.
+
+Amounts are integer minor units with an ISO 4217 currency. Every provider call that
+creates or moves money carries an idempotency key derived from our object and the action
+(:func:`idempotency_key`). docs/payments.md has the configuration, the test payment
+methods and the state machine.
+"""
+
+from shared.payments._errors import (
+    CaptureAmountInvalid,
+    CaptureMethodUnsupported,
+    PaymentAmountAboveMaximum,
+    PaymentAmountInvalid,
+    PaymentDeclined,
+    PaymentError,
+    PaymentNotCancelable,
+    PaymentNotCapturable,
+    PaymentNotConfirmable,
+    PaymentNotFound,
+    PaymentNotRefundable,
+    PaymentProviderRejected,
+    PaymentProviderUnavailable,
+    PaymentSetupNotFound,
+    PaymentSetupNotUsable,
+    PaymentSimulationUnavailable,
+    PaymentsNotConfigured,
+    RefundAmountInvalid,
+    RefundExceedsRefundable,
+    WebhookPayloadInvalid,
+    WebhookSignatureInvalid,
+)
+from shared.payments._messages import customer_message
+from shared.payments._provider import (
+    PaymentProvider,
+    PaymentRequest,
+    ProviderDispute,
+    ProviderError,
+    ProviderNotFound,
+    ProviderPayment,
+    ProviderRefund,
+    ProviderRejected,
+    ProviderSetup,
+    ProviderUnavailable,
+)
+from shared.payments._repository import PaymentRow, RefundRow, SetupRow, StatusChangeRow
+from shared.payments._router import payments_router, webhook_router
+from shared.payments._service import (
+    Discrepancy,
+    PaymentContext,
+    PaymentView,
+    apply_webhook_event,
+    cancel_payment,
+    capture_payment,
+    charge_off_session,
+    complete_simulated_action,
+    confirm_payment,
+    create_payment,
+    create_setup,
+    get_payment_view,
+    get_setup,
+    idempotency_key,
+    new_payment_id,
+    new_setup_id,
+    reconcile,
+    refund_payment,
+)
+from shared.payments._settings import PaymentSettings
+from shared.payments._simulated import TEST_PAYMENT_METHODS, SimulatedProvider, TestPaymentMethod
+from shared.payments._stripe import StripeProvider
+from shared.payments._webhooks import SIGNATURE_HEADER, handle_webhook, verify_signature
+from shared.payments._wiring import (
+    WEBHOOK_PATH,
+    build_provider,
+    install_payments,
+    make_context,
+    payment_context,
+    run_simulated_provider,
+)
+from shared.payments.tables import PaymentTables, define_payment_tables
+
+__all__ = [
+    "SIGNATURE_HEADER",
+    "TEST_PAYMENT_METHODS",
+    "WEBHOOK_PATH",
+    "CaptureAmountInvalid",
+    "CaptureMethodUnsupported",
+    "Discrepancy",
+    "PaymentAmountAboveMaximum",
+    "PaymentAmountInvalid",
+    "PaymentContext",
+    "PaymentDeclined",
+    "PaymentError",
+    "PaymentNotCancelable",
+    "PaymentNotCapturable",
+    "PaymentNotConfirmable",
+    "PaymentNotFound",
+    "PaymentNotRefundable",
+    "PaymentProvider",
+    "PaymentProviderRejected",
+    "PaymentProviderUnavailable",
+    "PaymentRequest",
+    "PaymentRow",
+    "PaymentSettings",
+    "PaymentSetupNotFound",
+    "PaymentSetupNotUsable",
+    "PaymentSimulationUnavailable",
+    "PaymentTables",
+    "PaymentView",
+    "PaymentsNotConfigured",
+    "ProviderDispute",
+    "ProviderError",
+    "ProviderNotFound",
+    "ProviderPayment",
+    "ProviderRefund",
+    "ProviderRejected",
+    "ProviderSetup",
+    "ProviderUnavailable",
+    "RefundAmountInvalid",
+    "RefundExceedsRefundable",
+    "RefundRow",
+    "SetupRow",
+    "SimulatedProvider",
+    "StatusChangeRow",
+    "StripeProvider",
+    "TestPaymentMethod",
+    "WebhookPayloadInvalid",
+    "WebhookSignatureInvalid",
+    "apply_webhook_event",
+    "build_provider",
+    "cancel_payment",
+    "capture_payment",
+    "charge_off_session",
+    "complete_simulated_action",
+    "confirm_payment",
+    "create_payment",
+    "create_setup",
+    "customer_message",
+    "define_payment_tables",
+    "get_payment_view",
+    "get_setup",
+    "handle_webhook",
+    "idempotency_key",
+    "install_payments",
+    "make_context",
+    "new_payment_id",
+    "new_setup_id",
+    "payment_context",
+    "payments_router",
+    "reconcile",
+    "refund_payment",
+    "run_simulated_provider",
+    "verify_signature",
+    "webhook_router",
+]

@@ -1,0 +1,548 @@
+"""Every SQL statement of the payment layer (and of the simulated provider's storage)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Row, and_, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.payments.tables import PaymentTables
+
+# Refund statuses that hold money back from what remains refundable.
+RESERVING_REFUND_STATUSES = ("pending", "requires_action", "succeeded")
+# Refund statuses counted in ``amount_refunded`` (as Stripe's charge.amount_refunded does).
+REFUNDED_STATUSES = ("pending", "succeeded")
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRow:
+    id: uuid.UUID
+    provider: str
+    provider_payment_id: str | None
+    provider_charge_id: str | None
+    reference: str
+    merchant_id: str
+    customer_id: str
+    method: str
+    capture_method: str
+    off_session: bool
+    amount: int
+    currency: str
+    amount_captured: int
+    amount_refunded: int
+    status: str
+    failure_code: str | None
+    failure_message: str | None
+    next_action: dict[str, Any] | None
+    client_secret: str | None
+    payment_method_id: str | None
+    dispute_id: str | None
+    dispute_status: str | None
+    dispute_amount: int | None
+    provider_event_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RefundRow:
+    id: uuid.UUID
+    payment_id: uuid.UUID
+    provider_refund_id: str | None
+    amount: int
+    currency: str
+    status: str
+    reason: str | None
+    failure_reason: str | None
+    requested_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChangeRow:
+    id: int
+    payment_id: uuid.UUID
+    from_status: str | None
+    to_status: str
+    source: str
+    event_id: str | None
+    failure_code: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SetupRow:
+    id: uuid.UUID
+    provider: str
+    provider_setup_id: str
+    customer_id: str
+    provider_customer_id: str
+    status: str
+    payment_method_id: str | None
+    failure_code: str | None
+    failure_message: str | None
+    next_action: dict[str, Any] | None
+    client_secret: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class InboxRow:
+    provider: str
+    event_id: str
+    event_type: str
+    object_id: str | None
+    outcome: str
+    event_created_at: datetime
+    received_at: datetime
+    payload: dict[str, Any]
+
+
+def _payment(row: Row[Any]) -> PaymentRow:
+    return PaymentRow(**row._mapping)
+
+
+# --- payments ---------------------------------------------------------------------------
+
+
+async def insert_payment(
+    session: AsyncSession, t: PaymentTables, values: Mapping[str, Any]
+) -> PaymentRow | None:
+    """Inserts the payment; None when a payment with this id already exists."""
+    p = t.payment
+    result = await session.execute(
+        insert(p).values(**values).on_conflict_do_nothing(index_elements=[p.c.id]).returning(p)
+    )
+    row = result.first()
+    return _payment(row) if row is not None else None
+
+
+async def get_payment(
+    session: AsyncSession, t: PaymentTables, payment_id: uuid.UUID, *, for_update: bool = False
+) -> PaymentRow | None:
+    stmt = select(t.payment).where(t.payment.c.id == payment_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    row = (await session.execute(stmt)).first()
+    return _payment(row) if row is not None else None
+
+
+async def get_payment_by_provider_id(
+    session: AsyncSession,
+    t: PaymentTables,
+    provider: str,
+    provider_payment_id: str,
+    *,
+    for_update: bool = False,
+) -> PaymentRow | None:
+    p = t.payment
+    stmt = select(p).where(p.c.provider == provider, p.c.provider_payment_id == provider_payment_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    row = (await session.execute(stmt)).first()
+    return _payment(row) if row is not None else None
+
+
+async def get_payment_by_charge_id(
+    session: AsyncSession, t: PaymentTables, provider: str, charge_id: str, *, for_update: bool
+) -> PaymentRow | None:
+    p = t.payment
+    stmt = select(p).where(p.c.provider == provider, p.c.provider_charge_id == charge_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    row = (await session.execute(stmt)).first()
+    return _payment(row) if row is not None else None
+
+
+async def update_payment(
+    session: AsyncSession, t: PaymentTables, payment_id: uuid.UUID, values: Mapping[str, Any]
+) -> PaymentRow:
+    p = t.payment
+    result = await session.execute(
+        update(p).where(p.c.id == payment_id).values(**values, updated_at=func.now()).returning(p)
+    )
+    return _payment(result.one())
+
+
+async def list_payments_created_between(
+    session: AsyncSession, t: PaymentTables, provider: str, since: datetime, until: datetime
+) -> list[PaymentRow]:
+    p = t.payment
+    rows = await session.execute(
+        select(p)
+        .where(
+            p.c.provider == provider,
+            p.c.created_at >= since,
+            p.c.created_at < until,
+            p.c.provider_payment_id.is_not(None),
+        )
+        .order_by(p.c.created_at, p.c.id)
+    )
+    return [_payment(r) for r in rows]
+
+
+async def insert_status_change(
+    session: AsyncSession,
+    t: PaymentTables,
+    *,
+    payment_id: uuid.UUID,
+    from_status: str | None,
+    to_status: str,
+    source: str,
+    event_id: str | None = None,
+    failure_code: str | None = None,
+) -> None:
+    await session.execute(
+        insert(t.payment_status_change).values(
+            payment_id=payment_id,
+            from_status=from_status,
+            to_status=to_status,
+            source=source,
+            event_id=event_id,
+            failure_code=failure_code,
+        )
+    )
+
+
+async def list_status_changes(
+    session: AsyncSession, t: PaymentTables, payment_id: uuid.UUID
+) -> list[StatusChangeRow]:
+    c = t.payment_status_change
+    rows = await session.execute(select(c).where(c.c.payment_id == payment_id).order_by(c.c.id))
+    return [StatusChangeRow(**r._mapping) for r in rows]
+
+
+# --- refunds ----------------------------------------------------------------------------
+
+
+async def get_refund(
+    session: AsyncSession, t: PaymentTables, refund_id: uuid.UUID
+) -> RefundRow | None:
+    row = (await session.execute(select(t.refund).where(t.refund.c.id == refund_id))).first()
+    return RefundRow(**row._mapping) if row is not None else None
+
+
+async def get_refund_by_provider_id(
+    session: AsyncSession, t: PaymentTables, provider_refund_id: str
+) -> RefundRow | None:
+    r = t.refund
+    row = (
+        await session.execute(select(r).where(r.c.provider_refund_id == provider_refund_id))
+    ).first()
+    return RefundRow(**row._mapping) if row is not None else None
+
+
+async def insert_refund(
+    session: AsyncSession, t: PaymentTables, values: Mapping[str, Any]
+) -> RefundRow:
+    result = await session.execute(insert(t.refund).values(**values).returning(t.refund))
+    return RefundRow(**result.one()._mapping)
+
+
+async def update_refund(
+    session: AsyncSession, t: PaymentTables, refund_id: uuid.UUID, values: Mapping[str, Any]
+) -> RefundRow:
+    r = t.refund
+    result = await session.execute(
+        update(r).where(r.c.id == refund_id).values(**values, updated_at=func.now()).returning(r)
+    )
+    return RefundRow(**result.one()._mapping)
+
+
+async def list_refunds(
+    session: AsyncSession, t: PaymentTables, payment_id: uuid.UUID
+) -> list[RefundRow]:
+    r = t.refund
+    rows = await session.execute(
+        select(r).where(r.c.payment_id == payment_id).order_by(r.c.created_at, r.c.id)
+    )
+    return [RefundRow(**row._mapping) for row in rows]
+
+
+async def sum_refunds(
+    session: AsyncSession, t: PaymentTables, payment_id: uuid.UUID, statuses: Sequence[str]
+) -> int:
+    r = t.refund
+    total = await session.scalar(
+        select(func.coalesce(func.sum(r.c.amount), 0)).where(
+            r.c.payment_id == payment_id, r.c.status.in_(statuses)
+        )
+    )
+    return int(total or 0)
+
+
+# --- customers and saved payment methods -----------------------------------------------
+
+
+async def get_provider_customer(
+    session: AsyncSession, t: PaymentTables, provider: str, user_id: str
+) -> str | None:
+    c = t.payment_customer
+    value = await session.scalar(
+        select(c.c.provider_customer_id).where(c.c.provider == provider, c.c.user_id == user_id)
+    )
+    return str(value) if value is not None else None
+
+
+async def insert_provider_customer(
+    session: AsyncSession, t: PaymentTables, provider: str, user_id: str, customer_id: str
+) -> str:
+    """Records the user's provider customer; returns the one recorded first."""
+    c = t.payment_customer
+    await session.execute(
+        insert(c)
+        .values(provider=provider, user_id=user_id, provider_customer_id=customer_id)
+        .on_conflict_do_nothing()
+    )
+    recorded = await get_provider_customer(session, t, provider, user_id)
+    assert recorded is not None
+    return recorded
+
+
+async def insert_setup(
+    session: AsyncSession, t: PaymentTables, values: Mapping[str, Any]
+) -> SetupRow | None:
+    s = t.payment_setup
+    result = await session.execute(
+        insert(s).values(**values).on_conflict_do_nothing(index_elements=[s.c.id]).returning(s)
+    )
+    row = result.first()
+    return SetupRow(**row._mapping) if row is not None else None
+
+
+async def get_setup(
+    session: AsyncSession, t: PaymentTables, setup_id: uuid.UUID, *, for_update: bool = False
+) -> SetupRow | None:
+    stmt = select(t.payment_setup).where(t.payment_setup.c.id == setup_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    row = (await session.execute(stmt)).first()
+    return SetupRow(**row._mapping) if row is not None else None
+
+
+async def get_setup_by_provider_id(
+    session: AsyncSession, t: PaymentTables, provider: str, provider_setup_id: str
+) -> SetupRow | None:
+    s = t.payment_setup
+    row = (
+        await session.execute(
+            select(s)
+            .where(s.c.provider == provider, s.c.provider_setup_id == provider_setup_id)
+            .with_for_update()
+        )
+    ).first()
+    return SetupRow(**row._mapping) if row is not None else None
+
+
+async def update_setup(
+    session: AsyncSession, t: PaymentTables, setup_id: uuid.UUID, values: Mapping[str, Any]
+) -> SetupRow:
+    s = t.payment_setup
+    result = await session.execute(
+        update(s).where(s.c.id == setup_id).values(**values, updated_at=func.now()).returning(s)
+    )
+    return SetupRow(**result.one()._mapping)
+
+
+# --- webhook inbox ----------------------------------------------------------------------
+
+
+async def insert_inbox(
+    session: AsyncSession,
+    t: PaymentTables,
+    *,
+    provider: str,
+    event_id: str,
+    event_type: str,
+    object_id: str | None,
+    event_created_at: datetime,
+    payload: Mapping[str, Any],
+) -> bool:
+    """Records the event; False when it was received before (a redelivery)."""
+    i = t.payment_webhook_inbox
+    result = await session.execute(
+        insert(i)
+        .values(
+            provider=provider,
+            event_id=event_id,
+            event_type=event_type,
+            object_id=object_id,
+            outcome="received",
+            event_created_at=event_created_at,
+            payload=dict(payload),
+        )
+        .on_conflict_do_nothing()
+        .returning(i.c.event_id)
+    )
+    return result.first() is not None
+
+
+async def set_inbox_outcome(
+    session: AsyncSession, t: PaymentTables, provider: str, event_id: str, outcome: str
+) -> None:
+    i = t.payment_webhook_inbox
+    await session.execute(
+        update(i).where(i.c.provider == provider, i.c.event_id == event_id).values(outcome=outcome)
+    )
+
+
+async def list_unmatched_events(
+    session: AsyncSession, t: PaymentTables, provider: str, since: datetime, until: datetime
+) -> list[InboxRow]:
+    i = t.payment_webhook_inbox
+    rows = await session.execute(
+        select(i)
+        .where(
+            i.c.provider == provider,
+            i.c.outcome == "unknown_object",
+            i.c.event_created_at >= since,
+            i.c.event_created_at < until,
+        )
+        .order_by(i.c.event_created_at)
+    )
+    return [InboxRow(**r._mapping) for r in rows]
+
+
+# --- the simulated provider's storage ---------------------------------------------------
+
+
+async def sim_get(
+    session: AsyncSession, t: PaymentTables, object_id: str, *, for_update: bool = False
+) -> dict[str, Any] | None:
+    o = t.simulated_object
+    stmt = select(o.c.data).where(o.c.id == object_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    data = await session.scalar(stmt)
+    return dict(data) if data is not None else None
+
+
+async def sim_put(
+    session: AsyncSession,
+    t: PaymentTables,
+    data: Mapping[str, Any],
+    *,
+    parent_id: str | None = None,
+    settle_at: datetime | None = None,
+) -> None:
+    o = t.simulated_object
+    stmt = insert(o).values(
+        id=data["id"],
+        type=data["object"],
+        parent_id=parent_id,
+        data=dict(data),
+        settle_at=settle_at,
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[o.c.id],
+            set_={"data": stmt.excluded.data, "settle_at": settle_at, "updated_at": func.now()},
+        )
+    )
+
+
+async def sim_children(
+    session: AsyncSession, t: PaymentTables, parent_id: str, object_type: str
+) -> list[dict[str, Any]]:
+    o = t.simulated_object
+    rows = await session.scalars(
+        select(o.c.data)
+        .where(o.c.parent_id == parent_id, o.c.type == object_type)
+        .order_by(o.c.created_at, o.c.id)
+    )
+    return [dict(r) for r in rows]
+
+
+async def sim_claim_due(
+    session: AsyncSession, t: PaymentTables, now: datetime, limit: int = 50
+) -> list[dict[str, Any]]:
+    o = t.simulated_object
+    rows = await session.scalars(
+        select(o.c.data)
+        .where(and_(o.c.settle_at.is_not(None), o.c.settle_at <= now))
+        .order_by(o.c.settle_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return [dict(r) for r in rows]
+
+
+async def sim_insert_event(
+    session: AsyncSession, t: PaymentTables, *, event_id: str, event_type: str, body: str
+) -> None:
+    await session.execute(insert(t.simulated_event).values(id=event_id, type=event_type, body=body))
+
+
+async def sim_claim_events(
+    session: AsyncSession, t: PaymentTables, limit: int = 50
+) -> list[tuple[int, str, int]]:
+    """Due undelivered events as (seq, body, attempts), locked for this transaction."""
+    e = t.simulated_event
+    rows = await session.execute(
+        select(e.c.seq, e.c.body, e.c.attempts)
+        .where(e.c.delivered_at.is_(None), e.c.next_attempt_at <= func.now())
+        .order_by(e.c.seq)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return [(int(r.seq), str(r.body), int(r.attempts)) for r in rows]
+
+
+async def sim_settle_event(
+    session: AsyncSession,
+    t: PaymentTables,
+    seq: int,
+    *,
+    error: str | None,
+    retry_in_seconds: float = 0.0,
+) -> None:
+    e = t.simulated_event
+    values: dict[str, Any]
+    if error is None:
+        values = {"delivered_at": func.now(), "attempts": e.c.attempts + 1, "last_error": None}
+    else:
+        values = {
+            "attempts": e.c.attempts + 1,
+            "last_error": error[:2000],
+            "next_attempt_at": func.now() + timedelta(seconds=retry_in_seconds),
+        }
+    await session.execute(update(e).where(e.c.seq == seq).values(**values))
+
+
+async def sim_claim_request(
+    session: AsyncSession, t: PaymentTables, key: str, request_hash: str
+) -> tuple[bool, str | None, dict[str, Any] | None]:
+    """Claims an idempotency key: (True, None, None) when new (a concurrent request with the
+    same key waits on the row until this transaction ends), else (False, hash, response)."""
+    r = t.simulated_request
+    claimed = await session.execute(
+        insert(r)
+        .values(idempotency_key=key, request_hash=request_hash, response={})
+        .on_conflict_do_nothing()
+        .returning(r.c.idempotency_key)
+    )
+    if claimed.first() is not None:
+        return True, None, None
+    row = (
+        await session.execute(
+            select(r.c.request_hash, r.c.response).where(r.c.idempotency_key == key)
+        )
+    ).one()
+    return False, str(row.request_hash), dict(row.response)
+
+
+async def sim_store_response(
+    session: AsyncSession, t: PaymentTables, key: str, response: Mapping[str, Any]
+) -> None:
+    r = t.simulated_request
+    await session.execute(
+        update(r).where(r.c.idempotency_key == key).values(response=dict(response))
+    )

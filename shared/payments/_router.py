@@ -1,0 +1,371 @@
+"""HTTP endpoints of the payment layer, mounted by the services that take payments.
+
+``payments_router()``: the customer and staff endpoints (``/v1/payments``,
+``/v1/payment-methods``); ``webhook_router()``: ``POST /webhooks/stripe``, which the gateway
+exposes as ``/v1/webhooks/<service>/stripe``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Request, status
+from fastapi.responses import JSONResponse
+
+from shared.auth import CurrentUser, Principal, ensure_staff_of, require_roles
+from shared.db import SessionDep
+from shared.errors import Forbidden, Unauthorized, problem_response, responses
+from shared.idempotency import IDEMPOTENCY_ERRORS, IdempotencyKeyRequired
+from shared.money import UnknownCurrency
+from shared.payments import _service as service
+from shared.payments._errors import (
+    CaptureAmountInvalid,
+    CaptureMethodUnsupported,
+    PaymentAmountAboveMaximum,
+    PaymentAmountInvalid,
+    PaymentDeclined,
+    PaymentNotCancelable,
+    PaymentNotCapturable,
+    PaymentNotConfirmable,
+    PaymentNotFound,
+    PaymentNotRefundable,
+    PaymentProviderRejected,
+    PaymentProviderUnavailable,
+    PaymentSetupNotFound,
+    PaymentSimulationUnavailable,
+    PaymentsNotConfigured,
+    RefundAmountInvalid,
+    RefundExceedsRefundable,
+    WebhookPayloadInvalid,
+    WebhookSignatureInvalid,
+)
+from shared.payments._repository import PaymentRow
+from shared.payments._schemas import (
+    CaptureIn,
+    ConfirmIn,
+    PaymentCreate,
+    PaymentOut,
+    RefundCreate,
+    RefundOut,
+    SetupCreate,
+    SetupOut,
+    SimulatedActionIn,
+    WebhookReceipt,
+)
+from shared.payments._service import PaymentContext
+from shared.payments._webhooks import SIGNATURE_HEADER, handle_webhook
+from shared.payments._wiring import WEBHOOK_PATH
+
+__all__ = ["payments_router", "webhook_router"]
+
+
+def _context(request: Request) -> PaymentContext:
+    ctx = getattr(request.app.state, "payments", None)
+    if not isinstance(ctx, PaymentContext):
+        raise PaymentsNotConfigured()
+    return ctx
+
+
+PaymentsDep = Annotated[PaymentContext, Depends(_context)]
+Customer = Annotated[Principal, require_roles("customer")]
+_AUTH = (Unauthorized, Forbidden)
+_COMMON = (*_AUTH, PaymentsNotConfigured, PaymentProviderUnavailable, PaymentProviderRejected)
+
+
+async def _payment_for_owner(
+    principal: CurrentUser, session: SessionDep, ctx: PaymentsDep, payment_id: uuid.UUID
+) -> PaymentRow:
+    """The payment, when ``principal`` paid it (admins see every payment)."""
+    view = await service.get_payment_view(session, ctx, payment_id)
+    if not principal.is_admin and view.payment.customer_id != principal.sub:
+        raise PaymentNotFound()
+    return view.payment
+
+
+async def _payment_for_staff(
+    principal: CurrentUser, session: SessionDep, ctx: PaymentsDep, payment_id: uuid.UUID
+) -> PaymentRow:
+    """The payment, when ``principal`` is staff of its merchant (or an admin)."""
+    view = await service.get_payment_view(session, ctx, payment_id)
+    ensure_staff_of(principal, view.payment.merchant_id)
+    return view.payment
+
+
+OwnPayment = Annotated[PaymentRow, Depends(_payment_for_owner)]
+MerchantPayment = Annotated[PaymentRow, Depends(_payment_for_staff)]
+
+
+async def _out(
+    session: SessionDep, ctx: PaymentContext, payment_id: uuid.UUID, principal: Principal
+) -> PaymentOut:
+    view = await service.get_payment_view(session, ctx, payment_id)
+    return PaymentOut.of(view, show_secret=view.payment.customer_id == principal.sub)
+
+
+def _declined_or(request: Request, out: PaymentOut, *, status_code: int) -> JSONResponse:
+    """A declined attempt is recorded (the transaction commits) and answered with 402."""
+    body = out.model_dump(mode="json")
+    if out.status == "requires_payment_method" and out.failure_code is not None:
+        return problem_response(
+            request,
+            status=PaymentDeclined.status,
+            code=PaymentDeclined.code,
+            title=PaymentDeclined.title,
+            detail=out.failure_message,
+            extra={"decline_code": out.failure_code, "payment": body},
+        )
+    return JSONResponse(body, status_code=status_code)
+
+
+def payments_router() -> APIRouter:
+    router = APIRouter(tags=["payments"])
+
+    @router.post(
+        "/v1/payments",
+        status_code=status.HTTP_201_CREATED,
+        response_model=PaymentOut,
+        summary="Start a payment attempt (and confirm it when a payment method is given)",
+        responses=responses(
+            *_COMMON,
+            *IDEMPOTENCY_ERRORS,
+            PaymentDeclined,
+            UnknownCurrency,
+            PaymentAmountInvalid,
+            PaymentAmountAboveMaximum,
+            CaptureMethodUnsupported,
+        ),
+    )
+    async def create_payment(
+        principal: Customer,
+        request: Request,
+        body: PaymentCreate,
+        session: SessionDep,
+        ctx: PaymentsDep,
+        key: IdempotencyKeyRequired,
+    ) -> JSONResponse:
+        payment_id = service.new_payment_id(ctx.service, "api", principal.sub, key)
+        row = await service.create_payment(
+            session,
+            ctx,
+            payment_id=payment_id,
+            reference=body.reference,
+            merchant_id=body.merchant_id,
+            customer_id=principal.sub,
+            amount=body.amount,
+            currency=body.currency,
+            method=body.method,
+            capture_method=body.capture_method,
+            payment_method=body.payment_method,
+        )
+        out = await _out(session, ctx, row.id, principal)
+        return _declined_or(request, out, status_code=status.HTTP_201_CREATED)
+
+    @router.get(
+        "/v1/payments/{payment_id}",
+        response_model=PaymentOut,
+        summary="A payment, its refunds and its status history",
+        responses=responses(*_AUTH, PaymentsNotConfigured, PaymentNotFound),
+    )
+    async def get_payment(
+        principal: CurrentUser, payment_id: uuid.UUID, session: SessionDep, ctx: PaymentsDep
+    ) -> PaymentOut:
+        view = await service.get_payment_view(session, ctx, payment_id)
+        p = view.payment
+        if p.customer_id != principal.sub and not principal.is_admin:
+            if not principal.has("staff"):
+                raise PaymentNotFound()
+            ensure_staff_of(principal, p.merchant_id)
+        return PaymentOut.of(view, show_secret=p.customer_id == principal.sub)
+
+    @router.post(
+        "/v1/payments/{payment_id}/confirm",
+        response_model=PaymentOut,
+        summary="Confirm the payment with a payment method (again, after a decline)",
+        responses=responses(
+            *_COMMON, *IDEMPOTENCY_ERRORS, PaymentNotFound, PaymentNotConfirmable, PaymentDeclined
+        ),
+    )
+    async def confirm_payment(
+        principal: CurrentUser,
+        request: Request,
+        body: ConfirmIn,
+        payment: OwnPayment,
+        session: SessionDep,
+        ctx: PaymentsDep,
+        key: IdempotencyKeyRequired,
+    ) -> JSONResponse:
+        row = await service.confirm_payment(
+            session, ctx, payment.id, payment_method=body.payment_method, request_key=key
+        )
+        out = await _out(session, ctx, row.id, principal)
+        return _declined_or(request, out, status_code=status.HTTP_200_OK)
+
+    @router.post(
+        "/v1/payments/{payment_id}/capture",
+        response_model=PaymentOut,
+        summary="Capture an authorized payment, fully or partly (merchant staff)",
+        responses=responses(
+            *_COMMON,
+            *IDEMPOTENCY_ERRORS,
+            PaymentNotFound,
+            PaymentNotCapturable,
+            CaptureAmountInvalid,
+        ),
+    )
+    async def capture_payment(
+        principal: CurrentUser,
+        body: CaptureIn,
+        payment: MerchantPayment,
+        session: SessionDep,
+        ctx: PaymentsDep,
+        key: IdempotencyKeyRequired,
+    ) -> PaymentOut:
+        row = await service.capture_payment(session, ctx, payment.id, amount=body.amount)
+        return await _out(session, ctx, row.id, principal)
+
+    @router.post(
+        "/v1/payments/{payment_id}/cancel",
+        response_model=PaymentOut,
+        summary="Cancel a payment that has not been paid (the payer or merchant staff)",
+        responses=responses(*_COMMON, PaymentNotFound, PaymentNotCancelable),
+    )
+    async def cancel_payment(
+        principal: CurrentUser, payment_id: uuid.UUID, session: SessionDep, ctx: PaymentsDep
+    ) -> PaymentOut:
+        view = await service.get_payment_view(session, ctx, payment_id)
+        if view.payment.customer_id != principal.sub:
+            ensure_staff_of(principal, view.payment.merchant_id)
+        row = await service.cancel_payment(session, ctx, payment_id)
+        return await _out(session, ctx, row.id, principal)
+
+    @router.post(
+        "/v1/payments/{payment_id}/refunds",
+        status_code=status.HTTP_201_CREATED,
+        response_model=RefundOut,
+        summary="Refund a paid payment, fully or partly (merchant staff)",
+        responses=responses(
+            *_COMMON,
+            *IDEMPOTENCY_ERRORS,
+            PaymentNotFound,
+            PaymentNotRefundable,
+            RefundAmountInvalid,
+            RefundExceedsRefundable,
+        ),
+    )
+    async def refund_payment(
+        principal: CurrentUser,
+        body: RefundCreate,
+        payment: MerchantPayment,
+        session: SessionDep,
+        ctx: PaymentsDep,
+        key: IdempotencyKeyRequired,
+    ) -> RefundOut:
+        refund = await service.refund_payment(
+            session,
+            ctx,
+            payment.id,
+            amount=body.amount,
+            reason=body.reason,
+            request_key=f"api:{principal.sub}:{key}",
+            requested_by=principal.sub,
+        )
+        return RefundOut.of(refund)
+
+    @router.post(
+        "/v1/payments/{payment_id}/simulate-action",
+        response_model=PaymentOut,
+        summary="Simulated provider only: complete or fail the customer action",
+        description=(
+            "Stands for what the customer does at their bank or wallet: 3D Secure, scanning "
+            "the WeChat Pay QR code, returning from Alipay."
+        ),
+        responses=responses(
+            *_COMMON, PaymentNotFound, PaymentNotConfirmable, PaymentSimulationUnavailable
+        ),
+    )
+    async def simulate_action(
+        principal: CurrentUser,
+        request: Request,
+        body: SimulatedActionIn,
+        payment: OwnPayment,
+        session: SessionDep,
+        ctx: PaymentsDep,
+    ) -> JSONResponse:
+        row = await service.complete_simulated_action(
+            session, ctx, payment.id, succeed=body.succeed
+        )
+        out = await _out(session, ctx, row.id, principal)
+        return _declined_or(request, out, status_code=status.HTTP_200_OK)
+
+    @router.post(
+        "/v1/payment-methods/setup",
+        status_code=status.HTTP_201_CREATED,
+        response_model=SetupOut,
+        summary="Save a card for later off-session charges (a SetupIntent)",
+        responses=responses(*_COMMON, *IDEMPOTENCY_ERRORS),
+    )
+    async def create_setup(
+        principal: Customer,
+        body: SetupCreate,
+        session: SessionDep,
+        ctx: PaymentsDep,
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    ) -> SetupOut:
+        setup_id = (
+            service.new_setup_id(ctx.service, principal.sub, idempotency_key)
+            if idempotency_key
+            else uuid.uuid4()
+        )
+        row = await service.create_setup(
+            session,
+            ctx,
+            setup_id=setup_id,
+            customer_id=principal.sub,
+            payment_method=body.payment_method,
+        )
+        return SetupOut.of(row)
+
+    @router.get(
+        "/v1/payment-methods/setup/{setup_id}",
+        response_model=SetupOut,
+        summary="A saved payment method's setup",
+        responses=responses(*_AUTH, PaymentsNotConfigured, PaymentSetupNotFound),
+    )
+    async def get_setup(
+        principal: CurrentUser, setup_id: uuid.UUID, session: SessionDep, ctx: PaymentsDep
+    ) -> SetupOut:
+        row = await service.get_setup(session, ctx, setup_id)
+        if row.customer_id != principal.sub and not principal.is_admin:
+            raise PaymentSetupNotFound()
+        return SetupOut.of(row)
+
+    return router
+
+
+def webhook_router() -> APIRouter:
+    router = APIRouter(tags=["webhooks"])
+
+    @router.post(
+        WEBHOOK_PATH,
+        response_model=WebhookReceipt,
+        summary="Payment provider events (Stripe-signed)",
+        description=(
+            "Verifies the `Stripe-Signature` header with the endpoint secret, records the "
+            "event id once and applies it in the same transaction. Redeliveries, late and "
+            "unknown events answer 200 without effect."
+        ),
+        responses=responses(PaymentsNotConfigured, WebhookSignatureInvalid, WebhookPayloadInvalid),
+    )
+    async def receive(
+        request: Request,
+        session: SessionDep,
+        ctx: PaymentsDep,
+        signature: Annotated[str | None, Header(alias=SIGNATURE_HEADER)] = None,
+    ) -> WebhookReceipt:
+        result = await handle_webhook(session, ctx, await request.body(), signature)
+        return WebhookReceipt(
+            event_id=result.event_id, event_type=result.event_type, status=result.status
+        )
+
+    return router

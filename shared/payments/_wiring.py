@@ -1,0 +1,139 @@
+"""How a service takes the payment layer on: settings -> provider -> ``app.state.payments``."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import httpx
+import structlog
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.events import EventPublisher
+from shared.payments._errors import PaymentsNotConfigured
+from shared.payments._provider import PaymentProvider
+from shared.payments._service import PaymentContext
+from shared.payments._settings import PaymentSettings
+from shared.payments._simulated import SimulatedProvider
+from shared.payments._stripe import StripeProvider
+from shared.payments.tables import PaymentTables
+from shared.tables import PlatformTables
+
+__all__ = [
+    "WEBHOOK_PATH",
+    "build_provider",
+    "install_payments",
+    "make_context",
+    "payment_context",
+    "run_simulated_provider",
+]
+
+WEBHOOK_PATH = "/webhooks/stripe"
+_MAX_BATCHES = 20
+_log = structlog.get_logger("qunbuy.payments")
+
+
+def build_provider(
+    settings: PaymentSettings,
+    *,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    tables: PaymentTables,
+) -> PaymentProvider | None:
+    """The configured provider, or None when payments are disabled in this process."""
+    if settings.payment_provider == "stripe":
+        if not settings.stripe_webhook_secret:
+            _log.warning("stripe_webhook_secret_missing", effect="every webhook is refused")
+        return StripeProvider(
+            api_key=settings.stripe_api_key,
+            webhook_secret=settings.stripe_webhook_secret,
+            api_base=settings.stripe_api_base,
+            max_network_retries=settings.stripe_max_network_retries,
+            timeout_seconds=settings.stripe_timeout_seconds,
+            api_version=settings.stripe_api_version,
+        )
+    if settings.payment_provider == "simulated":
+        return SimulatedProvider(
+            sessionmaker=sessionmaker,
+            tables=tables,
+            webhook_secret=settings.simulated_webhook_secret,
+            settle_seconds=settings.simulated_settle_seconds,
+        )
+    return None
+
+
+def make_context(
+    *,
+    service: str,
+    settings: PaymentSettings,
+    platform: PlatformTables,
+    tables: PaymentTables,
+    provider: PaymentProvider,
+) -> PaymentContext:
+    return PaymentContext(
+        service=service,
+        tables=tables,
+        provider=provider,
+        publisher=EventPublisher(
+            source=service, tables=platform, subscribers=list(settings.subscribers())
+        ),
+        max_amount=settings.payment_max_amount,
+    )
+
+
+def install_payments(tables: PaymentTables) -> Callable[[FastAPI], Awaitable[None]]:
+    """A ``ServiceSpec.on_startup`` hook that puts the :class:`PaymentContext` (or None, when
+    ``PAYMENT_PROVIDER`` is disabled) in ``app.state.payments``."""
+
+    async def startup(app: FastAPI) -> None:
+        settings = app.state.settings
+        if not isinstance(settings, PaymentSettings):
+            raise TypeError("a service that takes payments needs PaymentSettings")
+        provider = build_provider(settings, sessionmaker=app.state.sessionmaker, tables=tables)
+        app.state.payments = (
+            None
+            if provider is None
+            else make_context(
+                service=app.state.service_name,
+                settings=settings,
+                platform=app.state.tables,
+                tables=tables,
+                provider=provider,
+            )
+        )
+        _log.info("payments_ready", provider=settings.payment_provider)
+
+    return startup
+
+
+def payment_context(app: FastAPI) -> PaymentContext:
+    """The app's payment context, for jobs (``ServiceSpec.periodic``) and tests."""
+    ctx = getattr(app.state, "payments", None)
+    if not isinstance(ctx, PaymentContext):
+        raise PaymentsNotConfigured()
+    return ctx
+
+
+async def run_simulated_provider(app: FastAPI) -> None:
+    """Worker job: settle the simulated provider's due outcomes and deliver its events to
+    this app's webhook endpoint, in process. Does nothing with another provider."""
+    ctx = getattr(app.state, "payments", None)
+    if not isinstance(ctx, PaymentContext) or not isinstance(ctx.provider, SimulatedProvider):
+        return
+    provider = ctx.provider
+    await provider.settle_due()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://simulated-provider"
+    ) as client:
+
+        async def post(body: bytes, signature: str) -> int:
+            response = await client.post(
+                WEBHOOK_PATH,
+                content=body,
+                headers={"content-type": "application/json", "Stripe-Signature": signature},
+            )
+            return response.status_code
+
+        for _ in range(_MAX_BATCHES):
+            if await provider.deliver_events(post) == 0:
+                break
