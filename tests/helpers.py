@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
+from typing import Literal
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -19,9 +20,17 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serve(app: ASGIApp, port: int) -> AsyncIterator[str]:
-    """Runs ``app`` under uvicorn on 127.0.0.1:``port`` (real HTTP) for the block's duration."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+async def serve(
+    app: ASGIApp, port: int | None = None, *, lifespan: Literal["on", "off"] = "on"
+) -> AsyncIterator[str]:
+    """Runs ``app`` under uvicorn on 127.0.0.1 (real HTTP) for the block's duration.
+
+    ``lifespan="off"`` for an app whose lifespan the caller already runs.
+    """
+    port = port or free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:

@@ -15,6 +15,7 @@ import stripe
 from sqlalchemy import select
 
 from tests.conftest import TokenFactory
+from tests.helpers import serve
 from tests.shared.payments.support import (
     STRIPE_WEBHOOK_SECRET,
     PaymentsApp,
@@ -23,7 +24,6 @@ from tests.shared.payments.support import (
     new_reference,
     payments_app,
     payments_env,
-    serve,
     signed,
 )
 
@@ -291,7 +291,7 @@ async def test_localstripe_delivers_its_own_signed_events(
 ) -> None:
     """localstripe itself POSTs payment_intent.succeeded to our webhook over HTTP, signed
     with the endpoint secret (it waits a second before sending)."""
-    async with serve(stripe_orders.app) as base_url:
+    async with serve(stripe_orders.app, lifespan="off") as base_url:
         async with httpx.AsyncClient() as http:
             registered = await http.post(
                 f"{localstripe_url}/_config/webhooks/{uuid.uuid4().hex[:8]}",

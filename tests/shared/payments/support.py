@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import socket
@@ -19,7 +18,6 @@ from typing import Any
 
 import httpx
 import stripe
-import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
@@ -214,24 +212,6 @@ async def payments_app(
     app = create(settings_for(service, env))
     async with running(app) as client:
         yield PaymentsApp(app=app, client=client)
-
-
-@contextlib.asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[str]:
-    """``app`` under uvicorn on a free port (real HTTP), its lifespan already running."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 def payments_env(provider: str, **extra: str) -> dict[str, str]:
