@@ -39,6 +39,7 @@ class ServiceSpec:
     # Extra work for the worker loop (due-work schedulers), run every poll interval.
     periodic: Sequence[Callable[[FastAPI], Awaitable[None]]] = ()
     on_startup: Sequence[Startup] = ()
+    on_shutdown: Sequence[Startup] = ()
 
 
 def relay_for(app: FastAPI) -> OutboxRelay:
@@ -102,6 +103,8 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
             stop.set()
             if worker is not None:
                 await worker
+            for hook in spec.on_shutdown:
+                await hook(app)
             await engine.dispose()
 
     app = FastAPI(title=spec.title, version="0.1.0", lifespan=lifespan)

@@ -7,7 +7,12 @@ from fastapi import FastAPI
 from services.crowdfund.config import CrowdfundSettings, get_settings
 from services.crowdfund.models import payments, platform
 from shared.app import ServiceSpec, create_service_app
-from shared.payments import install_payments, run_simulated_provider, webhook_router
+from shared.payments import (
+    close_payments,
+    install_payments,
+    run_simulated_provider,
+    webhook_router,
+)
 
 
 def create_app(settings: CrowdfundSettings | None = None) -> FastAPI:
@@ -20,6 +25,7 @@ def create_app(settings: CrowdfundSettings | None = None) -> FastAPI:
         tables=platform,
         routers=[webhook_router()],
         on_startup=[install_payments(payments)],
+        on_shutdown=[close_payments],
         periodic=[run_simulated_provider],
     )
     return create_service_app(spec, settings or get_settings())

@@ -5,8 +5,8 @@ A service that takes payments:
 - adds the tables: ``payments = define_payment_tables(metadata)`` in its models;
 - inherits its settings from :class:`PaymentSettings` (``PAYMENT_PROVIDER``...);
 - mounts ``payments_router()`` and/or ``webhook_router()`` and registers
-  ``install_payments(payments)`` in ``on_startup`` and ``run_simulated_provider`` in
-  ``periodic``;
+  ``install_payments(payments)`` in ``on_startup``, ``close_payments`` in ``on_shutdown``
+  and ``run_simulated_provider`` in ``periodic``;
 - calls the service functions (``create_payment``, ``charge_off_session``,
   ``refund_payment``...) with ``payment_context(app)`` from its own domain code.
 
@@ -81,6 +81,7 @@ from shared.payments._webhooks import SIGNATURE_HEADER, handle_webhook, verify_s
 from shared.payments._wiring import (
     WEBHOOK_PATH,
     build_provider,
+    close_payments,
     install_payments,
     make_context,
     payment_context,
@@ -140,6 +141,7 @@ __all__ = [
     "cancel_payment",
     "capture_payment",
     "charge_off_session",
+    "close_payments",
     "complete_simulated_action",
     "confirm_payment",
     "create_payment",

@@ -147,6 +147,10 @@ class PaymentProvider(Protocol):
         """The secret that signs this provider's webhook events (empty rejects everything)."""
         ...
 
+    async def aclose(self) -> None:
+        """Releases what the provider holds (connection pools); called at shutdown."""
+        ...
+
     async def ensure_customer(
         self, *, user_id: str, metadata: Mapping[str, str], idempotency_key: str
     ) -> str: ...

@@ -199,6 +199,9 @@ class SimulatedProvider:
         self._webhook_secret = webhook_secret
         self.settle_seconds = settle_seconds
 
+    async def aclose(self) -> None:
+        """Nothing to release: its state lives in the service's database."""
+
     @property
     def webhook_secret(self) -> str:
         return self._webhook_secret

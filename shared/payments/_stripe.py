@@ -1,8 +1,8 @@
 """The Stripe provider: the official SDK's ``StripeClient`` and its async methods.
 
 The async methods run on the SDK's httpx client (``stripe.HTTPXClient``), so no thread is
-blocked. One client is kept per process and event loop: it holds a connection pool, and the
-service app has no shutdown hook to close it in (see docs/payments.md).
+blocked. Each provider owns one client (a connection pool), closed by :meth:`aclose` from
+the service's shutdown hook.
 
 Calls are chosen to work on Stripe and on localstripe (the fake the tests run against):
 a payment is created, then confirmed in a second call (its id is known before money
@@ -12,8 +12,6 @@ decline comes back as a 402 error, after which the intent is read again for its 
 
 from __future__ import annotations
 
-import asyncio
-import weakref
 from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar, cast
 
@@ -51,11 +49,6 @@ STRIPE_API_VERSION = "2025-03-31.basil"
 
 T = TypeVar("T")
 _EXPAND = ["latest_charge"]
-_ClientKey = tuple[str, str | None, int, float, str]
-_clients: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[_ClientKey, stripe.StripeClient]
-]
-_clients = weakref.WeakKeyDictionary()
 
 
 class StripeHTTPClient(stripe.HTTPXClient):
@@ -75,27 +68,6 @@ class StripeHTTPClient(stripe.HTTPXClient):
 
     async def aclose(self) -> None:
         await self.close_async()  # type: ignore[no-untyped-call]  # the SDK leaves it untyped
-
-
-def _new_client(
-    key: _ClientKey, http_client: stripe.HTTPClient | None = None
-) -> stripe.StripeClient:
-    api_key, api_base, retries, timeout, version = key
-    return stripe.StripeClient(
-        api_key,
-        stripe_version=version,
-        base_addresses={"api": api_base} if api_base else None,
-        http_client=http_client or StripeHTTPClient(timeout=timeout),
-        max_network_retries=retries,
-    )
-
-
-def _client_for(key: _ClientKey) -> stripe.StripeClient:
-    per_loop = _clients.setdefault(asyncio.get_running_loop(), {})
-    client = per_loop.get(key)
-    if client is None:
-        client = per_loop[key] = _new_client(key)
-    return client
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:
@@ -151,16 +123,17 @@ class StripeProvider:
     ) -> None:
         if not api_key:
             raise ValueError("the Stripe provider needs an API key")
-        self._key: _ClientKey = (
-            api_key,
-            api_base,
-            max_network_retries,
-            timeout_seconds,
-            api_version,
-        )
         self._webhook_secret = webhook_secret
-        # A given HTTP client (tests record requests with one) gets a client of its own.
-        self._own_client = None if http_client is None else _new_client(self._key, http_client)
+        # A given HTTP client (tests record requests with one) stays its owner's to close.
+        self._owns_http = http_client is None
+        self._http = http_client or StripeHTTPClient(timeout=timeout_seconds)
+        self._client = stripe.StripeClient(
+            api_key,
+            stripe_version=api_version,
+            base_addresses={"api": api_base} if api_base else None,
+            http_client=self._http,
+            max_network_retries=max_network_retries,
+        )
 
     @property
     def webhook_secret(self) -> str:
@@ -168,7 +141,11 @@ class StripeProvider:
 
     @property
     def client(self) -> stripe.StripeClient:
-        return self._own_client or _client_for(self._key)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._owns_http and isinstance(self._http, StripeHTTPClient):
+            await self._http.aclose()
 
     async def _call(self, call: Awaitable[T]) -> T:
         try:

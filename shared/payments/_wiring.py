@@ -22,6 +22,7 @@ from shared.tables import PlatformTables
 __all__ = [
     "WEBHOOK_PATH",
     "build_provider",
+    "close_payments",
     "install_payments",
     "make_context",
     "payment_context",
@@ -103,6 +104,13 @@ def install_payments(tables: PaymentTables) -> Callable[[FastAPI], Awaitable[Non
         _log.info("payments_ready", provider=settings.payment_provider)
 
     return startup
+
+
+async def close_payments(app: FastAPI) -> None:
+    """A ``ServiceSpec.on_shutdown`` hook: the provider lets go of its connections."""
+    ctx = getattr(app.state, "payments", None)
+    if isinstance(ctx, PaymentContext):
+        await ctx.provider.aclose()
 
 
 def payment_context(app: FastAPI) -> PaymentContext:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
@@ -24,13 +24,15 @@ from tests.shared.payments.support import (
 
 
 @pytest.fixture
-def provider(localstripe_url: str) -> StripeProvider:
-    return StripeProvider(
+async def provider(localstripe_url: str) -> AsyncIterator[StripeProvider]:
+    provider = StripeProvider(
         api_key=STRIPE_TEST_KEY,
         webhook_secret=STRIPE_WEBHOOK_SECRET,
         api_base=localstripe_url,
         max_network_retries=0,
     )
+    yield provider
+    await provider.aclose()
 
 
 def key() -> str:
