@@ -77,6 +77,9 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         )
     )
     logging.basicConfig(handlers=[handler], level=level.upper(), force=True)
+    # Every internal call (event delivery, simulated webhooks) already has its own log line
+    # at the receiving end; httpx's per-request INFO line would double them.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
     structlog.configure(
         processors=[
             *stamp,
