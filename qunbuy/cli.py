@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from qunbuy.payments_cli import add_payments_commands
 from qunbuy.platform import DEFAULT_DATA_DIR, PlatformError
 
 __all__ = ["main"]
@@ -46,12 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "redrive":
             cmd.add_argument("--id", type=int, action="append", dest="ids", default=[])
 
-    try:
-        from shared.payments.cli import add_payments_commands
-    except ImportError:  # the payments package is optional for the skeleton
-        pass
-    else:
-        add_payments_commands(sub)
+    add_payments_commands(sub)
     return parser
 
 

@@ -69,25 +69,25 @@ async def events(args: argparse.Namespace) -> int:
     engine = make_engine(dbs.urls[args.service], pool_size=1)
     tables = _tables(args.service)
     try:
-        async with sessionmaker_for(engine)() as session, session.begin():
-            if args.events_command == "redrive":
+        if args.events_command == "redrive":
+            async with sessionmaker_for(engine)() as session, session.begin():
                 count = await redrive_dead(session, tables, ids=args.ids or None)
-                print(f"re-driven: {count} event deliveries")
-                return 0
-            o = tables.outbox
-            rows = await session.execute(
-                select(o.c.id, o.c.event_type, o.c.subscriber, o.c.attempts, o.c.last_error)
-                .where(o.c.status == "dead")
-                .order_by(o.c.id)
-            )
-            found = 0
-            for row in rows:
-                found += 1
-                print(
-                    f"{row.id}\t{row.event_type}\t{row.subscriber}\t{row.attempts}\t{row.last_error}"
-                )
-            print(f"dead: {found}")
+            # Said only once committed: a failed commit must not read as done.
+            print(f"re-driven: {count} event deliveries")
             return 0
+        o = tables.outbox
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(o.c.id, o.c.event_type, o.c.subscriber, o.c.attempts, o.c.last_error)
+                    .where(o.c.status == "dead")
+                    .order_by(o.c.id)
+                )
+            ).all()
+        for row in rows:
+            print(f"{row.id}\t{row.event_type}\t{row.subscriber}\t{row.attempts}\t{row.last_error}")
+        print(f"dead: {len(rows)}")
+        return 0
     except (OSError, TimeoutError) as exc:
         raise PlatformError(
             f"cannot reach the {args.service} database ({exc}); "

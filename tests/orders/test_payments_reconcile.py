@@ -13,8 +13,8 @@ import pytest
 import stripe
 from sqlalchemy import delete
 
+from qunbuy.payments_cli import add_payments_commands
 from shared.payments import Discrepancy, SimulatedProvider, reconcile
-from shared.payments.cli import add_payments_commands
 from tests.conftest import TokenFactory
 from tests.shared.payments.support import (
     PaymentsApp,

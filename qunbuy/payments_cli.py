@@ -92,8 +92,9 @@ async def _reconcile(args: argparse.Namespace) -> int:
     if since >= until:
         print("qunbuy: --since must be before --until", file=sys.stderr)
         return 2
-    dbs = await asyncio.to_thread(open_databases, args.data_dir)
+    dbs = await asyncio.to_thread(open_databases, args.data_dir, [args.service])
     engine = make_engine(dbs.urls[args.service], pool_size=2)
+    provider = None
     try:
         settings = _settings(args.service, dbs.urls[args.service], dbs.embedded is not None)
         sessionmaker = sessionmaker_for(engine)
@@ -130,5 +131,7 @@ async def _reconcile(args: argparse.Namespace) -> int:
         )
         return 0 if left == 0 else 3
     finally:
+        if provider is not None:
+            await provider.aclose()
         await engine.dispose()
         await asyncio.to_thread(dbs.stop)
