@@ -13,6 +13,7 @@ import aiohttp
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from yarl import URL
 
 from gateway.routes import resolve
 from shared.errors import problem_response
@@ -85,8 +86,27 @@ def _forward_headers(request: Request, request_id: str) -> dict[str, str]:
     return headers
 
 
+def _upstream_error(request: Request, service: str, exc: BaseException) -> Response:
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return problem_response(
+            request,
+            status=504,
+            code="upstream_timeout",
+            title="The service took too long to answer",
+            detail=f"{service} did not answer in time",
+        )
+    return problem_response(
+        request,
+        status=502,
+        code="upstream_unavailable",
+        title="The service is unavailable",
+        detail=f"{service} could not be reached",
+    )
+
+
 async def proxy(request: Request) -> Response:
-    target = resolve(request.url.path)
+    raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
+    target = resolve(raw_path.decode("latin-1"))
     if target is None:
         return problem_response(
             request, status=404, code="not_found", title="Not found", detail="No such resource"
@@ -99,60 +119,49 @@ async def proxy(request: Request) -> Response:
     data = request.stream() if has_body else None
     if "content-length" in request.headers:
         headers["content-length"] = request.headers["content-length"]
-    path = target.path + (f"?{request.url.query}" if request.url.query else "")
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    # encoded=True: the path goes out byte for byte as the client sent it (no re-encoding,
+    # no dot-segment folding by the URL library).
+    url = URL(target.path + (f"?{query}" if query else ""), encoded=True)
     try:
         upstream = await session.request(
             request.method,
-            path,
+            url,
             headers=headers,
             data=data,
             allow_redirects=False,
             compress=None,
         )
-    except (TimeoutError, aiohttp.ServerTimeoutError):
-        return problem_response(
-            request,
-            status=504,
-            code="upstream_timeout",
-            title="The service took too long to answer",
-            detail=f"{target.service} did not answer in time",
-        )
-    except aiohttp.ClientError:
-        return problem_response(
-            request,
-            status=502,
-            code="upstream_unavailable",
-            title="The service is unavailable",
-            detail=f"{target.service} could not be reached",
-        )
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        return _upstream_error(request, target.service, exc)
 
     response_headers = {
         k: v for k, v in upstream.headers.items() if k.lower() not in _RESPONSE_DROP
     }
-
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in upstream.content.iter_any():
-                yield chunk
-        except (TimeoutError, aiohttp.ClientError):
-            # Headers are already sent; the client sees a truncated body, as with any proxy.
-            return
-
     if upstream.content_length is not None and upstream.content_length <= 64 * 1024:
         # Small bodies (nearly every API answer): read once, send with Content-Length.
         try:
             raw = await upstream.read()
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            return problem_response(
-                request,
-                status=504,
-                code="upstream_timeout",
-                title="The service took too long to answer",
-                detail=f"{target.service} did not finish its answer in time",
-            )
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return _upstream_error(request, target.service, exc)
         finally:
             upstream.release()
         return Response(raw, status_code=upstream.status, headers=response_headers)
+
+    if upstream.content_length is not None:
+        # Kept, so that a body cut short by the service is visibly short to the client.
+        response_headers["content-length"] = str(upstream.content_length)
+
+    async def body() -> AsyncIterator[bytes]:
+        # An upstream error mid-body propagates: the server then aborts the connection
+        # instead of ending the response cleanly, so the client cannot take a truncated
+        # body for a whole one.
+        try:
+            async for chunk in upstream.content.iter_any():
+                yield chunk
+        finally:
+            upstream.release()
+
     return StreamingResponse(
         body(),
         status_code=upstream.status,

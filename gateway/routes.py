@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 # Public prefix -> (service, prefix on the service). Matching is on whole path segments.
 ROUTES: dict[str, tuple[str, str]] = {
@@ -27,15 +28,38 @@ ROUTES: dict[str, tuple[str, str]] = {
 @dataclass(frozen=True, slots=True)
 class Target:
     service: str
-    path: str
+    path: str  # still percent-encoded, exactly as the client sent it after the prefix
 
 
-def resolve(path: str) -> Target | None:
-    """The service and upstream path for a public ``path``, or None when nothing serves it."""
-    if any(segment in (".", "..") for segment in path.split("/")):
-        # Never let a dot segment walk out of a route prefix (e.g. into /internal).
+def _fully_unquoted(segment: str) -> str:
+    """Undo percent-encoding until nothing changes (``%252e`` -> ``%2e`` -> ``.``)."""
+    for _ in range(5):
+        decoded = unquote(segment)
+        if decoded == segment:
+            break
+        segment = decoded
+    return segment
+
+
+def _escapes(raw_path: str) -> bool:
+    """True when any segment, however encoded, is or hides a ``.``/``..`` step."""
+    return any(
+        piece in (".", "..")
+        for segment in raw_path.split("/")
+        for piece in _fully_unquoted(segment).replace("\\", "/").split("/")
+    )
+
+
+def resolve(raw_path: str) -> Target | None:
+    """The service and upstream path for a public path, or None when nothing serves it.
+
+    Works on the raw (percent-encoded) path and forwards it unchanged after the prefix, so
+    the service decodes exactly once what the client encoded; a path with a dot segment in
+    any encoding never leaves the gateway (nothing may walk out of a prefix into /internal).
+    """
+    if _escapes(raw_path):
         return None
-    parts = path.split("/", 4)  # "", "v1", resource, rest...
+    parts = raw_path.split("/", 4)  # "", "v1", resource, rest...
     if len(parts) < 3:
         return None
     first = "/".join(parts[:3])
@@ -49,4 +73,4 @@ def resolve(path: str) -> Target | None:
     if route is None:
         return None
     service, upstream_prefix = route
-    return Target(service=service, path=upstream_prefix + path[rest_start:])
+    return Target(service=service, path=upstream_prefix + raw_path[rest_start:])

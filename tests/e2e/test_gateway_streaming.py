@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Callable
 
@@ -59,8 +60,6 @@ upstream = Starlette(
 async def through_gateway(
     lone_gateway: Callable[..., Process],
 ) -> AsyncIterator[httpx.AsyncClient]:
-    import asyncio
-
     async with serve(upstream, free_port()) as url:
         gateway = await asyncio.to_thread(
             lone_gateway, ORDERS_URL=url, CROWDFUND_URL=url, REFERRALS_URL=url
@@ -109,3 +108,84 @@ async def test_large_response_streams_back(through_gateway: httpx.AsyncClient) -
             first_bytes.update(chunk[:1])
     assert received == 8 * MIB
     assert first_bytes <= set(range(65, 73))
+
+
+async def raw_upstream(handler: Callable[[bytes], bytes]) -> tuple[asyncio.Server, str]:
+    """A bare HTTP/1.1 upstream that answers each request head with ``handler(head)``
+    and then closes: it can misbehave in ways a framework will not."""
+
+    async def serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.write(handler(head))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve_one, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def test_paths_are_forwarded_exactly_and_hidden_dot_segments_stop_at_the_gateway(
+    lone_gateway: Callable[..., Process],
+) -> None:
+    seen: list[bytes] = []
+
+    def echo(head: bytes) -> bytes:
+        seen.append(head.split(b" ")[1])
+        return b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+
+    server, url = await raw_upstream(echo)
+    try:
+        gateway = await asyncio.to_thread(
+            lone_gateway, ORDERS_URL=url, CROWDFUND_URL=url, REFERRALS_URL=url
+        )
+        async with httpx.AsyncClient(base_url=gateway.url) as client:
+            ok = await client.get("/v1/orders/a%2Fb/%E5%9B%A2?x=%2F")
+            blocked = [
+                await client.get(path)
+                for path in (
+                    "/v1/orders/%252e%252e/%252e%252e/internal/events",
+                    "/v1/orders/%252e%252e/%252e%252e/metrics",
+                    "/v1/orders/..%2F..%2Finternal%2Fevents",
+                )
+            ]
+    finally:
+        server.close()
+    assert ok.status_code == 200
+    assert seen == [b"/v1/orders/a%2Fb/%E5%9B%A2?x=%2F"]
+    assert [r.status_code for r in blocked] == [404, 404, 404]
+    assert all(r.headers.get_list("x-served-by") == ["gateway"] for r in blocked)
+
+
+async def test_a_body_cut_short_upstream_is_visibly_short(
+    lone_gateway: Callable[..., Process],
+) -> None:
+    def short(_: bytes) -> bytes:
+        return b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n" + b"x" * 70_000
+
+    server, url = await raw_upstream(short)
+    try:
+        gateway = await asyncio.to_thread(
+            lone_gateway, ORDERS_URL=url, CROWDFUND_URL=url, REFERRALS_URL=url
+        )
+        async with httpx.AsyncClient(base_url=gateway.url) as client:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.get("/v1/orders/big")
+    finally:
+        server.close()
+
+
+async def test_a_small_answer_cut_short_is_502(lone_gateway: Callable[..., Process]) -> None:
+    def short(_: bytes) -> bytes:
+        return b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n" + b"x" * 10
+
+    server, url = await raw_upstream(short)
+    try:
+        gateway = await asyncio.to_thread(
+            lone_gateway, ORDERS_URL=url, CROWDFUND_URL=url, REFERRALS_URL=url
+        )
+        async with httpx.AsyncClient(base_url=gateway.url) as client:
+            response = await client.get("/v1/orders/small")
+    finally:
+        server.close()
+    assert response.status_code == 502
+    assert response.json()["code"] == "upstream_unavailable"

@@ -20,6 +20,16 @@ from gateway.routes import ROUTES, Target, resolve
         ("/internal/events", None),
         ("/v1/orders/../../internal/events", None),
         ("/v1/webhooks/orders/./stripe", None),
+        # Encoded, double-encoded and slash-hidden dot segments never leave the gateway.
+        ("/v1/orders/%2e%2e/%2e%2e/internal/events", None),
+        ("/v1/orders/%252e%252e/%252e%252e/internal/events", None),
+        ("/v1/orders/%25252E%25252E/metrics", None),
+        ("/v1/orders/..%2F..%2Finternal%2Fevents", None),
+        ("/v1/orders/..%5C..%5Cinternal", None),
+        # Everything else is forwarded exactly as encoded, for the service to decode once.
+        ("/v1/orders/a%2Fb", Target("orders", "/v1/orders/a%2Fb")),
+        ("/v1/orders/%E5%9B%A2", Target("orders", "/v1/orders/%E5%9B%A2")),
+        ("/v1/orders/a.b..c", Target("orders", "/v1/orders/a.b..c")),
     ],
 )
 def test_resolve(path: str, expected: Target | None) -> None:
