@@ -9,9 +9,13 @@ Rules (the same as the public payment APIs our clients already know):
 - A response is stored when the request reached a decision (2xx, and 4xx other than
   401/403/409/429). Other outcomes, 5xx included, roll back with nothing done, so the key is
   released and a retry runs again.
-- A process that dies mid-request leaves its key locked for :data:`LOCK_TIMEOUT`; after
-  that a retry runs again. The money-moving code under it is itself idempotent (provider
-  idempotency keys, unique constraints), so a re-run cannot move money twice.
+- A running request renews its lock every 20 s. A process that dies mid-request stops
+  renewing, and :data:`LOCK_TIMEOUT` (60 s) later a retry takes the key over and runs
+  again. Each hold has an owner token, so a late finisher can neither release nor
+  overwrite the hold that took over. The money-moving code under it is itself idempotent
+  (provider idempotency keys, unique constraints), so a re-run cannot move money twice.
+- A response is stored only when it was sent whole (not when the client went away
+  mid-body) and is at most 1 MiB; otherwise the key is released.
 
 Endpoints that move money declare :data:`IdempotencyKeyRequired`, so a POST without the
 header is refused with 400 ``idempotency_key_required``.
@@ -19,13 +23,16 @@ header is refused with 400 ``idempotency_key_required``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import uuid
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any, cast
 
 from fastapi import Depends, Header
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -44,6 +51,8 @@ __all__ = [
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 KEY_TTL = timedelta(hours=24)
 LOCK_TIMEOUT = timedelta(seconds=60)
+# Responses larger than this are not kept for replay (the key is released instead).
+MAX_STORED_BODY = 1024 * 1024
 _MAX_KEY_LENGTH = 255
 _NOT_STORED = {401, 403, 409, 429}
 _REPLAYED_HEADERS = {"content-type", "location", "content-language"}
@@ -81,6 +90,7 @@ async def _require_key(
 
 
 IdempotencyKeyRequired = Annotated[str, Depends(_require_key)]
+Stored = tuple[int, list[tuple[str, str]], bytes]
 IDEMPOTENCY_ERRORS = (IdempotencyKeyMissing, IdempotencyKeyReused, IdempotencyInFlight)
 
 
@@ -126,26 +136,23 @@ class IdempotencyMiddleware:
                 await send(msg)
             return
 
-        chunks: list[bytes] = []
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
+        body = await _read_body(receive)
+        if body is None:
+            return
 
         state = scope["app"].state
-        sessionmaker = cast(async_sessionmaker[AsyncSession], state.sessionmaker)
-        table = cast(PlatformTables, state.tables).idempotency_key
-        caller = _caller(headers.get("authorization"), getattr(state, "token_verifier", None))
         path = scope["path"] + (
             "?" + scope["query_string"].decode() if scope["query_string"] else ""
         )
+        claim = _Claim(
+            sessionmaker=cast(async_sessionmaker[AsyncSession], state.sessionmaker),
+            table=cast(PlatformTables, state.tables).idempotency_key,
+            caller=_caller(headers.get("authorization"), getattr(state, "token_verifier", None)),
+            key=key,
+        )
         digest = hashlib.sha256(b"POST\n" + path.encode() + b"\n" + body).hexdigest()
 
-        decision, stored = await _begin(sessionmaker, table, caller, key, path, digest)
+        decision, stored = await claim.begin(path, digest)
         refusal = {"mismatch": IdempotencyKeyReused, "in_flight": IdempotencyInFlight}.get(decision)
         if refusal is not None:
             for msg in _problem(refusal.status, refusal.code, refusal.title, request_id):
@@ -153,12 +160,7 @@ class IdempotencyMiddleware:
             return
         if decision == "replay":
             assert stored is not None
-            status, replay_headers, replay_body = stored
-            raw_headers = [(k.encode(), v.encode()) for k, v in replay_headers]
-            raw_headers.append((b"idempotent-replayed", b"true"))
-            raw_headers.append((b"content-length", str(len(replay_body)).encode()))
-            await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-            await send({"type": "http.response.body", "body": replay_body})
+            await _send_replay(send, stored)
             return
 
         sent = False
@@ -173,9 +175,11 @@ class IdempotencyMiddleware:
         captured_status = 500
         captured_headers: list[tuple[str, str]] = []
         captured_body: list[bytes] = []
+        captured_size = 0
+        finished = False
 
         async def capture(message: Message) -> None:
-            nonlocal captured_status
+            nonlocal captured_status, captured_size, finished
             if message["type"] == "http.response.start":
                 captured_status = message["status"]
                 captured_headers.extend(
@@ -184,26 +188,53 @@ class IdempotencyMiddleware:
                     if k.decode("latin-1").lower() in _REPLAYED_HEADERS
                 )
             elif message["type"] == "http.response.body":
-                captured_body.append(message.get("body", b""))
+                chunk = message.get("body", b"")
+                captured_size += len(chunk)
+                if captured_size <= MAX_STORED_BODY:
+                    captured_body.append(chunk)
+                finished = not message.get("more_body", False)
             await send(message)
 
+        heartbeat = asyncio.create_task(claim.keep_locked())
         try:
             await self.app(scope, replay_receive, capture)
         except BaseException:
-            await _release(sessionmaker, table, caller, key)
+            await claim.release()
             raise
-        if captured_status >= 500 or captured_status in _NOT_STORED:
-            await _release(sessionmaker, table, caller, key)
+        finally:
+            heartbeat.cancel()
+        storable = (
+            finished  # a client that went away mid-body did not get the whole answer
+            and captured_size <= MAX_STORED_BODY
+            and captured_status < 500
+            and captured_status not in _NOT_STORED
+        )
+        if storable:
+            await claim.complete(captured_status, captured_headers, b"".join(captured_body))
         else:
-            await _complete(
-                sessionmaker,
-                table,
-                caller,
-                key,
-                captured_status,
-                captured_headers,
-                b"".join(captured_body),
-            )
+            await claim.release()
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None when the client went away first."""
+    chunks: list[bytes] = []
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+async def _send_replay(send: Send, stored: Stored) -> None:
+    status, headers, body = stored
+    raw_headers = [(k.encode(), v.encode()) for k, v in headers]
+    raw_headers.append((b"idempotent-replayed", b"true"))
+    raw_headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _caller(authorization: str | None, verifier: TokenVerifier | None) -> str:
@@ -215,106 +246,109 @@ def _caller(authorization: str | None, verifier: TokenVerifier | None) -> str:
     return "anonymous"
 
 
-async def _begin(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    table: Any,
-    caller: str,
-    key: str,
-    path: str,
-    digest: str,
-) -> tuple[str, tuple[int, list[tuple[str, str]], bytes] | None]:
-    async with sessionmaker() as session, session.begin():
-        inserted = await session.execute(
-            insert(table)
-            .values(
-                scope=caller,
-                key=key,
-                method="POST",
-                path=path,
-                request_hash=digest,
-                status="started",
-                locked_until=func.now() + LOCK_TIMEOUT,
-                expires_at=func.now() + KEY_TTL,
-            )
-            .on_conflict_do_nothing()
-            .returning(table.c.key)
-        )
-        if inserted.first() is not None:
-            return "run", None
-        row = (
-            await session.execute(
-                select(
-                    table,
-                    (table.c.expires_at <= func.now()).label("expired"),
-                    (table.c.locked_until <= func.now()).label("stale"),
+@dataclass
+class _Claim:
+    """One request's hold on (caller, key). ``owner`` tells this request's hold from a later
+    one's that took over a stale lock, so neither can release or overwrite the other's."""
+
+    sessionmaker: async_sessionmaker[AsyncSession]
+    table: Any
+    caller: str
+    key: str
+    owner: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def _mine(self) -> Any:
+        t = self.table
+        return and_(t.c.scope == self.caller, t.c.key == self.key, t.c.owner == self.owner)
+
+    async def begin(self, path: str, digest: str) -> tuple[str, Stored | None]:
+        t = self.table
+        fresh = {
+            "path": path,
+            "request_hash": digest,
+            "status": "started",
+            "owner": self.owner,
+            "response_status": None,
+            "response_headers": None,
+            "response_body": None,
+            "locked_until": func.now() + LOCK_TIMEOUT,
+            "created_at": func.now(),
+            "expires_at": func.now() + KEY_TTL,
+        }
+        # The row can vanish between the INSERT and the SELECT (released or purged by
+        # another transaction): then the INSERT is simply tried again.
+        for _ in range(3):
+            async with self.sessionmaker() as session, session.begin():
+                inserted = await session.execute(
+                    insert(t)
+                    .values(scope=self.caller, key=self.key, method="POST", **fresh)
+                    .on_conflict_do_nothing()
+                    .returning(t.c.key)
                 )
-                .where(table.c.scope == caller, table.c.key == key)
-                .with_for_update()
-            )
-        ).one()
-        if row.expired:
+                if inserted.first() is not None:
+                    return "run", None
+                row = (
+                    await session.execute(
+                        select(
+                            t,
+                            (t.c.expires_at <= func.now()).label("expired"),
+                            (t.c.locked_until <= func.now()).label("stale"),
+                        )
+                        .where(t.c.scope == self.caller, t.c.key == self.key)
+                        .with_for_update()
+                    )
+                ).first()
+                if row is None:
+                    continue
+                this_key = and_(t.c.scope == self.caller, t.c.key == self.key)
+                if row.expired:
+                    await session.execute(update(t).where(this_key).values(**fresh))
+                    return "run", None
+                if row.request_hash != digest:
+                    return "mismatch", None
+                if row.status == "completed":
+                    headers = [(str(k), str(v)) for k, v in (row.response_headers or [])]
+                    return "replay", (row.response_status, headers, bytes(row.response_body or b""))
+                if not row.stale:
+                    return "in_flight", None
+                # The request that held it stopped renewing its lock: its process died.
+                await session.execute(
+                    update(t)
+                    .where(this_key)
+                    .values(owner=self.owner, locked_until=func.now() + LOCK_TIMEOUT)
+                )
+                return "run", None
+        return "in_flight", None
+
+    async def keep_locked(self) -> None:
+        """Renews the lock while the request runs, so a slow request is never taken over."""
+        while True:
+            await asyncio.sleep(LOCK_TIMEOUT.total_seconds() / 3)
+            async with self.sessionmaker() as session, session.begin():
+                await session.execute(
+                    update(self.table)
+                    .where(self._mine(), self.table.c.status == "started")
+                    .values(locked_until=func.now() + LOCK_TIMEOUT)
+                )
+
+    async def complete(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        async with self.sessionmaker() as session, session.begin():
             await session.execute(
-                update(table)
-                .where(table.c.scope == caller, table.c.key == key)
+                update(self.table)
+                .where(self._mine())
                 .values(
-                    path=path,
-                    request_hash=digest,
-                    status="started",
-                    response_status=None,
-                    response_headers=None,
-                    response_body=None,
-                    locked_until=func.now() + LOCK_TIMEOUT,
-                    created_at=func.now(),
-                    expires_at=func.now() + KEY_TTL,
+                    status="completed",
+                    response_status=status,
+                    response_headers=[list(h) for h in headers],
+                    response_body=body,
                 )
             )
-            return "run", None
-        if row.request_hash != digest:
-            return "mismatch", None
-        if row.status == "completed":
-            headers = [(str(k), str(v)) for k, v in (row.response_headers or [])]
-            return "replay", (row.response_status, headers, bytes(row.response_body or b""))
-        if not row.stale:
-            return "in_flight", None
-        await session.execute(
-            update(table)
-            .where(table.c.scope == caller, table.c.key == key)
-            .values(locked_until=func.now() + LOCK_TIMEOUT)
-        )
-        return "run", None
 
-
-async def _complete(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    table: Any,
-    caller: str,
-    key: str,
-    status: int,
-    headers: list[tuple[str, str]],
-    body: bytes,
-) -> None:
-    async with sessionmaker() as session, session.begin():
-        await session.execute(
-            update(table)
-            .where(table.c.scope == caller, table.c.key == key)
-            .values(
-                status="completed",
-                response_status=status,
-                response_headers=[list(h) for h in headers],
-                response_body=body,
+    async def release(self) -> None:
+        async with self.sessionmaker() as session, session.begin():
+            await session.execute(
+                delete(self.table).where(self._mine(), self.table.c.status == "started")
             )
-        )
-
-
-async def _release(
-    sessionmaker: async_sessionmaker[AsyncSession], table: Any, caller: str, key: str
-) -> None:
-    async with sessionmaker() as session, session.begin():
-        await session.execute(
-            delete(table).where(
-                table.c.scope == caller, table.c.key == key, table.c.status == "started"
-            )
-        )
 
 
 async def purge_expired(session: AsyncSession, tables: PlatformTables) -> int:

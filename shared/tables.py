@@ -83,6 +83,8 @@ def define_platform_tables(metadata: MetaData) -> PlatformTables:
         Column("path", Text, nullable=False),
         Column("request_hash", String(64), nullable=False),
         Column("status", String(16), nullable=False, server_default="started"),
+        # The request holding the key (see shared/idempotency.py): only it may finish it.
+        Column("owner", String(32)),
         Column("response_status", Integer),
         Column("response_headers", _JSON),
         Column("response_body", LargeBinary),

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select, text, update
 
@@ -61,6 +62,16 @@ async def create_thing(
         _fail_once.discard(body.marker)
         raise RuntimeError("transient failure")  # 500: rolled back, key released
     return ThingOut(id=thing_id, marker=body.marker, amount=body.amount)
+
+
+@router.post("/stream")
+async def stream_lines(key: IdempotencyKeyRequired) -> StreamingResponse:
+    async def lines() -> AsyncIterator[bytes]:
+        for i in range(10):
+            await asyncio.sleep(0.02)
+            yield f"line {i}\n".encode()
+
+    return StreamingResponse(lines(), media_type="text/plain")
 
 
 @pytest.fixture(scope="module")
@@ -260,3 +271,105 @@ async def test_expired_keys_are_purged_and_live_ones_kept(
             ).scalars()
         )
     assert left == {live["Idempotency-Key"]}
+
+
+class TestOwnership:
+    async def test_a_late_finisher_cannot_release_the_hold_that_took_over(
+        self, app: FastAPI, auth: TokenFactory
+    ) -> None:
+        """A's lock goes stale (its process stalled), B takes the key over; A then fails.
+        A's release must not free the key while B runs, or C would run a third time."""
+        marker = uuid.uuid4().hex
+        _fail_once.add(marker)
+        headers = {**auth("customer"), **key()}
+        body = {"marker": marker, "amount": 4, "delay": 0.6}
+        table = platform.idempotency_key
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://test") as c,
+        ):
+            a = asyncio.create_task(c.post("/things", json=body, headers=headers))
+            await asyncio.sleep(0.2)
+            async with app.state.engine.begin() as conn:
+                await conn.execute(
+                    update(table)
+                    .where(table.c.key == headers["Idempotency-Key"])
+                    .values(locked_until=func.now() - timedelta(seconds=1))
+                )
+            b = asyncio.create_task(c.post("/things", json=body, headers=headers))
+            assert (await a).status_code == 500
+            c_response = await c.post("/things", json=body, headers=headers)
+            assert c_response.status_code == 409
+            assert c_response.json()["code"] == "idempotency_request_in_flight"
+            b_response = await b
+            assert b_response.status_code == 201
+            replay = await c.post("/things", json=body, headers=headers)
+            assert replay.content == b_response.content
+            assert await count(app, marker) == 1
+
+    async def test_a_slow_request_keeps_its_lock(
+        self, app: FastAPI, auth: TokenFactory, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import shared.idempotency
+
+        monkeypatch.setattr(shared.idempotency, "LOCK_TIMEOUT", timedelta(seconds=0.3))
+        headers = {**auth("customer"), **key()}
+        body = {"marker": uuid.uuid4().hex, "amount": 6, "delay": 1.2}
+        async with running(app) as c:
+            first = asyncio.create_task(c.post("/things", json=body, headers=headers))
+            await asyncio.sleep(0.8)  # well past the lock timeout: only renewal keeps it
+            second = await c.post("/things", json=body, headers=headers)
+            assert second.status_code == 409
+            assert (await first).status_code == 201
+            assert await count(app, body["marker"]) == 1
+
+
+async def test_a_response_the_client_did_not_receive_whole_is_not_replayed(
+    app: FastAPI, auth: TokenFactory
+) -> None:
+    idem = key()["Idempotency-Key"]
+    token = auth("customer")["Authorization"]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/stream",
+        "raw_path": b"/stream",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"test"),
+            (b"authorization", token.encode()),
+            (b"idempotency-key", idem.encode()),
+            (b"content-length", b"0"),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+    }
+    got_chunk = asyncio.Event()
+    received: list[bytes] = []
+    requested = False
+
+    async def receive() -> dict[str, object]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await got_chunk.wait()
+        return {"type": "http.disconnect"}  # the client goes away after the first lines
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            received.append(message["body"])  # type: ignore[arg-type]
+            got_chunk.set()
+
+    async with running(app) as c:
+        await app(scope, receive, send)  # type: ignore[arg-type]
+        assert 0 < len(received) < 10
+        retry = await c.post("/stream", headers={"Authorization": token, "Idempotency-Key": idem})
+    assert retry.status_code == 200
+    assert "idempotent-replayed" not in retry.headers
+    assert retry.text == "".join(f"line {i}\n" for i in range(10))
