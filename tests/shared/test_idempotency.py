@@ -282,7 +282,7 @@ class TestOwnership:
         marker = uuid.uuid4().hex
         _fail_once.add(marker)
         headers = {**auth("customer"), **key()}
-        body = {"marker": marker, "amount": 4, "delay": 0.6}
+        body: dict[str, Any] = {"marker": marker, "amount": 4, "delay": 0.6}
         table = platform.idempotency_key
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with (
@@ -315,7 +315,7 @@ class TestOwnership:
 
         monkeypatch.setattr(shared.idempotency, "LOCK_TIMEOUT", timedelta(seconds=0.3))
         headers = {**auth("customer"), **key()}
-        body = {"marker": uuid.uuid4().hex, "amount": 6, "delay": 1.2}
+        body: dict[str, Any] = {"marker": uuid.uuid4().hex, "amount": 6, "delay": 1.2}
         async with running(app) as c:
             first = asyncio.create_task(c.post("/things", json=body, headers=headers))
             await asyncio.sleep(0.8)  # well past the lock timeout: only renewal keeps it
