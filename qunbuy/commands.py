@@ -7,15 +7,25 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
+import asyncpg
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
-from qunbuy.pg import ensure_databases
+from qunbuy.pg import ensure_databases, wait_reachable
 from qunbuy.platform import Databases, PlatformError, open_databases
 from shared.db import make_engine, sessionmaker_for
 from shared.events import redrive_dead
 from shared.migrations import SERVICES, upgrade
 from shared.tables import PlatformTables
+
+# What connecting can fail with: no server, a timeout, or the server refusing us (no such
+# role, wrong password, no such database). Anything else during a migration is the
+# migration's own failure.
+_CONNECT_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def prepare_databases(dbs: Databases, services: Sequence[str] = SERVICES) -> None:
@@ -24,21 +34,24 @@ def prepare_databases(dbs: Databases, services: Sequence[str] = SERVICES) -> Non
         names = [dbs.urls[s].rsplit("/", 1)[-1].split("?", 1)[0] for s in services]
         try:
             asyncio.run(ensure_databases(dbs.server_url, names))
-        except (OSError, TimeoutError) as exc:
+        except _CONNECT_ERRORS as exc:
             raise PlatformError(
-                f"cannot reach PostgreSQL at the configured URL ({exc}); "
+                f"cannot use PostgreSQL at the configured URL ({_first_line(exc)}); "
                 "check QUNBUY_DATABASE_URL and that the server is running"
             ) from exc
     for service in services:
         try:
-            upgrade(service, dbs.urls[service])
-        except (OSError, TimeoutError) as exc:
+            asyncio.run(wait_reachable(dbs.urls[service]))
+        except _CONNECT_ERRORS as exc:
             raise PlatformError(
-                f"cannot reach the {service} database ({exc}); check {service.upper()}_DATABASE_URL"
+                f"cannot use the {service} database ({_first_line(exc)}); "
+                f"check {service.upper()}_DATABASE_URL and that the server is running"
             ) from exc
+        try:
+            upgrade(service, dbs.urls[service])
         except Exception as exc:
             raise PlatformError(
-                f"migrating {service} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}; "
+                f"migrating {service} failed: {type(exc).__name__}: {_first_line(exc)}; "
                 f"fix the migration in services/{service}/migrations and run again"
             ) from exc
 
@@ -66,6 +79,14 @@ def _tables(service: str) -> PlatformTables:
 
 async def events(args: argparse.Namespace) -> int:
     dbs = await asyncio.to_thread(open_databases, args.data_dir, [args.service])
+    try:
+        await wait_reachable(dbs.urls[args.service])
+    except _CONNECT_ERRORS as exc:
+        dbs.stop()
+        raise PlatformError(
+            f"cannot use the {args.service} database ({_first_line(exc)}); "
+            f"check {args.service.upper()}_DATABASE_URL"
+        ) from exc
     engine = make_engine(dbs.urls[args.service], pool_size=1)
     tables = _tables(args.service)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import os
 import signal
 import socket
@@ -43,9 +44,13 @@ def _check_ports(host: str, ports: dict[str, int]) -> None:
                 ) from exc
 
 
+# Our own processes on loopback: never through an HTTP proxy from the environment.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _healthy(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - our own loopback URL
+        with _DIRECT.open(url, timeout=1) as resp:
             return bool(resp.status == 200)
     except OSError:
         return False
@@ -65,10 +70,11 @@ def _environments(
     urls: dict[str, str],
     private: Path,
     public: Path,
-    embedded: bool,
 ) -> dict[str, dict[str, str]]:
     base = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
-    mode = "embedded" if embedded else os.environ.get("QUNBUY_MODE", "embedded")
+    # Production mode never runs on the embedded server (open_databases refuses it), so the
+    # mode is simply what the operator set, development by default.
+    mode = os.environ.get("QUNBUY_MODE", "embedded")
     envs: dict[str, dict[str, str]] = {}
     for service in ("orders", "crowdfund", "referrals"):
         subscribers = ",".join(
@@ -107,7 +113,27 @@ def _stop_all(processes: dict[str, subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
 
+def _check_mode(host: str) -> None:
+    """The development mode (dev login that mints any role, development secrets) is for
+    this machine only: it never listens beyond loopback."""
+    if os.environ.get("QUNBUY_MODE", "embedded") != "embedded":
+        return
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            address = ipaddress.ip_address(socket.getaddrinfo(host, None)[0][4][0])
+        except OSError as exc:
+            raise PlatformError(f"cannot resolve --host {host}: {exc}") from exc
+    if not address.is_loopback:
+        raise PlatformError(
+            f"the development mode listens on loopback only, not {host}: "
+            "set QUNBUY_MODE=production (with EVENT_SECRET and the other secrets) to serve others"
+        )
+
+
 def run_platform(*, data_dir: Path, host: str, port_base: int | None = None) -> int:
+    _check_mode(host)
     ports = (
         dict(PORTS) if port_base is None else {name: port_base + i for i, name in enumerate(PORTS)}
     )
@@ -126,7 +152,7 @@ def run_platform(*, data_dir: Path, host: str, port_base: int | None = None) -> 
     try:
         prepare_databases(dbs)
         private, public = _keys(data_dir)
-        envs = _environments(host, ports, dbs.urls, private, public, dbs.embedded is not None)
+        envs = _environments(host, ports, dbs.urls, private, public)
         for name in ("orders", "crowdfund", "referrals", "gateway"):
             processes[name] = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
                 [

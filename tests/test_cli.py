@@ -24,6 +24,7 @@ import psutil
 import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from qunbuy.pg import EmbeddedPostgres, database_url, drop_databases, ensure_databases
 from shared.db import make_engine
@@ -378,9 +379,31 @@ def test_up_reports_an_unreachable_database(tmp_path: Path, how: str) -> None:
     assert cli.proc.returncode != 0
     lines = cli.stderr_lines()
     assert len(lines) == 1, cli.stderr
-    assert lines[0].startswith("qunbuy: cannot reach")
+    assert lines[0].startswith("qunbuy: cannot use")
     assert "DATABASE_URL" in lines[0]
     assert str(closed) in lines[0]
+
+
+def test_up_reports_a_refused_login_in_one_line(pg_server_url: str, tmp_path: Path) -> None:
+    stranger = make_url(pg_server_url).set(username="no_such_role_qb", password=None)
+    env = base_env(QUNBUY_DATABASE_URL=stranger.render_as_string(hide_password=False))
+    cli = run(["migrate", "--data-dir", str(tmp_path / "data")], env, tmp_path, timeout=30)
+    assert cli.proc.returncode != 0
+    lines = cli.stderr_lines()
+    assert len(lines) == 1, cli.stderr
+    assert lines[0].startswith("qunbuy: cannot use PostgreSQL")
+    assert "no_such_role_qb" in lines[0]
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_development_mode_refuses_to_listen_beyond_loopback(tmp_path: Path, host: str) -> None:
+    cli = run(["up", "--host", host, "--data-dir", str(tmp_path / "data")], base_env(), tmp_path)
+    assert cli.proc.returncode != 0
+    lines = cli.stderr_lines()
+    assert len(lines) == 1, cli.stderr
+    assert "loopback only" in lines[0]
+    assert "QUNBUY_MODE=production" in lines[0]
+    assert not (tmp_path / "data" / "postgres").exists()
 
 
 def test_up_reports_a_failed_migration(db_env: dict[str, str], tmp_path: Path) -> None:
@@ -608,7 +631,7 @@ def test_events_report_database_problems_in_one_line(
     assert cli.proc.returncode != 0
     lines = cli.stderr_lines()
     assert len(lines) == 1, cli.stderr
-    assert "cannot reach the orders database" in lines[0]
+    assert "cannot use the orders database" in lines[0]
     assert "ORDERS_DATABASE_URL" in lines[0]
 
     # Reachable but never migrated: no outbox table yet.

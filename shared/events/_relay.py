@@ -37,6 +37,12 @@ class RelayPolicy:
         return float(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not crypto
 
 
+def _client(policy: RelayPolicy) -> httpx.AsyncClient:
+    # trust_env=False: peers are addressed directly; an HTTP(S)_PROXY meant for the outside
+    # world must not capture traffic between services.
+    return httpx.AsyncClient(timeout=policy.timeout_seconds, trust_env=False)
+
+
 class OutboxRelay:
     def __init__(
         self,
@@ -87,7 +93,9 @@ class OutboxRelay:
             headers[REQUEST_ID_HEADER] = rid
         try:
             response = await client.post(f"{url}/internal/events", content=body, headers=headers)
-        except httpx.HTTPError as exc:
+        except Exception as exc:
+            # Anything (a bad URL included) is this row's failure: the rest of the batch is
+            # settled as usual, and the row dies after max_attempts like any other.
             return f"{type(exc).__name__}: {exc}"[:2000]
         if 200 <= response.status_code < 300:
             return None
@@ -115,7 +123,7 @@ class OutboxRelay:
         rows = await self._claim()
         if not rows:
             return 0
-        client = self._client or httpx.AsyncClient(timeout=self.policy.timeout_seconds)
+        client = self._client or _client(self.policy)
         try:
             errors = await asyncio.gather(*(self._deliver(client, r) for r in rows))
         finally:
@@ -126,7 +134,7 @@ class OutboxRelay:
         return len(rows)
 
     async def run_forever(self, stop: asyncio.Event, poll_seconds: float) -> None:
-        async with httpx.AsyncClient(timeout=self.policy.timeout_seconds) as client:
+        async with _client(self.policy) as client:
             self._client = client
             while not stop.is_set():
                 try:

@@ -31,4 +31,5 @@ def verify(secret: str, body: bytes, header: str | None, *, now: float | None = 
     if abs(current - ts) > TOLERANCE_SECONDS:
         return False
     expected = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, given)
+    # Bytes, not str: compare_digest refuses non-ASCII str, and a header is the caller's to fill.
+    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace"))

@@ -418,3 +418,61 @@ async def test_relay_signs_with_the_shared_secret(
     o = orders_platform.outbox
     async with orders.begin() as conn:
         await conn.execute(update(o).where(o.c.id == row["id"]).values(status="dead"))
+
+
+async def test_a_broken_subscriber_url_fails_its_rows_only_and_they_die(
+    engines: tuple[AsyncEngine, AsyncEngine], subscriber_app: Counting, marker: str
+) -> None:
+    """An error that is not an HTTP error (an invalid URL) is that row's failure: the
+    healthy subscriber's row in the same batch is delivered once, the broken one dies."""
+    orders, referrals = engines
+    maker = sessionmaker_for(orders)
+    two = EventPublisher(
+        source="orders", tables=orders_platform, subscribers=["referrals", "broken"]
+    )
+    async with maker() as session, session.begin():
+        event = await two.publish(session, "order.paid", {"marker": marker})
+    policy = RelayPolicy(max_attempts=2, backoff_base_seconds=0.01, backoff_max_seconds=0.01)
+    async with serve(subscriber_app) as url:
+        r = OutboxRelay(
+            sessionmaker=maker,
+            tables=orders_platform,
+            subscribers={"referrals": url, "broken": "http://referrals:8003x"},
+            secret=TEST_EVENT_SECRET,
+            policy=policy,
+        )
+        await drain(r, orders, [event])
+    rows = {row["subscriber"]: row for row in await outbox_rows(orders, [event])}
+    assert rows["referrals"]["status"] == "delivered"
+    assert rows["broken"]["status"] == "dead"
+    assert rows["broken"]["attempts"] == 2
+    assert "InvalidURL" in rows["broken"]["last_error"]
+    assert subscriber_app.posted_ids.count(str(event.id)) == 1
+    assert await effects(referrals, marker) == {str(event.id): 1}
+
+
+@pytest.mark.parametrize("given", ["é", "\u00e9" * 64, "ünïcödé", "\x00"])
+def test_non_ascii_signatures_are_refused_not_crashed(given: str) -> None:
+    from shared.events import verify
+
+    body = b"{}"
+    ts = sign(TEST_EVENT_SECRET, body).split(",")[0]
+    assert verify(TEST_EVENT_SECRET, body, f"{ts},v1={given}") is False
+
+
+async def test_the_relay_ignores_proxy_settings_for_peers(
+    engines: tuple[AsyncEngine, AsyncEngine],
+    subscriber_app: Counting,
+    marker: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A proxy meant for the outside world (here: nothing listens) must not carry
+    # traffic between services.
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")
+    orders, referrals = engines
+    maker = sessionmaker_for(orders)
+    events = await publish(maker, marker)
+    async with serve(subscriber_app) as url:
+        await drain(relay(maker, url), orders, events)
+    assert await effects(referrals, marker) == {str(events[0].id): 1}
