@@ -971,7 +971,10 @@ async def reconcile(
     t = ctx.tables
     found: list[Discrepancy] = []
     rows = await repo.list_payments_created_between(session, t, ctx.provider.name, since, until)
-    for row in rows:
+    for listed in rows:
+        # Repairing: lock first, then ask the provider. A webhook that lands meanwhile waits
+        # for us, so the snapshot we apply is never older than what the row already holds.
+        row = await _locked(session, ctx, listed.id) if repair else listed
         assert row.provider_payment_id is not None
         ours = _state(row.status, row.amount_captured, row.amount_refunded)
         try:
@@ -989,8 +992,7 @@ async def reconcile(
             continue
         repaired = False
         if repair:
-            locked = await _locked(session, ctx, row.id)
-            await _apply_payment(session, ctx, locked, pp, source="reconcile", authoritative=True)
+            await _apply_payment(session, ctx, row, pp, source="reconcile", authoritative=True)
             repaired = True
         found.append(
             Discrepancy(

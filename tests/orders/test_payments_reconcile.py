@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import stripe
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 
 from qunbuy.payments_cli import add_payments_commands
 from shared.payments import Discrepancy, SimulatedProvider, reconcile
@@ -111,6 +111,14 @@ async def test_a_missed_status_change_is_repaired(
     customer = auth("customer")
     payment = await pay(sim_orders, customer, "pm_card_succeedLater")
     assert payment["status"] == "processing"
+    # We missed the webhook that said "processing": our row is behind the provider's.
+    table = sim_orders.ctx.tables.payment
+    async with sim_orders.app.state.sessionmaker() as session, session.begin():
+        await session.execute(
+            update(table)
+            .where(table.c.id == uuid.UUID(payment["id"]))
+            .values(status="requires_payment_method")
+        )
     provider = sim_orders.ctx.provider
     assert isinstance(provider, SimulatedProvider)
     await provider.settle_due()  # it succeeded at the provider...
@@ -224,3 +232,47 @@ def test_the_command_line(
 
     with pytest.raises(SystemExit):
         parser.parse_args(["payments", "reconcile", "--service", "orders", "--since", "yesterday"])
+
+
+async def test_a_webhook_landing_during_a_repair_is_not_undone(
+    sim_orders: PaymentsApp, auth: TokenFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reconcile reads the provider while a webhook moves the payment forward. The repair
+    must not write its older snapshot over the newer state (it holds the row lock first)."""
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    payment = await pay(sim_orders, auth("customer"), token="pm_card_succeedLater")
+    assert payment["status"] == "processing"
+    # We missed the webhook that said "processing": our row is behind the provider's.
+    table = sim_orders.ctx.tables.payment
+    async with sim_orders.app.state.sessionmaker() as session, session.begin():
+        await session.execute(
+            update(table)
+            .where(table.c.id == uuid.UUID(payment["id"]))
+            .values(status="requires_payment_method")
+        )
+    provider = sim_orders.ctx.provider
+    real_retrieve = provider.retrieve_payment
+    fetched, release = asyncio.Event(), asyncio.Event()
+
+    async def late_retrieve(payment_id: str) -> Any:
+        snapshot = await real_retrieve(payment_id)
+        if not fetched.is_set():  # only reconcile's read is held back
+            fetched.set()
+            await release.wait()
+        return snapshot
+
+    monkeypatch.setattr(provider, "retrieve_payment", late_retrieve)
+    repair = asyncio.create_task(run(sim_orders, since, repair=True))
+    await asyncio.wait_for(fetched.wait(), 5)
+    # Meanwhile the provider settles the payment and its webhook arrives.
+    webhook = asyncio.create_task(sim_orders.tick())
+    await asyncio.sleep(0.5)
+    release.set()
+    await asyncio.wait_for(repair, 10)
+    await asyncio.wait_for(webhook, 10)
+    view = (
+        await sim_orders.client.get(f"/v1/payments/{payment['id']}", headers=auth("admin"))
+    ).json()
+    assert view["status"] == "succeeded"
+    statuses = [h["to_status"] for h in view["status_history"]]
+    assert statuses.index("succeeded") == len(statuses) - 1, statuses  # never moved back
