@@ -111,14 +111,6 @@ async def test_a_missed_status_change_is_repaired(
     customer = auth("customer")
     payment = await pay(sim_orders, customer, "pm_card_succeedLater")
     assert payment["status"] == "processing"
-    # We missed the webhook that said "processing": our row is behind the provider's.
-    table = sim_orders.ctx.tables.payment
-    async with sim_orders.app.state.sessionmaker() as session, session.begin():
-        await session.execute(
-            update(table)
-            .where(table.c.id == uuid.UUID(payment["id"]))
-            .values(status="requires_payment_method")
-        )
     provider = sim_orders.ctx.provider
     assert isinstance(provider, SimulatedProvider)
     await provider.settle_due()  # it succeeded at the provider...
@@ -256,7 +248,8 @@ async def test_a_webhook_landing_during_a_repair_is_not_undone(
 
     async def late_retrieve(payment_id: str) -> Any:
         snapshot = await real_retrieve(payment_id)
-        if not fetched.is_set():  # only reconcile's read is held back
+        if payment_id == payment["provider_payment_id"] and not fetched.is_set():
+            # Only reconcile's read of this payment is held back.
             fetched.set()
             await release.wait()
         return snapshot
@@ -266,7 +259,8 @@ async def test_a_webhook_landing_during_a_repair_is_not_undone(
     await asyncio.wait_for(fetched.wait(), 5)
     # Meanwhile the provider settles the payment and its webhook arrives.
     webhook = asyncio.create_task(sim_orders.tick())
-    await asyncio.sleep(0.5)
+    # Without the row lock the webhook finishes at once; with it, it waits for the repair.
+    await asyncio.wait({webhook}, timeout=3)
     release.set()
     await asyncio.wait_for(repair, 10)
     await asyncio.wait_for(webhook, 10)
