@@ -28,9 +28,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-__all__ = ["PlatformTables", "define_platform_tables"]
+__all__ = ["JSON_TYPE", "PlatformTables", "define_platform_tables"]
 
-_JSON = JSON().with_variant(JSONB(), "postgresql")
+# JSONB on PostgreSQL (every environment runs it); plain JSON keeps the metadata portable.
+JSON_TYPE = JSON().with_variant(JSONB(), "postgresql")
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def define_platform_tables(metadata: MetaData) -> PlatformTables:
         Column("event_id", Uuid, nullable=False),
         Column("event_type", String(100), nullable=False),
         Column("subscriber", String(100), nullable=False),
-        Column("envelope", _JSON, nullable=False),
+        Column("envelope", JSON_TYPE, nullable=False),
         Column("status", String(16), nullable=False, server_default="pending"),
         Column("attempts", Integer, nullable=False, server_default="0"),
         Column(
@@ -86,7 +87,7 @@ def define_platform_tables(metadata: MetaData) -> PlatformTables:
         # The request holding the key (see shared/idempotency.py): only it may finish it.
         Column("owner", String(32)),
         Column("response_status", Integer),
-        Column("response_headers", _JSON),
+        Column("response_headers", JSON_TYPE),
         Column("response_body", LargeBinary),
         Column("locked_until", DateTime(timezone=True), nullable=False),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),

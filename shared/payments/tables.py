@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Boolean,
     CheckConstraint,
@@ -37,11 +36,10 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+
+from shared.tables import JSON_TYPE
 
 __all__ = ["PaymentTables", "define_payment_tables"]
-
-_JSON = JSON().with_variant(JSONB(), "postgresql")
 
 
 @dataclass(frozen=True)
@@ -86,7 +84,7 @@ def define_payment_tables(metadata: MetaData) -> PaymentTables:
         Column("status", String(32), nullable=False),
         Column("failure_code", String(100)),
         Column("failure_message", Text),
-        Column("next_action", _JSON),
+        Column("next_action", JSON_TYPE),
         Column("client_secret", String(255)),
         Column("payment_method_id", String(255)),
         Column("dispute_id", String(255)),
@@ -160,7 +158,7 @@ def define_payment_tables(metadata: MetaData) -> PaymentTables:
         Column("payment_method_id", String(255)),
         Column("failure_code", String(100)),
         Column("failure_message", Text),
-        Column("next_action", _JSON),
+        Column("next_action", JSON_TYPE),
         Column("client_secret", String(255)),
         *_timestamps(),
         UniqueConstraint("provider", "provider_setup_id"),
@@ -177,7 +175,7 @@ def define_payment_tables(metadata: MetaData) -> PaymentTables:
         Column("outcome", String(20), nullable=False),
         Column("event_created_at", DateTime(timezone=True), nullable=False),
         Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-        Column("payload", _JSON, nullable=False),
+        Column("payload", JSON_TYPE, nullable=False),
         PrimaryKeyConstraint("provider", "event_id"),
         Index("ix_payment_webhook_inbox_received_at", "received_at"),
     )
@@ -188,7 +186,7 @@ def define_payment_tables(metadata: MetaData) -> PaymentTables:
         Column("type", String(32), nullable=False),
         # The PaymentIntent a charge, refund or dispute belongs to.
         Column("parent_id", String(64)),
-        Column("data", _JSON, nullable=False),
+        Column("data", JSON_TYPE, nullable=False),
         # When a pending outcome (processing, dispute) is due.
         Column("settle_at", DateTime(timezone=True)),
         *_timestamps(),
@@ -225,7 +223,7 @@ def define_payment_tables(metadata: MetaData) -> PaymentTables:
         metadata,
         Column("idempotency_key", String(255), primary_key=True),
         Column("request_hash", String(64), nullable=False),
-        Column("response", _JSON, nullable=False),
+        Column("response", JSON_TYPE, nullable=False),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     )
     return PaymentTables(
