@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,7 @@ from shared.events import (
     sign,
 )
 from shared.events._relay import RelayPolicy
-from tests.conftest import TEST_EVENT_SECRET
+from tests.conftest import TEST_EVENT_SECRET, migrated_databases
 from tests.helpers import free_port, serve
 
 FAST = RelayPolicy(max_attempts=5, backoff_base_seconds=0.01, backoff_max_seconds=0.05)
@@ -73,9 +73,19 @@ class Counting:
 
 
 @pytest.fixture(scope="module")
-async def engines(db_urls: dict[str, str]) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
-    orders = make_engine(db_urls["orders"])
-    referrals = make_engine(db_urls["referrals"])
+def event_db_urls(pg_server_url: str, worker_id_safe: str) -> Iterator[dict[str, str]]:
+    """Databases of this module's own: a relay claims whatever is due in its outbox, so no
+    other test's rows may be there (the relay's batches would not be this test's alone)."""
+    with migrated_databases(pg_server_url, f"qbe_{worker_id_safe}") as urls:
+        yield urls
+
+
+@pytest.fixture(scope="module")
+async def engines(
+    event_db_urls: dict[str, str],
+) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
+    orders = make_engine(event_db_urls["orders"])
+    referrals = make_engine(event_db_urls["referrals"])
     async with referrals.begin() as conn:
         await conn.execute(
             text("CREATE TABLE IF NOT EXISTS test_effect (event_id text, marker text)")
@@ -91,8 +101,11 @@ def marker() -> str:
 
 
 @pytest.fixture
-def subscriber_app(service_env: Callable[..., dict[str, str]]) -> Counting:
-    settings = ReferralsSettings.model_validate(service_env("referrals"))
+def subscriber_app(
+    service_env: Callable[..., dict[str, str]], event_db_urls: dict[str, str]
+) -> Counting:
+    env = service_env("referrals", DATABASE_URL=event_db_urls["referrals"])
+    settings = ReferralsSettings.model_validate(env)
     spec = ServiceSpec(
         name="subscriber",
         title="test subscriber",
