@@ -42,7 +42,7 @@ class ServiceSpec:
     on_shutdown: Sequence[Startup] = ()
 
 
-def relay_for(app: FastAPI) -> OutboxRelay:
+def _relay_for(app: FastAPI) -> OutboxRelay:
     settings: ServiceSettings = app.state.settings
     return OutboxRelay(
         sessionmaker=app.state.sessionmaker,
@@ -69,7 +69,7 @@ async def purge_idempotency_keys(app: FastAPI) -> None:
 
 async def _worker(app: FastAPI, spec: ServiceSpec, stop: asyncio.Event) -> None:
     settings: ServiceSettings = app.state.settings
-    relay = relay_for(app)
+    relay = _relay_for(app)
     jobs = [purge_idempotency_keys, *spec.periodic]
 
     async def periodic_loop() -> None:

@@ -218,6 +218,9 @@ async def optional_user(
         if request.headers.get("authorization"):
             raise InvalidToken("the Authorization header must be 'Bearer <token>'")
         return None
+    verified = getattr(request.state, "principal", None)
+    if isinstance(verified, Principal):  # already verified earlier in this request
+        return verified
     principal = _verifier(request).verify(credentials.credentials)
     request.state.principal = principal
     return principal

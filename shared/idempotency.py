@@ -147,7 +147,11 @@ class IdempotencyMiddleware:
         claim = _Claim(
             sessionmaker=cast(async_sessionmaker[AsyncSession], state.sessionmaker),
             table=cast(PlatformTables, state.tables).idempotency_key,
-            caller=_caller(headers.get("authorization"), getattr(state, "token_verifier", None)),
+            caller=_caller(
+                headers.get("authorization"),
+                getattr(state, "token_verifier", None),
+                scope.setdefault("state", {}),
+            ),
             key=key,
         )
         digest = hashlib.sha256(b"POST\n" + path.encode() + b"\n" + body).hexdigest()
@@ -237,12 +241,17 @@ async def _send_replay(send: Send, stored: Stored) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _caller(authorization: str | None, verifier: TokenVerifier | None) -> str:
+def _caller(
+    authorization: str | None, verifier: TokenVerifier | None, request_state: dict[str, Any]
+) -> str:
     if authorization and verifier is not None and authorization.lower().startswith("bearer "):
         try:
-            return "user:" + verifier.verify(authorization[7:].strip()).sub
+            principal = verifier.verify(authorization[7:].strip())
         except DomainError:
-            pass
+            return "anonymous"
+        # The endpoint's auth dependency reuses it instead of verifying the token again.
+        request_state["principal"] = principal
+        return "user:" + principal.sub
     return "anonymous"
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+import stripe
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
@@ -278,3 +279,20 @@ def platform(
     finally:
         for process in processes.values():
             process.stop()
+
+
+@pytest.fixture(scope="session")
+def localstripe_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One localstripe process per test worker, started on first use."""
+    from tests.shared.payments.support import localstripe_server
+
+    with localstripe_server(tmp_path_factory.mktemp("localstripe")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def localstripe_sdk(localstripe_url: str) -> AsyncIterator[stripe.StripeClient]:
+    from tests.shared.payments.support import stripe_client
+
+    async with stripe_client(localstripe_url) as client:
+        yield client

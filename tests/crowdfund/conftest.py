@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from tests.shared.payments.support import (
     PaymentsApp,
-    localstripe_server,
     payments_app,
     payments_env,
 )
-
-
-@pytest.fixture(scope="session")
-def localstripe_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with localstripe_server(tmp_path_factory.mktemp("localstripe")) as url:
-        yield url
 
 
 @pytest.fixture

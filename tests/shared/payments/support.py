@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -23,17 +22,11 @@ from sqlalchemy import func, select
 
 from shared.payments import PaymentContext, payment_context, run_simulated_provider
 from shared.payments._stripe import StripeHTTPClient
+from tests.helpers import free_port
 
 STRIPE_TEST_KEY = "sk_test_qunbuy"
 STRIPE_WEBHOOK_SECRET = "whsec_test_stripe"
 SIMULATED_WEBHOOK_SECRET = "whsec_test_simulated"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager
