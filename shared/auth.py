@@ -21,8 +21,10 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from shared.errors import Forbidden, Unauthorized
+from shared.text import unstorable_reason
 
 __all__ = [
+    "MAX_ID_LENGTH",
     "ROLES",
     "CurrentUser",
     "OptionalUser",
@@ -38,6 +40,8 @@ __all__ = [
 Role = Literal["customer", "distributor", "staff", "admin"]
 ROLES: tuple[Role, ...] = ("customer", "distributor", "staff", "admin")
 ALGORITHM = "ES256"
+# Users and merchants are referred to by these ids in every service's tables (String(100)).
+MAX_ID_LENGTH = 100
 
 
 class InvalidToken(Unauthorized):
@@ -184,20 +188,42 @@ class TokenVerifier:
         except jwt.ExpiredSignatureError as exc:
             raise TokenExpired() from exc
         except jwt.PyJWTError as exc:
-            raise InvalidToken(str(exc)) from exc
+            # PyJWT's message may quote the token's contents: it is not sent back.
+            raise InvalidToken(
+                "the token is malformed, forged or not meant for this platform"
+            ) from exc
         raw_roles = claims.get("roles")
         if not isinstance(raw_roles, list) or not all(r in ROLES for r in raw_roles):
             raise InvalidToken("the token's roles claim is missing or unknown")
         roles = frozenset(cast(list[Role], raw_roles))
+        sub = claims.get("sub")
+        if not _fits(sub):
+            raise InvalidToken(
+                f"the token's subject must be 1 to {MAX_ID_LENGTH} printable characters"
+            )
         merchant_id = claims.get("merchant_id")
-        if "staff" in roles and not isinstance(merchant_id, str):
+        if merchant_id is not None and not _fits(merchant_id):
+            raise InvalidToken(
+                f"the token's merchant must be 1 to {MAX_ID_LENGTH} printable characters"
+            )
+        if "staff" in roles and merchant_id is None:
             raise InvalidToken("a staff token must name its merchant")
         return Principal(
-            sub=str(claims["sub"]),
+            sub=cast(str, sub),
             roles=roles,
-            merchant_id=merchant_id if isinstance(merchant_id, str) else None,
+            merchant_id=cast(str | None, merchant_id),
             claims=claims,
         )
+
+
+def _fits(value: object) -> bool:
+    """An id from a token is stored in columns of MAX_ID_LENGTH: it must fit, and be text
+    the database can store."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_ID_LENGTH
+        and unstorable_reason(value) is None
+    )
 
 
 _bearer = HTTPBearer(auto_error=False)

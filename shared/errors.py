@@ -10,12 +10,15 @@ Exception tree::
      +-- BadRequest             400 ``bad_request``
      +-- ... one subclass per expected failure in each domain
 
-Anything else that escapes an endpoint is a bug: it becomes a 500 ``internal_error`` with
-the request id (to find the log line) and no stack trace.
+A data exception from the database (text it cannot store, a value beyond a column) is bad
+input that got past the schemas: it becomes a 422 ``unprocessable_input`` and the request's
+transaction rolls back. Anything else that escapes an endpoint is a bug: it becomes a 500
+``internal_error`` with the request id (to find the log line) and no stack trace.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 import structlog
@@ -23,7 +26,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope, Send
 
 from shared.observability import REQUEST_ID_HEADER
 
@@ -37,8 +42,11 @@ __all__ = [
     "Problem",
     "Unauthorized",
     "install_error_handlers",
+    "is_data_error",
+    "problem_body",
     "problem_response",
     "responses",
+    "send_problem",
 ]
 
 PROBLEM_JSON = "application/problem+json"
@@ -118,6 +126,32 @@ def _request_id(request: Request) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def problem_body(
+    *,
+    status: int,
+    code: str,
+    title: str,
+    detail: str | None = None,
+    instance: str | None = None,
+    request_id: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The one shape of every error body, whoever writes it (handlers or raw ASGI code)."""
+    body = Problem(
+        title=title,
+        status=status,
+        code=code,
+        detail=detail,
+        instance=instance,
+        request_id=request_id,
+        errors=errors,
+    ).model_dump(exclude_none=True)
+    if extra:
+        body.update(extra)
+    return body
+
+
 def problem_response(
     request: Request,
     *,
@@ -129,18 +163,66 @@ def problem_response(
     headers: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> JSONResponse:
-    body = Problem(
-        title=title,
+    body = problem_body(
         status=status,
         code=code,
+        title=title,
         detail=detail,
         instance=request.url.path,
         request_id=_request_id(request),
         errors=errors,
-    ).model_dump(exclude_none=True)
-    if extra:
-        body.update(extra)
+        extra=extra,
+    )
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+async def send_problem(
+    scope: Scope,
+    send: Send,
+    *,
+    status: int,
+    code: str,
+    title: str,
+    detail: str | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Writes a problem+json response from raw ASGI code (middleware, the gateway's proxy)."""
+    state = scope.get("state") or {}
+    rid = state.get("request_id") if isinstance(state, dict) else None
+    raw = json.dumps(
+        problem_body(
+            status=status,
+            code=code,
+            title=title,
+            detail=detail,
+            instance=scope.get("path"),
+            request_id=rid if isinstance(rid, str) else None,
+        ),
+        ensure_ascii=False,
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", PROBLEM_JSON.encode()),
+                (b"content-length", str(len(raw)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": raw})
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """True for PostgreSQL data exceptions (SQLSTATE class 22: text it cannot store, a value
+    too long for its column, a number out of range) and the driver's refusal of such input."""
+    seen: BaseException | None = exc.orig if isinstance(exc, DBAPIError) else exc
+    while seen is not None:
+        if str(getattr(seen, "sqlstate", "") or "").startswith("22"):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 _STATUS_CODES = {
@@ -205,6 +287,26 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if not is_data_error(exc):
+        raise exc  # a bug: answered as a 500 by the request-context middleware
+    # The message names the column or the value: it is logged, never sent.
+    _log.warning(
+        "unstorable_input",
+        path=request.url.path,
+        error=type(getattr(exc, "orig", exc)).__name__,
+        request_id=_request_id(request),
+    )
+    return problem_response(
+        request,
+        status=422,
+        code="unprocessable_input",
+        title="The request holds a value that cannot be stored",
+        detail="A text or number is too long, out of range or holds characters "
+        "that cannot be stored (such as NUL).",
+    )
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # Starlette runs this handler in its outermost middleware, after the request-context
     # middleware has returned: the request id is carried over by hand, to the log line and
@@ -227,4 +329,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any, cast
+from urllib.parse import quote
 
 from fastapi import Depends, Header
 from sqlalchemy import and_, delete, func, select, update
@@ -38,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.auth import TokenVerifier
-from shared.errors import PROBLEM_JSON, BadRequest, DomainError
+from shared.errors import BadRequest, DomainError, send_problem
 from shared.tables import PlatformTables
 
 __all__ = [
@@ -56,6 +57,10 @@ MAX_STORED_BODY = 1024 * 1024
 _MAX_KEY_LENGTH = 255
 _NOT_STORED = {401, 403, 409, 429}
 _REPLAYED_HEADERS = {"content-type", "location", "content-language"}
+_HEADER_BYTES = IDEMPOTENCY_HEADER.lower().encode()
+_VALID_KEY = re.compile(rf"[\x21-\x7e]{{1,{_MAX_KEY_LENGTH}}}")
+# What may stay as it is in the stored request target; anything else is percent-encoded.
+_TARGET_SAFE = "/?&=%:@!$'()*+,;-._~"
 
 
 class IdempotencyKeyMissing(BadRequest):
@@ -94,24 +99,6 @@ Stored = tuple[int, list[tuple[str, str]], bytes]
 IDEMPOTENCY_ERRORS = (IdempotencyKeyMissing, IdempotencyKeyReused, IdempotencyInFlight)
 
 
-def _problem(status: int, code: str, title: str, request_id: str | None) -> list[Message]:
-    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "code": code}
-    if request_id:
-        body["request_id"] = request_id
-    raw = json.dumps(body).encode()
-    return [
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", PROBLEM_JSON.encode()),
-                (b"content-length", str(len(raw)).encode()),
-            ],
-        },
-        {"type": "http.response.body", "body": raw},
-    ]
-
-
 class IdempotencyMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -120,35 +107,40 @@ class IdempotencyMiddleware:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        key = headers.get(IDEMPOTENCY_HEADER.lower())
-        if key is None:
+        keys = [v for k, v in scope["headers"] if k.lower() == _HEADER_BYTES]
+        if not keys:
             await self.app(scope, receive, send)
             return
-        request_id = scope.get("state", {}).get("request_id")
-        if not key or len(key) > _MAX_KEY_LENGTH:
-            for msg in _problem(
-                400,
-                "idempotency_key_invalid",
-                f"Idempotency-Key must be 1 to {_MAX_KEY_LENGTH} characters",
-                request_id,
-            ):
-                await send(msg)
+        key = keys[0].decode("latin-1")
+        if len(keys) > 1 or not _VALID_KEY.fullmatch(key):
+            # One rule for every reader: the endpoint's Header() would read the first of two,
+            # a dict the last; a request with two keys is refused before either reads it.
+            await send_problem(
+                scope,
+                send,
+                status=400,
+                code="idempotency_key_invalid",
+                title="The Idempotency-Key header is not valid",
+                detail=f"Send exactly one Idempotency-Key of 1 to {_MAX_KEY_LENGTH} printable "
+                "ASCII characters.",
+            )
             return
+        authorization = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"authorization"),
+            None,
+        )
 
         body = await _read_body(receive)
         if body is None:
             return
 
         state = scope["app"].state
-        path = scope["path"] + (
-            "?" + scope["query_string"].decode() if scope["query_string"] else ""
-        )
+        path = _printable_target(scope)
         claim = _Claim(
             sessionmaker=cast(async_sessionmaker[AsyncSession], state.sessionmaker),
             table=cast(PlatformTables, state.tables).idempotency_key,
             caller=_caller(
-                headers.get("authorization"),
+                authorization,
                 getattr(state, "token_verifier", None),
                 scope.setdefault("state", {}),
             ),
@@ -159,8 +151,9 @@ class IdempotencyMiddleware:
         decision, stored = await claim.begin(path, digest)
         refusal = {"mismatch": IdempotencyKeyReused, "in_flight": IdempotencyInFlight}.get(decision)
         if refusal is not None:
-            for msg in _problem(refusal.status, refusal.code, refusal.title, request_id):
-                await send(msg)
+            await send_problem(
+                scope, send, status=refusal.status, code=refusal.code, title=refusal.title
+            )
             return
         if decision == "replay":
             assert stored is not None
@@ -217,6 +210,15 @@ class IdempotencyMiddleware:
             await claim.complete(captured_status, captured_headers, b"".join(captured_body))
         else:
             await claim.release()
+
+
+def _printable_target(scope: Scope) -> str:
+    """The request target as printable ASCII (the raw path is percent-encoded already; a NUL
+    or other byte the database cannot store is encoded, never stored as it is)."""
+    raw = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+    query = scope.get("query_string") or b""
+    target = raw + (b"?" + query if query else b"")
+    return quote(target, safe=_TARGET_SAFE)
 
 
 async def _read_body(receive: Receive) -> bytes | None:

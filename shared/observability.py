@@ -127,8 +127,33 @@ class RequestContextMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
+        started_response = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started_response
+            started_response = started_response or message["type"] == "http.response.start"
+            await send_with_id(message)
+
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_tracked)
+        except Exception as exc:
+            # Answered here rather than by Starlette's outermost handler, so that a 500 carries
+            # the request id and X-Served-By like any other answer, and so that the server keeps
+            # the connection (uvicorn closes it when an exception reaches it, and a proxy that
+            # reuses the connection then fails an innocent request).
+            if started_response:
+                raise
+            self.log.exception("unhandled_error", path=scope["path"], error=type(exc).__name__)
+            from shared.errors import send_problem
+
+            await send_problem(
+                scope,
+                send_with_id,
+                status=500,
+                code="internal_error",
+                title="Internal server error",
+                detail="An unexpected error occurred. Quote the request id when reporting it.",
+            )
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")

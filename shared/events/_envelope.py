@@ -14,8 +14,9 @@ class Envelope(BaseModel):
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4)
     type: str = Field(min_length=1, max_length=100, pattern=r"^[a-z_]+(\.[a-z_]+)+$")
-    source: str = Field(min_length=1, max_length=100)
+    # Stored in the receiver's inbox (String(100)): a name, nothing the database cannot store.
+    source: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
     occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     version: int = Field(1, ge=1)
-    request_id: str | None = None
+    request_id: str | None = Field(None, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
     payload: dict[str, Any]

@@ -55,7 +55,15 @@ def inbox_router(handlers: Mapping[str, EventHandler]) -> APIRouter:
         try:
             envelope = Envelope.model_validate_json(body)
         except ValidationError as exc:
-            raise InvalidEvent(str(exc.errors(include_url=False))[:500]) from exc
+            # Our words and the fields' names only: the sender's input is never echoed.
+            known = Envelope.model_fields
+            fields = sorted(
+                {
+                    str(e["loc"][0]) if e["loc"] and e["loc"][0] in known else "unexpected field"
+                    for e in exc.errors()
+                }
+            )
+            raise InvalidEvent("invalid or missing: " + ", ".join(fields)) from exc
         inserted = await session.execute(
             insert(tables.inbox)
             .values(source=envelope.source, event_id=str(envelope.id), event_type=envelope.type)

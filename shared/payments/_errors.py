@@ -10,6 +10,7 @@ Exception tree::
      |    +-- CaptureAmountInvalid          422 ``capture_amount_invalid``
      |    +-- RefundAmountInvalid           422 ``refund_amount_invalid``
      |    +-- RefundExceedsRefundable       422 ``refund_exceeds_refundable``
+     |    +-- PaymentMethodUnavailable      422 ``payment_method_unavailable``
      +-- PaymentDeclined                    402 ``payment_declined``
      +-- PaymentNotFound                    404 ``payment_not_found``
      +-- PaymentSetupNotFound               404 ``payment_setup_not_found``
@@ -40,6 +41,7 @@ __all__ = [
     "PaymentAmountInvalid",
     "PaymentDeclined",
     "PaymentError",
+    "PaymentMethodUnavailable",
     "PaymentNotCancelable",
     "PaymentNotCapturable",
     "PaymentNotConfirmable",
@@ -93,6 +95,14 @@ class RefundAmountInvalid(PaymentError):
 class RefundExceedsRefundable(PaymentError):
     code = "refund_exceeds_refundable"
     title = "The refund is larger than what remains refundable"
+
+
+class PaymentMethodUnavailable(PaymentError):
+    """A saved payment method of another customer, or one that does not exist: the answer is
+    the same, so that nobody learns which payment methods others have saved."""
+
+    code = "payment_method_unavailable"
+    title = "This payment method cannot be used"
 
 
 class PaymentDeclined(DomainError):

@@ -232,6 +232,53 @@ def refund_from_object(obj: Mapping[str, Any]) -> ProviderRefund:
     )
 
 
+_INTENT_STATUSES = frozenset(
+    {
+        "requires_payment_method",
+        "requires_confirmation",
+        "requires_action",
+        "processing",
+        "requires_capture",
+        "canceled",
+        "succeeded",
+    }
+)
+# The fields we read from a PaymentIntent, and the types they may have when present.
+_INTENT_FIELDS: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "status": (str,),
+    "amount": (int,),
+    "amount_received": (int,),
+    "amount_capturable": (int,),
+    "currency": (str,),
+    "capture_method": (str,),
+    "client_secret": (str,),
+    "metadata": (Mapping,),
+    "latest_charge": (str, Mapping),
+    "payment_method": (str, Mapping),
+    "customer": (str, Mapping),
+    "next_action": (Mapping,),
+    "last_payment_error": (Mapping,),
+}
+
+
+def check_intent_shape(intent: Mapping[str, Any]) -> None:
+    """Raises ValueError when a PaymentIntent's fields are not of the types Stripe documents:
+    such a snapshot is not applied, whoever signed it."""
+    for name, types in _INTENT_FIELDS.items():
+        value = intent.get(name)
+        if value is None:
+            if name in ("id", "status"):
+                raise ValueError(f"a PaymentIntent needs {name}")
+            continue
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise ValueError(f"PaymentIntent.{name} has the wrong type")
+    if intent["status"] not in _INTENT_STATUSES:
+        raise ValueError("PaymentIntent.status is not a known status")
+    if any(intent.get(k, 0) < 0 for k in ("amount", "amount_received", "amount_capturable")):
+        raise ValueError("a PaymentIntent amount is negative")
+
+
 def payment_from_intent(  # noqa: PLR0912 - one branch per provider quirk, kept together
     intent: Mapping[str, Any], *, refunds: Sequence[Mapping[str, Any]] | None = None
 ) -> ProviderPayment:
@@ -243,6 +290,7 @@ def payment_from_intent(  # noqa: PLR0912 - one branch per provider quirk, kept 
     ``payment_intent``. Those "refunds" are subtracted from the captured amount instead,
     so both report the same captured and refunded amounts.
     """
+    check_intent_shape(intent)
     charge = intent.get("latest_charge")
     charge_obj: Mapping[str, Any] | None = charge if isinstance(charge, Mapping) else None
     charge_id = _opt_str(charge) if charge_obj is None else _opt_str(charge_obj.get("id"))

@@ -328,6 +328,19 @@ async def get_setup(
     return SetupRow(**row._mapping) if row is not None else None
 
 
+async def setup_owners_of_method(
+    session: AsyncSession, t: PaymentTables, provider: str, payment_method_id: str
+) -> set[str]:
+    """The users who saved ``payment_method_id`` (normally one; none for a one-off method)."""
+    s = t.payment_setup
+    rows = await session.execute(
+        select(s.c.customer_id)
+        .where(s.c.provider == provider, s.c.payment_method_id == payment_method_id)
+        .distinct()
+    )
+    return set(rows.scalars())
+
+
 async def get_setup_by_provider_id(
     session: AsyncSession, t: PaymentTables, provider: str, provider_setup_id: str
 ) -> SetupRow | None:

@@ -25,6 +25,7 @@ from shared.payments._errors import (
     PaymentAmountAboveMaximum,
     PaymentAmountInvalid,
     PaymentDeclined,
+    PaymentMethodUnavailable,
     PaymentNotCancelable,
     PaymentNotCapturable,
     PaymentNotConfirmable,
@@ -73,10 +74,20 @@ _AUTH = (Unauthorized, Forbidden)
 _COMMON = (*_AUTH, PaymentsNotConfigured, PaymentProviderUnavailable, PaymentProviderRejected)
 
 
+def _may_see(principal: Principal, payment: PaymentRow) -> bool:
+    """The payer, staff of the payment's merchant and admins see a payment."""
+    return (
+        principal.is_admin
+        or payment.customer_id == principal.sub
+        or (principal.has("staff") and principal.merchant_id == payment.merchant_id)
+    )
+
+
 async def _payment_for_owner(
     principal: CurrentUser, session: SessionDep, ctx: PaymentsDep, payment_id: uuid.UUID
 ) -> PaymentRow:
-    """The payment, when ``principal`` paid it (admins see every payment)."""
+    """The payment, when ``principal`` paid it (admins see every payment). Anyone else gets
+    the 404 of a payment that does not exist: whether it exists is not theirs to learn."""
     view = await service.get_payment_view(session, ctx, payment_id)
     if not principal.is_admin and view.payment.customer_id != principal.sub:
         raise PaymentNotFound()
@@ -86,8 +97,11 @@ async def _payment_for_owner(
 async def _payment_for_staff(
     principal: CurrentUser, session: SessionDep, ctx: PaymentsDep, payment_id: uuid.UUID
 ) -> PaymentRow:
-    """The payment, when ``principal`` is staff of its merchant (or an admin)."""
+    """The payment, when ``principal`` is staff of its merchant (or an admin). The payer may
+    see it but not act as staff on it (403); anyone else gets 404."""
     view = await service.get_payment_view(session, ctx, payment_id)
+    if not _may_see(principal, view.payment):
+        raise PaymentNotFound()
     ensure_staff_of(principal, view.payment.merchant_id)
     return view.payment
 
@@ -130,6 +144,7 @@ def payments_router() -> APIRouter:
             *_COMMON,
             *IDEMPOTENCY_ERRORS,
             PaymentDeclined,
+            PaymentMethodUnavailable,
             UnknownCurrency,
             PaymentAmountInvalid,
             PaymentAmountAboveMaximum,
@@ -171,19 +186,21 @@ def payments_router() -> APIRouter:
         principal: CurrentUser, payment_id: uuid.UUID, session: SessionDep, ctx: PaymentsDep
     ) -> PaymentOut:
         view = await service.get_payment_view(session, ctx, payment_id)
-        p = view.payment
-        if p.customer_id != principal.sub and not principal.is_admin:
-            if not principal.has("staff"):
-                raise PaymentNotFound()
-            ensure_staff_of(principal, p.merchant_id)
-        return PaymentOut.of(view, show_secret=p.customer_id == principal.sub)
+        if not _may_see(principal, view.payment):
+            raise PaymentNotFound()
+        return PaymentOut.of(view, show_secret=view.payment.customer_id == principal.sub)
 
     @router.post(
         "/v1/payments/{payment_id}/confirm",
         response_model=PaymentOut,
         summary="Confirm the payment with a payment method (again, after a decline)",
         responses=responses(
-            *_COMMON, *IDEMPOTENCY_ERRORS, PaymentNotFound, PaymentNotConfirmable, PaymentDeclined
+            *_COMMON,
+            *IDEMPOTENCY_ERRORS,
+            PaymentNotFound,
+            PaymentNotConfirmable,
+            PaymentDeclined,
+            PaymentMethodUnavailable,
         ),
     )
     async def confirm_payment(
@@ -234,6 +251,8 @@ def payments_router() -> APIRouter:
         principal: CurrentUser, payment_id: uuid.UUID, session: SessionDep, ctx: PaymentsDep
     ) -> PaymentOut:
         view = await service.get_payment_view(session, ctx, payment_id)
+        if not _may_see(principal, view.payment):
+            raise PaymentNotFound()
         if view.payment.customer_id != principal.sub:
             ensure_staff_of(principal, view.payment.merchant_id)
         row = await service.cancel_payment(session, ctx, payment_id)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from shared.payments._provider import CaptureMethod, Method
 from shared.payments._repository import PaymentRow, RefundRow, SetupRow, StatusChangeRow
 from shared.payments._service import PaymentView
+from shared.text import SafeStr
 
 __all__ = [
     "CaptureIn",
@@ -30,20 +31,21 @@ _STRICT = ConfigDict(extra="forbid")
 class PaymentCreate(BaseModel):
     model_config = _STRICT
 
-    reference: str = Field(
+    reference: SafeStr = Field(
         min_length=1,
         max_length=200,
         description="The business object paid for, e.g. `order:8f14e45f`.",
     )
-    merchant_id: str = Field(min_length=1, max_length=100)
+    merchant_id: SafeStr = Field(min_length=1, max_length=100)
     amount: StrictInt = Field(description="Minor units (fen, cents); positive.")
-    currency: str = Field(max_length=16, description="ISO 4217, e.g. CNY.")
+    currency: SafeStr = Field(max_length=16, description="ISO 4217, e.g. CNY.")
     method: Method = "card"
     capture_method: CaptureMethod = Field(
         "automatic", description="`manual` authorizes now and captures later (cards only)."
     )
-    payment_method: str | None = Field(
+    payment_method: SafeStr | None = Field(
         None,
+        min_length=1,
         max_length=255,
         description=(
             "A payment method id or test token: given, the payment is confirmed now; "
@@ -55,7 +57,7 @@ class PaymentCreate(BaseModel):
 class ConfirmIn(BaseModel):
     model_config = _STRICT
 
-    payment_method: str = Field(min_length=1, max_length=255)
+    payment_method: SafeStr = Field(min_length=1, max_length=255)
 
 
 class CaptureIn(BaseModel):
@@ -80,7 +82,7 @@ class SimulatedActionIn(BaseModel):
 class SetupCreate(BaseModel):
     model_config = _STRICT
 
-    payment_method: str | None = Field(None, max_length=255)
+    payment_method: SafeStr | None = Field(None, min_length=1, max_length=255)
 
 
 class RefundOut(BaseModel):
@@ -221,4 +223,4 @@ class SetupOut(BaseModel):
 class WebhookReceipt(BaseModel):
     event_id: str
     event_type: str
-    status: Literal["applied", "duplicate", "ignored", "unknown_object", "stale"]
+    status: Literal["applied", "duplicate", "ignored", "unknown_object", "stale", "invalid"]

@@ -26,6 +26,7 @@ from shared.payments._errors import (
     CaptureMethodUnsupported,
     PaymentAmountAboveMaximum,
     PaymentAmountInvalid,
+    PaymentMethodUnavailable,
     PaymentNotCancelable,
     PaymentNotCapturable,
     PaymentNotConfirmable,
@@ -170,9 +171,7 @@ async def _provider_call(call: Awaitable[T]) -> T:
 def _check_amount(ctx: PaymentContext, amount: int, currency: str) -> str:
     code = normalize_currency(currency)
     if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
-        raise PaymentAmountInvalid(
-            f"amount must be a positive integer of minor units, got {amount!r}"
-        )
+        raise PaymentAmountInvalid("amount must be a positive integer of minor units")
     if amount > ctx.max_amount:
         raise PaymentAmountAboveMaximum(
             f"{amount} is above the maximum of {ctx.max_amount} minor units",
@@ -183,6 +182,21 @@ def _check_amount(ctx: PaymentContext, amount: int, currency: str) -> str:
 
 def _metadata(ctx: PaymentContext, payment_id: uuid.UUID, **extra: str) -> dict[str, str]:
     return {"qunbuy_service": ctx.service, "qunbuy_payment_id": str(payment_id), **extra}
+
+
+async def _check_method_owner(
+    session: AsyncSession, ctx: PaymentContext, customer_id: str, payment_method: str
+) -> None:
+    """A saved payment method pays only for the customer who saved it. One-off methods (test
+    tokens, a method the client just created) are the provider's to accept or refuse; the
+    simulated provider's saved methods exist only through our setups."""
+    owners = await repo.setup_owners_of_method(
+        session, ctx.tables, ctx.provider.name, payment_method
+    )
+    if owners and customer_id not in owners:
+        raise PaymentMethodUnavailable()
+    if not owners and payment_method.startswith("pm_sim_"):
+        raise PaymentMethodUnavailable()
 
 
 async def _locked(session: AsyncSession, ctx: PaymentContext, payment_id: uuid.UUID) -> PaymentRow:
@@ -415,6 +429,8 @@ async def create_payment(
     existing = await repo.get_payment(session, ctx.tables, payment_id)
     if existing is not None:
         return existing
+    if payment_method is not None:
+        await _check_method_owner(session, ctx, customer_id, payment_method)
     request = PaymentRequest(
         amount=amount,
         currency=code,
@@ -510,6 +526,7 @@ async def confirm_payment(
             raise PaymentNotConfirmable("the payment was canceled")
         return row
     assert row.provider_payment_id is not None
+    await _check_method_owner(session, ctx, row.customer_id, payment_method)
     key = idempotency_key(ctx.service, "payment", row.id, f"confirm:{request_key}")
     pp = await _provider_call(
         ctx.provider.confirm_payment(
@@ -582,7 +599,7 @@ async def refund_payment(
     if amount is not None and (
         not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0
     ):
-        raise RefundAmountInvalid(f"the refund amount must be a positive integer, got {amount!r}")
+        raise RefundAmountInvalid("the refund amount must be a positive integer")
     to_refund = refundable if amount is None else amount
     if to_refund > refundable or to_refund <= 0:
         raise RefundExceedsRefundable(

@@ -110,11 +110,12 @@ class TestWhoSeesWhat:
         assert staff.status_code == 200
         assert staff.json()["client_secret"] is None
 
+        # Another merchant's staff learn nothing: the same answer as for no payment at all.
         other_staff = await sim_orders.client.get(
             path, headers=auth("staff", merchant_id="m_other")
         )
-        assert other_staff.status_code == 403
-        assert other_staff.json()["code"] == "other_merchant"
+        assert other_staff.status_code == 404
+        assert other_staff.json()["code"] == "payment_not_found"
 
         stranger = await sim_orders.client.get(path, headers=auth("customer"))
         assert stranger.status_code == 404

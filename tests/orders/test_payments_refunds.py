@@ -101,11 +101,13 @@ async def test_bad_refund_amounts_are_refused_and_nothing_is_recorded(
 async def test_who_may_refund(sim_orders: PaymentsApp, auth: TokenFactory) -> None:
     payment, _ = await paid_payment(sim_orders, auth)
     path = f"/v1/payments/{payment['id']}/refunds"
+    # Neither a stranger nor another merchant's staff learns that the payment exists.
     as_customer = await sim_orders.post(path, {"amount": 100}, auth("customer"))
-    assert as_customer.status_code == 403
+    assert as_customer.status_code == 404
+    assert as_customer.json()["code"] == "payment_not_found"
     other_staff = await sim_orders.post(path, {"amount": 100}, auth("staff", merchant_id="m_x"))
-    assert other_staff.status_code == 403
-    assert other_staff.json()["code"] == "other_merchant"
+    assert other_staff.status_code == 404
+    assert other_staff.json()["code"] == "payment_not_found"
     admin = await sim_orders.post(path, {"amount": 100}, auth("admin"))
     assert admin.status_code == 201
     assert await sim_orders.count("refund", payment_id=uuid.UUID(payment["id"])) == 1
