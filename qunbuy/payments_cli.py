@@ -98,7 +98,7 @@ async def _reconcile(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args.service, dbs.urls[args.service], dbs.embedded is not None)
         sessionmaker = sessionmaker_for(engine)
-        provider = build_provider(settings, sessionmaker=sessionmaker, tables=payments)
+        provider = build_provider(settings, tables=payments)
         if provider is None:
             raise PlatformError("payments are disabled: set PAYMENT_PROVIDER for this service")
         ctx = make_context(
@@ -107,6 +107,7 @@ async def _reconcile(args: argparse.Namespace) -> int:
             platform=platform,
             tables=payments,
             provider=provider,
+            sessionmaker=sessionmaker,
         )
         async with sessionmaker() as session, session.begin():
             found = await reconcile(session, ctx, since=since, until=until, repair=args.repair)

@@ -92,6 +92,10 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
         app.state.engine = engine
+        # Readiness asks whether the database answers, not whether the request pool has a
+        # connection free: under a burst the pool queues, and the pod must not leave rotation.
+        probe_engine = make_engine(settings.database_url, pool_size=1)
+        app.state.probe_engine = probe_engine
         app.state.sessionmaker = sessionmaker_for(engine)
         for hook in spec.on_startup:
             await hook(app)
@@ -106,6 +110,7 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
             for hook in spec.on_shutdown:
                 await hook(app)
             await engine.dispose()
+            await probe_engine.dispose()
 
     app = FastAPI(title=spec.title, version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
@@ -127,7 +132,7 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
     async def readyz(request: Request) -> Response:
         try:
             async with asyncio.timeout(2):
-                async with request.app.state.engine.connect() as conn:
+                async with request.app.state.probe_engine.connect() as conn:
                     await conn.execute(text("SELECT 1"))
         except Exception as exc:
             return problem_response(

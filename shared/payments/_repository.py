@@ -8,14 +8,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, func, select, update
+from sqlalchemy import Row, and_, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.payments.tables import PaymentTables
 
 # Refund statuses that hold money back from what remains refundable.
-RESERVING_REFUND_STATUSES = ("pending", "requires_action", "succeeded")
+# A refund recorded before the provider is asked: it holds its amount like a pending one.
+RESERVED = "reserved"
+RESERVING_REFUND_STATUSES = (RESERVED, "pending", "requires_action", "succeeded")
 # Refund statuses counted in ``amount_refunded`` (as Stripe's charge.amount_refunded does).
 REFUNDED_STATUSES = ("pending", "succeeded")
 
@@ -123,6 +125,16 @@ async def insert_payment(
     )
     row = result.first()
     return _payment(row) if row is not None else None
+
+
+async def delete_unsent_payment(
+    session: AsyncSession, t: PaymentTables, payment_id: uuid.UUID
+) -> None:
+    """Drops a payment the provider refused to create (its history row with it)."""
+    p, h = t.payment, t.payment_status_change
+    unsent = select(p.c.id).where(p.c.id == payment_id, p.c.provider_payment_id.is_(None))
+    await session.execute(delete(h).where(h.c.payment_id.in_(unsent.scalar_subquery())))
+    await session.execute(delete(p).where(p.c.id == payment_id, p.c.provider_payment_id.is_(None)))
 
 
 async def get_payment(
@@ -245,6 +257,18 @@ async def insert_refund(
 ) -> RefundRow:
     result = await session.execute(insert(t.refund).values(**values).returning(t.refund))
     return RefundRow(**result.one()._mapping)
+
+
+async def delete_reserved_refund(
+    session: AsyncSession, t: PaymentTables, refund_id: uuid.UUID
+) -> None:
+    """Drops a reservation the provider refused (it made no refund)."""
+    r = t.refund
+    await session.execute(
+        delete(r).where(
+            r.c.id == refund_id, r.c.status == RESERVED, r.c.provider_refund_id.is_(None)
+        )
+    )
 
 
 async def update_refund(

@@ -84,22 +84,22 @@ def _may_see(principal: Principal, payment: PaymentRow) -> bool:
 
 
 async def _payment_for_owner(
-    principal: CurrentUser, session: SessionDep, ctx: PaymentsDep, payment_id: uuid.UUID
+    principal: CurrentUser, ctx: PaymentsDep, payment_id: uuid.UUID
 ) -> PaymentRow:
     """The payment, when ``principal`` paid it (admins see every payment). Anyone else gets
     the 404 of a payment that does not exist: whether it exists is not theirs to learn."""
-    view = await service.get_payment_view(session, ctx, payment_id)
+    view = await service.get_payment_view(ctx, payment_id)
     if not principal.is_admin and view.payment.customer_id != principal.sub:
         raise PaymentNotFound()
     return view.payment
 
 
 async def _payment_for_staff(
-    principal: CurrentUser, session: SessionDep, ctx: PaymentsDep, payment_id: uuid.UUID
+    principal: CurrentUser, ctx: PaymentsDep, payment_id: uuid.UUID
 ) -> PaymentRow:
     """The payment, when ``principal`` is staff of its merchant (or an admin). The payer may
     see it but not act as staff on it (403); anyone else gets 404."""
-    view = await service.get_payment_view(session, ctx, payment_id)
+    view = await service.get_payment_view(ctx, payment_id)
     if not _may_see(principal, view.payment):
         raise PaymentNotFound()
     ensure_staff_of(principal, view.payment.merchant_id)
@@ -110,15 +110,13 @@ OwnPayment = Annotated[PaymentRow, Depends(_payment_for_owner)]
 MerchantPayment = Annotated[PaymentRow, Depends(_payment_for_staff)]
 
 
-async def _out(
-    session: SessionDep, ctx: PaymentContext, payment_id: uuid.UUID, principal: Principal
-) -> PaymentOut:
-    view = await service.get_payment_view(session, ctx, payment_id)
+async def _out(ctx: PaymentContext, payment_id: uuid.UUID, principal: Principal) -> PaymentOut:
+    view = await service.get_payment_view(ctx, payment_id)
     return PaymentOut.of(view, show_secret=view.payment.customer_id == principal.sub)
 
 
 def _declined_or(request: Request, out: PaymentOut, *, status_code: int) -> JSONResponse:
-    """A declined attempt is recorded (the transaction commits) and answered with 402."""
+    """A declined attempt is recorded (committed already) and answered with 402."""
     body = out.model_dump(mode="json")
     if out.status == "requires_payment_method" and out.failure_code is not None:
         return problem_response(
@@ -155,13 +153,11 @@ def payments_router() -> APIRouter:
         principal: Customer,
         request: Request,
         body: PaymentCreate,
-        session: SessionDep,
         ctx: PaymentsDep,
         key: IdempotencyKeyRequired,
     ) -> JSONResponse:
         payment_id = service.new_payment_id(ctx.service, "api", principal.sub, key)
         row = await service.create_payment(
-            session,
             ctx,
             payment_id=payment_id,
             reference=body.reference,
@@ -173,7 +169,7 @@ def payments_router() -> APIRouter:
             capture_method=body.capture_method,
             payment_method=body.payment_method,
         )
-        out = await _out(session, ctx, row.id, principal)
+        out = await _out(ctx, row.id, principal)
         return _declined_or(request, out, status_code=status.HTTP_201_CREATED)
 
     @router.get(
@@ -183,9 +179,9 @@ def payments_router() -> APIRouter:
         responses=responses(*_AUTH, PaymentsNotConfigured, PaymentNotFound),
     )
     async def get_payment(
-        principal: CurrentUser, payment_id: uuid.UUID, session: SessionDep, ctx: PaymentsDep
+        principal: CurrentUser, payment_id: uuid.UUID, ctx: PaymentsDep
     ) -> PaymentOut:
-        view = await service.get_payment_view(session, ctx, payment_id)
+        view = await service.get_payment_view(ctx, payment_id)
         if not _may_see(principal, view.payment):
             raise PaymentNotFound()
         return PaymentOut.of(view, show_secret=view.payment.customer_id == principal.sub)
@@ -208,14 +204,13 @@ def payments_router() -> APIRouter:
         request: Request,
         body: ConfirmIn,
         payment: OwnPayment,
-        session: SessionDep,
         ctx: PaymentsDep,
         key: IdempotencyKeyRequired,
     ) -> JSONResponse:
         row = await service.confirm_payment(
-            session, ctx, payment.id, payment_method=body.payment_method, request_key=key
+            ctx, payment.id, payment_method=body.payment_method, request_key=key
         )
-        out = await _out(session, ctx, row.id, principal)
+        out = await _out(ctx, row.id, principal)
         return _declined_or(request, out, status_code=status.HTTP_200_OK)
 
     @router.post(
@@ -234,12 +229,11 @@ def payments_router() -> APIRouter:
         principal: CurrentUser,
         body: CaptureIn,
         payment: MerchantPayment,
-        session: SessionDep,
         ctx: PaymentsDep,
         key: IdempotencyKeyRequired,
     ) -> PaymentOut:
-        row = await service.capture_payment(session, ctx, payment.id, amount=body.amount)
-        return await _out(session, ctx, row.id, principal)
+        row = await service.capture_payment(ctx, payment.id, amount=body.amount)
+        return await _out(ctx, row.id, principal)
 
     @router.post(
         "/v1/payments/{payment_id}/cancel",
@@ -248,15 +242,15 @@ def payments_router() -> APIRouter:
         responses=responses(*_COMMON, PaymentNotFound, PaymentNotCancelable),
     )
     async def cancel_payment(
-        principal: CurrentUser, payment_id: uuid.UUID, session: SessionDep, ctx: PaymentsDep
+        principal: CurrentUser, payment_id: uuid.UUID, ctx: PaymentsDep
     ) -> PaymentOut:
-        view = await service.get_payment_view(session, ctx, payment_id)
+        view = await service.get_payment_view(ctx, payment_id)
         if not _may_see(principal, view.payment):
             raise PaymentNotFound()
         if view.payment.customer_id != principal.sub:
             ensure_staff_of(principal, view.payment.merchant_id)
-        row = await service.cancel_payment(session, ctx, payment_id)
-        return await _out(session, ctx, row.id, principal)
+        row = await service.cancel_payment(ctx, payment_id)
+        return await _out(ctx, row.id, principal)
 
     @router.post(
         "/v1/payments/{payment_id}/refunds",
@@ -276,12 +270,10 @@ def payments_router() -> APIRouter:
         principal: CurrentUser,
         body: RefundCreate,
         payment: MerchantPayment,
-        session: SessionDep,
         ctx: PaymentsDep,
         key: IdempotencyKeyRequired,
     ) -> RefundOut:
         refund = await service.refund_payment(
-            session,
             ctx,
             payment.id,
             amount=body.amount,
@@ -308,13 +300,10 @@ def payments_router() -> APIRouter:
         request: Request,
         body: SimulatedActionIn,
         payment: OwnPayment,
-        session: SessionDep,
         ctx: PaymentsDep,
     ) -> JSONResponse:
-        row = await service.complete_simulated_action(
-            session, ctx, payment.id, succeed=body.succeed
-        )
-        out = await _out(session, ctx, row.id, principal)
+        row = await service.complete_simulated_action(ctx, payment.id, succeed=body.succeed)
+        out = await _out(ctx, row.id, principal)
         return _declined_or(request, out, status_code=status.HTTP_200_OK)
 
     @router.post(
@@ -327,7 +316,6 @@ def payments_router() -> APIRouter:
     async def create_setup(
         principal: Customer,
         body: SetupCreate,
-        session: SessionDep,
         ctx: PaymentsDep,
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     ) -> SetupOut:
@@ -337,7 +325,6 @@ def payments_router() -> APIRouter:
             else uuid.uuid4()
         )
         row = await service.create_setup(
-            session,
             ctx,
             setup_id=setup_id,
             customer_id=principal.sub,
@@ -351,10 +338,8 @@ def payments_router() -> APIRouter:
         summary="A saved payment method's setup",
         responses=responses(*_AUTH, PaymentsNotConfigured, PaymentSetupNotFound),
     )
-    async def get_setup(
-        principal: CurrentUser, setup_id: uuid.UUID, session: SessionDep, ctx: PaymentsDep
-    ) -> SetupOut:
-        row = await service.get_setup(session, ctx, setup_id)
+    async def get_setup(principal: CurrentUser, setup_id: uuid.UUID, ctx: PaymentsDep) -> SetupOut:
+        row = await service.get_setup(ctx, setup_id)
         if row.customer_id != principal.sub and not principal.is_admin:
             raise PaymentSetupNotFound()
         return SetupOut.of(row)

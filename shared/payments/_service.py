@@ -8,15 +8,16 @@ overwrite it with what the provider says now.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.events import EventPublisher
 from shared.money import normalize_currency
@@ -87,6 +88,8 @@ T = TypeVar("T")
 # Fixed namespace of the platform's deterministic ids (uuid5).
 _NAMESPACE = uuid.UUID("6f1c3f0e-58a4-4f7e-9a51-2b7f0c9f4a11")
 TERMINAL = frozenset({"succeeded", "canceled"})
+# Recorded, the provider not asked yet (or its answer not recorded): a retry resumes it.
+CREATING = "creating"
 CONFIRMABLE = ("requires_payment_method", "requires_confirmation")
 CANCELABLE = (
     "requires_payment_method",
@@ -100,13 +103,23 @@ Source = Literal["api", "webhook", "reconcile"]
 
 @dataclass(frozen=True)
 class PaymentContext:
-    """What the payment functions need from the service they run in."""
+    """What the payment functions need from the service they run in.
+
+    ``sessionmaker`` opens the short transactions of the money path: no transaction (and no
+    pooled connection, and no row lock) is held while the provider is called.
+    """
 
     service: str
     tables: PaymentTables
     provider: PaymentProvider
     publisher: EventPublisher
     max_amount: int
+    sessionmaker: async_sessionmaker[AsyncSession]
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        async with self.sessionmaker() as session, session.begin():
+            yield session
 
 
 @dataclass(frozen=True)
@@ -344,10 +357,16 @@ async def _record_refund(
     """Records a provider refund of the (locked) ``payment``, or moves its status on."""
     t = ctx.tables
     existing = await repo.get_refund_by_provider_id(session, t, pr.id)
-    if existing is None and refund_id is None:
-        refund_id = _uuid_or_none(pr.metadata.get("qunbuy_refund_id"))
-        if refund_id is not None and await repo.get_refund(session, t, refund_id) is not None:
-            refund_id = None
+    if existing is None:
+        refund_id = refund_id or _uuid_or_none(pr.metadata.get("qunbuy_refund_id"))
+        ours = await repo.get_refund(session, t, refund_id) if refund_id is not None else None
+        if ours is not None and ours.provider_refund_id is None:
+            # Our reservation for this refund, whichever news (API answer or webhook) comes
+            # first: the provider's refund takes its place.
+            ours = await repo.update_refund(session, t, ours.id, {"provider_refund_id": pr.id})
+            existing = ours
+        elif ours is not None:
+            refund_id = None  # the id is another refund's
     old_status: str | None
     if existing is None:
         old_status = None
@@ -405,7 +424,6 @@ def _uuid_or_none(value: str | None) -> uuid.UUID | None:
 
 
 async def create_payment(
-    session: AsyncSession,
     ctx: PaymentContext,
     *,
     payment_id: uuid.UUID,
@@ -420,83 +438,107 @@ async def create_payment(
 ) -> PaymentRow:
     """Creates the payment (a PaymentIntent) and, given a payment method, confirms it.
 
-    A ``payment_id`` that exists already returns that payment: a retried request or job
-    does not pay twice.
+    Three short steps, none holding a connection while the provider works: record the intent
+    (status ``creating``) and commit; ask the provider (its idempotency key comes from the
+    payment id); record its answer. A retry with the same ``payment_id`` (a retried request,
+    a crash between the steps) resumes where the first run stopped, and the provider returns
+    the objects it made the first time, so nothing is paid twice.
     """
     code = _check_amount(ctx, amount, currency)
     if capture_method == "manual" and method != "card":
         raise CaptureMethodUnsupported(f"{method} payments are captured when they succeed")
-    existing = await repo.get_payment(session, ctx.tables, payment_id)
-    if existing is not None:
-        return existing
-    if payment_method is not None:
-        await _check_method_owner(session, ctx, customer_id, payment_method)
-    request = PaymentRequest(
-        amount=amount,
-        currency=code,
-        method=method,
-        capture_method=capture_method,
-        metadata=_metadata(
-            ctx, payment_id, reference=reference, merchant_id=merchant_id, customer_id=customer_id
-        ),
-        payment_method=payment_method,
-    )
-    key = idempotency_key(ctx.service, "payment", payment_id, "create")
-    pp = await _provider_call(ctx.provider.create_payment(request, idempotency_key=key))
-    row = await _insert_payment(
-        session,
-        ctx,
-        payment_id=payment_id,
-        pp=pp,
-        reference=reference,
-        merchant_id=merchant_id,
-        customer_id=customer_id,
-        method=method,
-        off_session=False,
-    )
-    if payment_method is not None and row.status in CONFIRMABLE:
+    async with ctx.transaction() as session:
+        row = await repo.get_payment(session, ctx.tables, payment_id)
+        if row is None:
+            if payment_method is not None:
+                await _check_method_owner(session, ctx, customer_id, payment_method)
+            row = await _record_intent(
+                session,
+                ctx,
+                payment_id=payment_id,
+                reference=reference,
+                merchant_id=merchant_id,
+                customer_id=customer_id,
+                amount=amount,
+                currency=code,
+                method=method,
+                capture_method=capture_method,
+            )
+    if row.provider_payment_id is None:
+        request = PaymentRequest(
+            amount=amount,
+            currency=code,
+            method=method,
+            capture_method=capture_method,
+            metadata=_metadata(
+                ctx,
+                payment_id,
+                reference=reference,
+                merchant_id=merchant_id,
+                customer_id=customer_id,
+            ),
+            payment_method=payment_method,
+        )
+        key = idempotency_key(ctx.service, "payment", payment_id, "create")
+        try:
+            pp = await _provider_call(ctx.provider.create_payment(request, idempotency_key=key))
+        except PaymentProviderRejected:
+            # The provider made nothing: neither do we (a retry may run afresh).
+            async with ctx.transaction() as session:
+                await repo.delete_unsent_payment(session, ctx.tables, payment_id)
+            raise
+        async with ctx.transaction() as session:
+            row = await _record_created(session, ctx, payment_id, pp)
+    if payment_method is not None and row.status == "requires_confirmation":
+        assert row.provider_payment_id is not None
         key = idempotency_key(ctx.service, "payment", payment_id, "confirm:initial")
         confirmed = await _provider_call(
-            ctx.provider.confirm_payment(pp.id, payment_method=None, idempotency_key=key)
+            ctx.provider.confirm_payment(
+                row.provider_payment_id, payment_method=None, idempotency_key=key
+            )
         )
-        row = await _apply_payment(session, ctx, row, confirmed, source="api")
+        async with ctx.transaction() as session:
+            locked = await _locked(session, ctx, payment_id)
+            row = await _apply_payment(session, ctx, locked, confirmed, source="api")
     return row
 
 
-async def _insert_payment(
+async def _record_intent(
     session: AsyncSession,
     ctx: PaymentContext,
     *,
     payment_id: uuid.UUID,
-    pp: ProviderPayment,
     reference: str,
     merchant_id: str,
     customer_id: str,
+    amount: int,
+    currency: str,
     method: str,
-    off_session: bool,
+    capture_method: str,
+    off_session: bool = False,
 ) -> PaymentRow:
+    """The payment as we mean it, before the provider hears of it (status ``creating``)."""
     inserted = await repo.insert_payment(
         session,
         ctx.tables,
         {
             "id": payment_id,
             "provider": ctx.provider.name,
-            "provider_payment_id": pp.id,
+            "provider_payment_id": None,
             "reference": reference,
             "merchant_id": merchant_id,
             "customer_id": customer_id,
             "method": method,
-            "capture_method": pp.capture_method,
+            "capture_method": capture_method,
             "off_session": off_session,
-            "amount": pp.amount,
-            "currency": pp.currency,
-            "status": "requires_payment_method",
-            "client_secret": pp.client_secret,
+            "amount": amount,
+            "currency": currency,
+            "status": CREATING,
         },
     )
     if inserted is None:
         # A concurrent run of the same request got there first.
-        existing = await repo.get_payment(session, ctx.tables, payment_id, for_update=True)
+        existing = await repo.get_payment(session, ctx.tables, payment_id)
         assert existing is not None
         return existing
     await repo.insert_status_change(
@@ -504,14 +546,60 @@ async def _insert_payment(
         ctx.tables,
         payment_id=payment_id,
         from_status=None,
-        to_status="requires_payment_method",
+        to_status=CREATING,
         source="api",
     )
-    return await _apply_payment(session, ctx, inserted, pp, source="api")
+    return inserted
+
+
+async def _record_created(
+    session: AsyncSession, ctx: PaymentContext, payment_id: uuid.UUID, pp: ProviderPayment
+) -> PaymentRow:
+    """Ties the recorded intent to the provider's object and applies its first snapshot."""
+    row = await _locked(session, ctx, payment_id)
+    if row.provider_payment_id is None:
+        row = await repo.update_payment(
+            session,
+            ctx.tables,
+            payment_id,
+            {
+                "provider_payment_id": pp.id,
+                "capture_method": pp.capture_method,
+                "status": "requires_payment_method",
+                "client_secret": pp.client_secret,
+            },
+        )
+        await repo.insert_status_change(
+            session,
+            ctx.tables,
+            payment_id=payment_id,
+            from_status=CREATING,
+            to_status="requires_payment_method",
+            source="api",
+        )
+    return await _apply_payment(session, ctx, row, pp, source="api")
+
+
+async def _read(ctx: PaymentContext, payment_id: uuid.UUID) -> PaymentRow:
+    async with ctx.transaction() as session:
+        row = await repo.get_payment(session, ctx.tables, payment_id)
+    if row is None:
+        raise PaymentNotFound()
+    return row
+
+
+async def _apply_answer(
+    ctx: PaymentContext, payment_id: uuid.UUID, pp: ProviderPayment
+) -> PaymentRow:
+    """Records what the provider answered, in a short transaction of its own. The state
+    machine in :func:`_apply_payment` keeps an answer that arrives after a newer webhook
+    from moving the payment back."""
+    async with ctx.transaction() as session:
+        row = await _locked(session, ctx, payment_id)
+        return await _apply_payment(session, ctx, row, pp, source="api")
 
 
 async def confirm_payment(
-    session: AsyncSession,
     ctx: PaymentContext,
     payment_id: uuid.UUID,
     *,
@@ -520,27 +608,32 @@ async def confirm_payment(
 ) -> PaymentRow:
     """Confirms with ``payment_method`` (again, after a decline). A payment that is past
     confirmation already is returned as it is."""
-    row = await _locked(session, ctx, payment_id)
-    if row.status not in CONFIRMABLE:
-        if row.status == "canceled":
-            raise PaymentNotConfirmable("the payment was canceled")
-        return row
+    async with ctx.transaction() as session:
+        row = await repo.get_payment(session, ctx.tables, payment_id)
+        if row is None:
+            raise PaymentNotFound()
+        if row.status not in CONFIRMABLE:
+            if row.status == "canceled":
+                raise PaymentNotConfirmable("the payment was canceled")
+            if row.status == CREATING:
+                raise PaymentNotConfirmable("the payment is still being created; retry it")
+            return row
+        await _check_method_owner(session, ctx, row.customer_id, payment_method)
     assert row.provider_payment_id is not None
-    await _check_method_owner(session, ctx, row.customer_id, payment_method)
     key = idempotency_key(ctx.service, "payment", row.id, f"confirm:{request_key}")
     pp = await _provider_call(
         ctx.provider.confirm_payment(
             row.provider_payment_id, payment_method=payment_method, idempotency_key=key
         )
     )
-    return await _apply_payment(session, ctx, row, pp, source="api")
+    return await _apply_answer(ctx, row.id, pp)
 
 
 async def capture_payment(
-    session: AsyncSession, ctx: PaymentContext, payment_id: uuid.UUID, *, amount: int | None
+    ctx: PaymentContext, payment_id: uuid.UUID, *, amount: int | None
 ) -> PaymentRow:
     """Captures an authorized payment, all of it or ``amount`` (the rest is released)."""
-    row = await _locked(session, ctx, payment_id)
+    row = await _read(ctx, payment_id)
     if row.status != "requires_capture":
         raise PaymentNotCapturable(f"the payment is {row.status}")
     if amount is not None and (
@@ -552,13 +645,11 @@ async def capture_payment(
     pp = await _provider_call(
         ctx.provider.capture_payment(row.provider_payment_id, amount=amount, idempotency_key=key)
     )
-    return await _apply_payment(session, ctx, row, pp, source="api")
+    return await _apply_answer(ctx, row.id, pp)
 
 
-async def cancel_payment(
-    session: AsyncSession, ctx: PaymentContext, payment_id: uuid.UUID
-) -> PaymentRow:
-    row = await _locked(session, ctx, payment_id)
+async def cancel_payment(ctx: PaymentContext, payment_id: uuid.UUID) -> PaymentRow:
+    row = await _read(ctx, payment_id)
     if row.status == "canceled":
         return row
     if row.status not in CANCELABLE:
@@ -568,11 +659,10 @@ async def cancel_payment(
     pp = await _provider_call(
         ctx.provider.cancel_payment(row.provider_payment_id, idempotency_key=key)
     )
-    return await _apply_payment(session, ctx, row, pp, source="api")
+    return await _apply_answer(ctx, row.id, pp)
 
 
 async def refund_payment(
-    session: AsyncSession,
     ctx: PaymentContext,
     payment_id: uuid.UUID,
     *,
@@ -583,15 +673,60 @@ async def refund_payment(
 ) -> RefundRow:
     """Refunds ``amount`` (default: all that remains refundable).
 
-    The payment row is locked first, so concurrent refunds are checked one after the other
-    against what remains. The refund id (and the provider key) come from ``request_key``:
-    a retry after a crash finds the refund or makes the provider return the same one.
+    The amount is reserved first: under the payment's row lock, checked against what remains
+    and recorded as a ``reserved`` refund, then committed, so concurrent refunds are checked one
+    after the other without any lock held while the provider works. The refund id (and the
+    provider key) come from ``request_key``: a retry after a crash finds the reservation and
+    asks the provider again with the same key, which returns the same refund.
     """
-    row = await _locked(session, ctx, payment_id)
-    refund_id = _refund_id(row.id, request_key)
-    already = await repo.get_refund(session, ctx.tables, refund_id)
-    if already is not None:
-        return already
+    refund_id = _refund_id(payment_id, request_key)
+    async with ctx.transaction() as session:
+        row = await _locked(session, ctx, payment_id)
+        refund = await repo.get_refund(session, ctx.tables, refund_id)
+        if refund is None:
+            refund = await _reserve_refund(
+                session, ctx, row, refund_id, amount=amount, reason=reason, by=requested_by
+            )
+    if refund.provider_refund_id is not None:
+        return refund
+    assert row.provider_payment_id is not None
+    key = idempotency_key(ctx.service, "refund", refund_id, f"create:{refund.amount}")
+    try:
+        pr = await _provider_call(
+            ctx.provider.create_refund(
+                row.provider_payment_id,
+                amount=refund.amount,
+                reason=reason,
+                metadata=_metadata(
+                    ctx, row.id, qunbuy_refund_id=str(refund_id), qunbuy_requested_by=requested_by
+                ),
+                idempotency_key=key,
+            )
+        )
+    except PaymentProviderRejected:
+        async with ctx.transaction() as session:
+            await repo.delete_reserved_refund(session, ctx.tables, refund_id)
+        raise
+    async with ctx.transaction() as session:
+        row = await _locked(session, ctx, payment_id)
+        await _record_refund(
+            session, ctx, row, pr, requested_by=requested_by, refund_id=refund_id, reason=reason
+        )
+        recorded = await repo.get_refund(session, ctx.tables, refund_id)
+    assert recorded is not None
+    return recorded
+
+
+async def _reserve_refund(
+    session: AsyncSession,
+    ctx: PaymentContext,
+    row: PaymentRow,
+    refund_id: uuid.UUID,
+    *,
+    amount: int | None,
+    reason: str | None,
+    by: str,
+) -> RefundRow:
     if row.status != "succeeded" or row.amount_captured == 0:
         raise PaymentNotRefundable(f"the payment is {row.status}")
     reserved = await repo.sum_refunds(session, ctx.tables, row.id, repo.RESERVING_REFUND_STATUSES)
@@ -607,61 +742,56 @@ async def refund_payment(
             refundable=refundable,
             currency=row.currency,
         )
-    assert row.provider_payment_id is not None
-    key = idempotency_key(ctx.service, "refund", refund_id, f"create:{to_refund}")
-    pr = await _provider_call(
-        ctx.provider.create_refund(
-            row.provider_payment_id,
-            amount=to_refund,
-            reason=reason,
-            metadata=_metadata(
-                ctx, row.id, qunbuy_refund_id=str(refund_id), qunbuy_requested_by=requested_by
-            ),
-            idempotency_key=key,
+    return await repo.insert_refund(
+        session,
+        ctx.tables,
+        {
+            "id": refund_id,
+            "payment_id": row.id,
+            "provider_refund_id": None,
+            "amount": to_refund,
+            "currency": row.currency,
+            "status": repo.RESERVED,
+            "reason": reason,
+            "requested_by": by,
+        },
+    )
+
+
+async def get_payment_view(ctx: PaymentContext, payment_id: uuid.UUID) -> PaymentView:
+    async with ctx.transaction() as session:
+        row = await repo.get_payment(session, ctx.tables, payment_id)
+        if row is None:
+            raise PaymentNotFound()
+        return PaymentView(
+            payment=row,
+            refunds=await repo.list_refunds(session, ctx.tables, row.id),
+            history=await repo.list_status_changes(session, ctx.tables, row.id),
         )
-    )
-    await _record_refund(
-        session, ctx, row, pr, requested_by=requested_by, refund_id=refund_id, reason=reason
-    )
-    refund = await repo.get_refund_by_provider_id(session, ctx.tables, pr.id)
-    assert refund is not None
-    return refund
-
-
-async def get_payment_view(
-    session: AsyncSession, ctx: PaymentContext, payment_id: uuid.UUID
-) -> PaymentView:
-    row = await repo.get_payment(session, ctx.tables, payment_id)
-    if row is None:
-        raise PaymentNotFound()
-    return PaymentView(
-        payment=row,
-        refunds=await repo.list_refunds(session, ctx.tables, row.id),
-        history=await repo.list_status_changes(session, ctx.tables, row.id),
-    )
 
 
 async def complete_simulated_action(
-    session: AsyncSession, ctx: PaymentContext, payment_id: uuid.UUID, *, succeed: bool
+    ctx: PaymentContext, payment_id: uuid.UUID, *, succeed: bool
 ) -> PaymentRow:
     """Simulated provider only: the customer completes (or fails) the required action."""
     provider = ctx.provider
     if not isinstance(provider, SimulatedProvider):
         raise PaymentSimulationUnavailable()
-    row = await _locked(session, ctx, payment_id)
+    row = await _read(ctx, payment_id)
     if row.status != "requires_action":
         raise PaymentNotConfirmable(f"the payment is {row.status}, not waiting for the customer")
     assert row.provider_payment_id is not None
     pp = await _provider_call(provider.complete_action(row.provider_payment_id, succeed=succeed))
-    return await _apply_payment(session, ctx, row, pp, source="api")
+    return await _apply_answer(ctx, row.id, pp)
 
 
 # --- saved payment methods and off-session charges ---------------------------------------
 
 
-async def _provider_customer(session: AsyncSession, ctx: PaymentContext, customer_id: str) -> str:
+async def _provider_customer(ctx: PaymentContext, customer_id: str) -> str:
     t = ctx.tables
-    known = await repo.get_provider_customer(session, t, ctx.provider.name, customer_id)
+    async with ctx.transaction() as session:
+        known = await repo.get_provider_customer(session, t, ctx.provider.name, customer_id)
     if known is not None:
         return known
     key = idempotency_key(ctx.service, "customer", customer_id, "create")
@@ -670,7 +800,10 @@ async def _provider_customer(session: AsyncSession, ctx: PaymentContext, custome
             user_id=customer_id, metadata={"qunbuy_service": ctx.service}, idempotency_key=key
         )
     )
-    return await repo.insert_provider_customer(session, t, ctx.provider.name, customer_id, created)
+    async with ctx.transaction() as session:
+        return await repo.insert_provider_customer(
+            session, t, ctx.provider.name, customer_id, created
+        )
 
 
 def _setup_values(ps: ProviderSetup) -> dict[str, Any]:
@@ -686,7 +819,6 @@ def _setup_values(ps: ProviderSetup) -> dict[str, Any]:
 
 
 async def create_setup(
-    session: AsyncSession,
     ctx: PaymentContext,
     *,
     setup_id: uuid.UUID,
@@ -695,10 +827,11 @@ async def create_setup(
 ) -> SetupRow:
     """Saves a card for later off-session charges (a SetupIntent), confirmed now when a
     ``payment_method`` is given, else by the client with the returned client secret."""
-    existing = await repo.get_setup(session, ctx.tables, setup_id)
+    async with ctx.transaction() as session:
+        existing = await repo.get_setup(session, ctx.tables, setup_id)
     if existing is not None:
         return existing
-    customer = await _provider_customer(session, ctx, customer_id)
+    customer = await _provider_customer(ctx, customer_id)
     key = idempotency_key(ctx.service, "setup", setup_id, "create")
     ps = await _provider_call(
         ctx.provider.create_setup(
@@ -712,34 +845,35 @@ async def create_setup(
             idempotency_key=key,
         )
     )
-    inserted = await repo.insert_setup(
-        session,
-        ctx.tables,
-        {
-            "id": setup_id,
-            "provider": ctx.provider.name,
-            "provider_setup_id": ps.id,
-            "customer_id": customer_id,
-            "provider_customer_id": customer,
-            **_setup_values(ps),
-        },
-    )
-    if inserted is None:
-        existing = await repo.get_setup(session, ctx.tables, setup_id)
-        assert existing is not None
-        return existing
-    return inserted
+    async with ctx.transaction() as session:
+        inserted = await repo.insert_setup(
+            session,
+            ctx.tables,
+            {
+                "id": setup_id,
+                "provider": ctx.provider.name,
+                "provider_setup_id": ps.id,
+                "customer_id": customer_id,
+                "provider_customer_id": customer,
+                **_setup_values(ps),
+            },
+        )
+        if inserted is None:
+            existing = await repo.get_setup(session, ctx.tables, setup_id)
+            assert existing is not None
+            return existing
+        return inserted
 
 
-async def get_setup(session: AsyncSession, ctx: PaymentContext, setup_id: uuid.UUID) -> SetupRow:
-    row = await repo.get_setup(session, ctx.tables, setup_id)
+async def get_setup(ctx: PaymentContext, setup_id: uuid.UUID) -> SetupRow:
+    async with ctx.transaction() as session:
+        row = await repo.get_setup(session, ctx.tables, setup_id)
     if row is None:
         raise PaymentSetupNotFound()
     return row
 
 
 async def charge_off_session(
-    session: AsyncSession,
     ctx: PaymentContext,
     *,
     reference: str,
@@ -753,19 +887,35 @@ async def charge_off_session(
     """Charges a saved payment method with the customer absent (a pledge at the deadline).
 
     The payment id is derived from (``reference``, ``attempt``): running the job again for
-    the same attempt returns the first payment instead of charging twice. A decline is a
-    result (status ``requires_payment_method`` with a failure code), not an exception.
+    the same attempt resumes or returns the first payment instead of charging twice. A
+    decline is a result (status ``requires_payment_method`` with a failure code), not an
+    exception. No connection is held while the provider charges.
     """
     code = _check_amount(ctx, amount, currency)
-    setup = await repo.get_setup(session, ctx.tables, setup_id)
-    if setup is None or setup.customer_id != customer_id:
-        raise PaymentSetupNotFound()
-    if setup.status != "succeeded" or not setup.payment_method_id:
-        raise PaymentSetupNotUsable(f"the saved payment method is {setup.status}")
     payment_id = new_payment_id(ctx.service, "off_session", reference, str(attempt))
-    existing = await repo.get_payment(session, ctx.tables, payment_id)
-    if existing is not None:
-        return existing
+    async with ctx.transaction() as session:
+        setup = await repo.get_setup(session, ctx.tables, setup_id)
+        if setup is None or setup.customer_id != customer_id:
+            raise PaymentSetupNotFound()
+        if setup.status != "succeeded" or not setup.payment_method_id:
+            raise PaymentSetupNotUsable(f"the saved payment method is {setup.status}")
+        row = await repo.get_payment(session, ctx.tables, payment_id)
+        if row is None:
+            row = await _record_intent(
+                session,
+                ctx,
+                payment_id=payment_id,
+                reference=reference,
+                merchant_id=merchant_id,
+                customer_id=customer_id,
+                amount=amount,
+                currency=code,
+                method="card",
+                capture_method="automatic",
+                off_session=True,
+            )
+    if row.provider_payment_id is not None:
+        return row
     request = PaymentRequest(
         amount=amount,
         currency=code,
@@ -778,18 +928,14 @@ async def charge_off_session(
         payment_method=setup.payment_method_id,
     )
     key = idempotency_key(ctx.service, "payment", payment_id, "charge_off_session")
-    pp = await _provider_call(ctx.provider.charge_off_session(request, idempotency_key=key))
-    return await _insert_payment(
-        session,
-        ctx,
-        payment_id=payment_id,
-        pp=pp,
-        reference=reference,
-        merchant_id=merchant_id,
-        customer_id=customer_id,
-        method="card",
-        off_session=True,
-    )
+    try:
+        pp = await _provider_call(ctx.provider.charge_off_session(request, idempotency_key=key))
+    except PaymentProviderRejected:
+        async with ctx.transaction() as session:
+            await repo.delete_unsent_payment(session, ctx.tables, payment_id)
+        raise
+    async with ctx.transaction() as session:
+        return await _record_created(session, ctx, payment_id, pp)
 
 
 # --- webhooks ---------------------------------------------------------------------------
@@ -1030,17 +1176,19 @@ async def reconcile(
         payment_id = _uuid_or_none(metadata.get("qunbuy_payment_id"))
         repaired = False
         if repair and payment_id is not None:
-            await _insert_payment(
+            await _record_intent(
                 session,
                 ctx,
                 payment_id=payment_id,
-                pp=pp,
                 reference=str(metadata.get("reference", "")),
                 merchant_id=str(metadata.get("merchant_id", "")),
                 customer_id=str(metadata.get("customer_id", "")),
+                amount=pp.amount,
+                currency=pp.currency,
                 method=_method_of(obj),
-                off_session=False,
+                capture_method=pp.capture_method,
             )
+            await _record_created(session, ctx, payment_id, pp)
             repaired = True
         found.append(
             Discrepancy(

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import stripe
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.payments import _repository as repo
 from shared.payments._provider import (
@@ -193,14 +193,18 @@ class SimulatedProvider:
         tables: PaymentTables,
         webhook_secret: str,
         settle_seconds: float = 3.0,
+        engine: AsyncEngine | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
+        self._engine = engine
         self._t = tables
         self._webhook_secret = webhook_secret
         self.settle_seconds = settle_seconds
 
     async def aclose(self) -> None:
-        """Nothing to release: its state lives in the service's database."""
+        """Releases its own connection pool, when it was given one to own."""
+        if self._engine is not None:
+            await self._engine.dispose()
 
     @property
     def webhook_secret(self) -> str:

@@ -9,6 +9,7 @@ import structlog
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared.db import make_engine, sessionmaker_for
 from shared.events import EventPublisher
 from shared.payments._errors import PaymentsNotConfigured
 from shared.payments._provider import PaymentProvider
@@ -31,15 +32,11 @@ __all__ = [
 
 WEBHOOK_PATH = "/webhooks/stripe"
 _MAX_BATCHES = 20
+_SIMULATED_POOL_SIZE = 4
 _log = structlog.get_logger("qunbuy.payments")
 
 
-def build_provider(
-    settings: PaymentSettings,
-    *,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    tables: PaymentTables,
-) -> PaymentProvider | None:
+def build_provider(settings: PaymentSettings, *, tables: PaymentTables) -> PaymentProvider | None:
     """The configured provider, or None when payments are disabled in this process."""
     if settings.payment_provider == "stripe":
         if not settings.stripe_webhook_secret:
@@ -53,8 +50,12 @@ def build_provider(
             api_version=settings.stripe_api_version,
         )
     if settings.payment_provider == "simulated":
+        # Its own small pool: it stands for a remote provider, and its calls must never wait
+        # for a connection of the pool that the service's requests use.
+        engine = make_engine(settings.database_url, pool_size=_SIMULATED_POOL_SIZE)
         return SimulatedProvider(
-            sessionmaker=sessionmaker,
+            sessionmaker=sessionmaker_for(engine),
+            engine=engine,
             tables=tables,
             webhook_secret=settings.simulated_webhook_secret,
             settle_seconds=settings.simulated_settle_seconds,
@@ -69,9 +70,11 @@ def make_context(
     platform: PlatformTables,
     tables: PaymentTables,
     provider: PaymentProvider,
+    sessionmaker: async_sessionmaker[AsyncSession],
 ) -> PaymentContext:
     return PaymentContext(
         service=service,
+        sessionmaker=sessionmaker,
         tables=tables,
         provider=provider,
         publisher=EventPublisher(
@@ -89,7 +92,7 @@ def install_payments(tables: PaymentTables) -> Callable[[FastAPI], Awaitable[Non
         settings = app.state.settings
         if not isinstance(settings, PaymentSettings):
             raise TypeError("a service that takes payments needs PaymentSettings")
-        provider = build_provider(settings, sessionmaker=app.state.sessionmaker, tables=tables)
+        provider = build_provider(settings, tables=tables)
         app.state.payments = (
             None
             if provider is None
@@ -99,6 +102,7 @@ def install_payments(tables: PaymentTables) -> Callable[[FastAPI], Awaitable[Non
                 platform=app.state.tables,
                 tables=tables,
                 provider=provider,
+                sessionmaker=app.state.sessionmaker,
             )
         )
         _log.info("payments_ready", provider=settings.payment_provider)

@@ -20,25 +20,22 @@ from tests.shared.payments.support import PaymentsApp, signed
 
 
 async def save_card(app: PaymentsApp, customer: str, token: str) -> SetupRow:
-    async with app.app.state.sessionmaker() as session, session.begin():
-        return await create_setup(
-            session, app.ctx, setup_id=uuid.uuid4(), customer_id=customer, payment_method=token
-        )
+    return await create_setup(
+        app.ctx, setup_id=uuid.uuid4(), customer_id=customer, payment_method=token
+    )
 
 
 async def charge(app: PaymentsApp, setup: SetupRow, reference: str, **kw: Any) -> PaymentRow:
-    async with app.app.state.sessionmaker() as session, session.begin():
-        return await charge_off_session(
-            session,
-            app.ctx,
-            reference=reference,
-            merchant_id=kw.pop("merchant_id", "m_campaign"),
-            customer_id=kw.pop("customer_id", setup.customer_id),
-            setup_id=setup.id,
-            amount=kw.pop("amount", 8800),
-            currency="CNY",
-            **kw,
-        )
+    return await charge_off_session(
+        app.ctx,
+        reference=reference,
+        merchant_id=kw.pop("merchant_id", "m_campaign"),
+        customer_id=kw.pop("customer_id", setup.customer_id),
+        setup_id=setup.id,
+        amount=kw.pop("amount", 8800),
+        currency="CNY",
+        **kw,
+    )
 
 
 def user() -> str:

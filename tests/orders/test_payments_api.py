@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from shared.payments import create_payment, new_payment_id
+from shared.payments import (
+    PaymentProvider,
+    PaymentProviderUnavailable,
+    ProviderUnavailable,
+    create_payment,
+    new_payment_id,
+)
+from shared.payments._repository import get_payment
 from tests.conftest import TokenFactory
 from tests.shared.payments.support import PaymentsApp, new_merchant, new_reference
 
@@ -21,6 +29,20 @@ def body(**overrides: Any) -> dict[str, Any]:
         "payment_method": "pm_card_visa",
         **overrides,
     }
+
+
+class AnswerLost:
+    """A provider whose confirmations happen but whose answers are lost on the way back."""
+
+    def __init__(self, real: PaymentProvider) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    async def confirm_payment(self, *args: Any, **kwargs: Any) -> Any:
+        await self._real.confirm_payment(*args, **kwargs)
+        raise ProviderUnavailable("the connection dropped after the provider answered")
 
 
 class TestBadInput:
@@ -165,9 +187,10 @@ class TestRetries:
     async def test_a_retried_charge_after_a_crash_charges_once(
         self, sim_orders: PaymentsApp
     ) -> None:
-        """The first run charges, then its transaction is lost (the process died before the
-        commit). The retry derives the same payment id and provider keys, and the provider
-        answers with the first payment instead of charging again."""
+        """The first run charges, then the provider's answer is lost (the process died, the
+        connection dropped). The recorded intent stays; the retry derives the same payment id
+        and provider keys, resumes, and the provider answers with the first charge instead of
+        charging again."""
         ctx = sim_orders.ctx
         reference = new_reference()
         payment_id = new_payment_id(ctx.service, "api", "user_crash", "key-1")
@@ -180,23 +203,24 @@ class TestRetries:
             "currency": "CNY",
             "payment_method": "pm_card_visa",
         }
-        maker = sim_orders.app.state.sessionmaker
-        async with maker() as session:
-            lost = await create_payment(session, ctx, **kwargs)
-            assert lost.status == "succeeded"
-            await session.rollback()  # the crash: nothing of ours was committed
-        assert await sim_orders.count("payment", reference=reference) == 0
-        async with maker() as session, session.begin():
-            retried = await create_payment(session, ctx, **kwargs)
+        # The crash: the provider charged the card, but its answer never reached us.
+        with pytest.raises(PaymentProviderUnavailable):
+            await create_payment(replace(ctx, provider=AnswerLost(ctx.provider)), **kwargs)
+        assert await sim_orders.count("payment", reference=reference) == 1
+        async with sim_orders.app.state.sessionmaker() as session:
+            recorded = await get_payment(session, ctx.tables, payment_id)
+        assert recorded is not None
+        assert recorded.status == "requires_confirmation"
+
+        retried = await create_payment(ctx, **kwargs)
         assert retried.status == "succeeded"
-        assert retried.provider_payment_id == lost.provider_payment_id
+        assert retried.provider_payment_id == recorded.provider_payment_id
         intents = await sim_orders.provider_intents(reference=reference)
         assert len(intents) == 1
         charges = await sim_orders.count(
             "simulated_object", parent_id=intents[0]["id"], type="charge"
         )
         assert charges == 1
-        async with maker() as session, session.begin():
-            third = await create_payment(session, ctx, **kwargs)
+        third = await create_payment(ctx, **kwargs)
         assert third.id == retried.id
         assert await sim_orders.count("payment", reference=reference) == 1
