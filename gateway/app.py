@@ -13,15 +13,15 @@ from fastapi.responses import JSONResponse, Response
 
 from gateway.config import GatewaySettings, get_settings
 from gateway.identity import router as identity_router
-from gateway.proxy import UpstreamPool, proxy
+from gateway.proxy import Gateway, UpstreamPool
 from shared.auth import TokenIssuer, TokenVerifier, load_or_create_private_key
 from shared.errors import install_error_handlers, problem_response
+from shared.limits import RequestLimitsMiddleware
 from shared.observability import RequestContextMiddleware, configure_logging, metrics_endpoint
 
-PROXY_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
-
-def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+def create_app(settings: GatewaySettings | None = None) -> Gateway:
+    """The gateway: proxied resources on the raw ASGI path, its own endpoints on FastAPI."""
     settings = settings or get_settings()
     configure_logging("gateway", settings.log_level)
     key_path = Path(settings.jwt_private_key_file)
@@ -56,6 +56,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     app.state.upstreams = pool
     install_error_handlers(app)
+    app.add_middleware(RequestLimitsMiddleware, limits=settings.request_limits())
     app.add_middleware(RequestContextMiddleware, service="gateway")
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")
@@ -85,6 +86,5 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     app.include_router(identity_router)
-    # Everything else under /v1 is proxied to the service that owns the resource.
-    app.add_route("/v1/{path:path}", proxy, methods=PROXY_METHODS, include_in_schema=False)
-    return app
+    # Resources of the services (gateway/routes.py) never reach this app: Gateway proxies them.
+    return Gateway(app, pool=pool, limits=settings.request_limits())

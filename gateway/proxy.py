@@ -1,42 +1,88 @@
-"""The proxy path: the hottest code in the system.
+"""The proxy path: the hottest code in the system, served as raw ASGI.
+
+Proxied requests never enter FastAPI or Starlette: :class:`Gateway` resolves the raw path, and
+either proxies it here or hands the request to the FastAPI app that answers the gateway's own
+endpoints (identity, health, metrics). What the framework did for proxied requests is done
+here, cheaply: request ids, limits, problem+json errors, metrics.
 
 aiohttp's client, one pooled session per upstream (httpx's pool collapses under concurrent
-load, encode/httpx#3215). Bodies stream both ways; nothing is buffered whole.
+load, encode/httpx#3215). Small bodies are read whole (they can be replayed); larger ones
+stream both ways.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+import time
+import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
-from starlette.background import BackgroundTask
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+import structlog
+from multidict import CIMultiDict
+from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
-from gateway.routes import resolve
-from shared.errors import problem_response
-from shared.observability import REQUEST_ID_HEADER
+from gateway.routes import Target, resolve
+from shared.errors import send_problem
+from shared.limits import (
+    BodyTimeout,
+    BodyTooLarge,
+    RequestLimits,
+    limited_receive,
+    preflight,
+    send_body_timeout,
+    send_too_large,
+)
+from shared.observability import HTTP_LATENCY, HTTP_REQUESTS
 
+__all__ = ["Gateway", "UpstreamPool"]
+
+_log = structlog.get_logger("qunbuy.gateway")
 # RFC 9110 §7.6.1 hop-by-hop headers, plus the ones the client library sets itself.
 _HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"content-length",
+        b"x-request-id",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+    }
+)
+_RESPONSE_DROP = frozenset(
     {
         "connection",
         "keep-alive",
         "proxy-authenticate",
-        "proxy-authorization",
+        "proxy-connection",
         "te",
         "trailer",
         "transfer-encoding",
         "upgrade",
-        "host",
         "content-length",
+        "x-request-id",
+        "server",
+        "date",
     }
 )
-_RESPONSE_DROP = _HOP_BY_HOP | {"x-request-id", "server", "date"}
-# x-served-by is kept: it names the service that answered, which operators need when reading
-# an error a customer reports.
+_VALID_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+# Bodies up to this size are read whole: sent with a Content-Length, and replayable.
+_WHOLE = 64 * 1024
+# Methods a proxy may send twice (RFC 9110 §9.2.2); a POST may when it has an Idempotency-Key.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_SLOW_SECONDS = 1.0
 
 
 class UpstreamPool:
@@ -49,18 +95,24 @@ class UpstreamPool:
         connect_timeout: float,
         read_timeout: float,
         pool_size: int,
+        keepalive_seconds: float = 4.0,
     ) -> None:
         self.upstreams = upstreams
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=connect_timeout, sock_read=read_timeout
         )
         self._pool_size = pool_size
+        # Below uvicorn's keep-alive (5 s): an idle connection is dropped here before the
+        # service closes it, so a request never goes out on a connection closing under it.
+        self._keepalive = keepalive_seconds
         self.sessions: dict[str, aiohttp.ClientSession] = {}
 
     async def start(self) -> None:
         for name, base in self.upstreams.items():
             connector = aiohttp.TCPConnector(
-                limit=self._pool_size, ttl_dns_cache=300, enable_cleanup_closed=True
+                limit=self._pool_size,
+                ttl_dns_cache=300,
+                keepalive_timeout=self._keepalive,
             )
             self.sessions[name] = aiohttp.ClientSession(
                 base_url=base,
@@ -75,96 +127,319 @@ class UpstreamPool:
         self.sessions.clear()
 
 
-def _forward_headers(request: Request, request_id: str) -> dict[str, str]:
-    headers = {k: v for k, v in request.headers.items() if k not in _HOP_BY_HOP}
-    headers[REQUEST_ID_HEADER] = request_id
-    client = request.client.host if request.client else ""
-    prior = request.headers.get("x-forwarded-for")
-    headers["x-forwarded-for"] = f"{prior}, {client}" if prior else client
-    headers["x-forwarded-proto"] = request.url.scheme
-    headers["x-forwarded-host"] = request.headers.get("host", "")
-    return headers
+class _InvalidHeader(Exception):
+    pass
 
 
-def _upstream_error(request: Request, service: str, exc: BaseException) -> Response:
+def _forward_headers(scope: Scope, request_id: str) -> tuple[CIMultiDict[str], bool]:
+    """The headers to send upstream, and whether the request carries an Idempotency-Key.
+
+    Values go out as the client sent them: aiohttp writes header values as UTF-8, so they are
+    decoded as UTF-8 here (decoding them as Latin-1 would encode them twice). Headers named in
+    ``Connection`` are hop-by-hop too (RFC 9110 §7.6.1).
+    """
+    raw: list[tuple[bytes, bytes]] = scope["headers"]
+    named: set[bytes] = set()
+    for name, value in raw:
+        if name == b"connection":
+            named.update(t.strip().lower() for t in value.split(b","))
+    headers: CIMultiDict[str] = CIMultiDict()
+    keyed = False
+    forwarded_for = b""
+    host = b""
+    for name, value in raw:
+        if name == b"x-forwarded-for":
+            forwarded_for = value
+        elif name == b"host":
+            host = value
+        if name in _HOP_BY_HOP or name in named:
+            continue
+        keyed = keyed or name == b"idempotency-key"
+        try:
+            headers.add(name.decode("ascii"), value.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise _InvalidHeader from exc
+    client = scope.get("client")
+    peer = client[0] if client else ""
+    headers["x-request-id"] = request_id
+    prior = forwarded_for.decode("latin-1")
+    headers["x-forwarded-for"] = f"{prior}, {peer}" if prior else peer
+    headers["x-forwarded-proto"] = scope.get("scheme", "http")
+    headers["x-forwarded-host"] = host.decode("latin-1")
+    return headers, keyed
+
+
+class _Metrics:
+    """Prometheus children cached per label set: no label lookup on the hot path."""
+
+    def __init__(self) -> None:
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._latency: dict[tuple[str, str], Any] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        counter = self._counters.get((method, route, status))
+        if counter is None:
+            counter = HTTP_REQUESTS.labels("gateway", method, route, str(status))
+            self._counters[(method, route, status)] = counter
+        counter.inc()
+        histogram = self._latency.get((method, route))
+        if histogram is None:
+            histogram = HTTP_LATENCY.labels("gateway", method, route)
+            self._latency[(method, route)] = histogram
+        histogram.observe(seconds)
+
+
+class Gateway:
+    """The gateway's ASGI application: proxied resources here, everything else to ``api``."""
+
+    def __init__(
+        self,
+        api: Any,
+        *,
+        pool: UpstreamPool,
+        limits: RequestLimits,
+    ) -> None:
+        self.api = api
+        self.pool = pool
+        self.limits = limits
+        self._metrics = _Metrics()
+
+    # The FastAPI app's router and state, so that tools that run an app's lifespan work here.
+    @property
+    def router(self) -> Any:
+        return self.api.router
+
+    @property
+    def state(self) -> Any:
+        return self.api.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.api(scope, receive, send)
+            return
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        target = resolve(raw_path.decode("latin-1")) if raw_path.startswith(b"/v1/") else None
+        if target is None:
+            await self.api(scope, receive, send)
+            return
+        await self._proxy(scope, receive, send, target)
+
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send, target: Target) -> None:
+        started = time.perf_counter()
+        request_id = _request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        own = [(b"x-request-id", request_id.encode()), (b"x-served-by", b"gateway")]
+        status = 500
+
+        async def send_own(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), *own]
+            await send(message)
+
+        try:
+            await self._forward(scope, receive, send_own, target, request_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            self._metrics.observe(scope["method"], target.route, status, elapsed)
+            if status >= 500 or elapsed > _SLOW_SECONDS:
+                _log.warning(
+                    "proxied",
+                    request_id=request_id,
+                    method=scope["method"],
+                    route=target.route,
+                    service=target.service,
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 2),
+                )
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, target: Target, request_id: str
+    ) -> None:
+        if not await preflight(scope, send, self.limits):
+            return
+        try:
+            headers, keyed = _forward_headers(scope, request_id)
+        except _InvalidHeader:
+            await send_problem(
+                scope,
+                send,
+                status=400,
+                code="invalid_header",
+                title="A request header is not valid UTF-8",
+            )
+            return
+        method: str = scope["method"]
+        length = next((int(v) for k, v in scope["headers"] if k == b"content-length"), None)
+        chunked = any(k == b"transfer-encoding" for k, _ in scope["headers"])
+        body_receive = limited_receive(receive, self.limits)
+        data: bytes | AsyncIterator[bytes] | None = None
+        try:
+            if length is not None and length <= _WHOLE:
+                data = await _read_whole(body_receive)
+                if data is None:
+                    return  # the client went away
+                headers["content-length"] = str(len(data))
+            elif length is not None or chunked:
+                data = _stream(body_receive)
+                if length is not None:
+                    headers["content-length"] = str(length)
+            replayable = not isinstance(data, AsyncIterator) and (method in _IDEMPOTENT or keyed)
+            upstream = await self._send_upstream(target, method, scope, headers, data, replayable)
+        except BodyTooLarge:
+            await send_too_large(scope, send, self.limits)
+            return
+        except BodyTimeout:
+            await send_body_timeout(scope, send)
+            return
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # A body that broke a limit while it streamed reaches us wrapped by the client.
+            cause = _limit_cause(exc)
+            if isinstance(cause, BodyTooLarge):
+                await send_too_large(scope, send, self.limits)
+            elif isinstance(cause, BodyTimeout):
+                await send_body_timeout(scope, send)
+            else:
+                await _upstream_error(scope, send, target.service, exc)
+            return
+        await _relay_response(scope, send, target.service, upstream)
+
+    async def _send_upstream(
+        self,
+        target: Target,
+        method: str,
+        scope: Scope,
+        headers: CIMultiDict[str],
+        data: bytes | AsyncIterator[bytes] | None,
+        replayable: bool,
+    ) -> aiohttp.ClientResponse:
+        session = self.pool.sessions[target.service]
+        query: bytes = scope.get("query_string", b"")
+        # encoded=True: the path goes out byte for byte as the client sent it (no re-encoding,
+        # no dot-segment folding by the URL library).
+        url = URL(target.path + (f"?{query.decode('latin-1')}" if query else ""), encoded=True)
+        for attempt in (1, 2):
+            try:
+                return await session.request(
+                    method,
+                    url,
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                    compress=None,
+                )
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                # The service closed the connection before answering: a pooled connection it
+                # had just closed, or a process that went away. A request that may be sent
+                # twice goes out once more on another connection; others are answered 502,
+                # since the service may have acted on them.
+                if attempt == 2 or not replayable:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def _limit_cause(exc: BaseException) -> BaseException | None:
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None or isinstance(seen, BodyTooLarge | BodyTimeout):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            if _VALID_ID.match(value):
+                return str(value.decode("ascii"))
+            break
+    return uuid.uuid4().hex
+
+
+async def _read_whole(receive: Receive) -> bytes | None:
+    chunks: list[bytes] = []
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+async def _stream(receive: Receive) -> AsyncIterator[bytes]:
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise aiohttp.ClientPayloadError("the client went away mid-body")
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        more = message.get("more_body", False)
+
+
+def _response_headers(upstream: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
+    named = {
+        t.strip().lower() for v in upstream.headers.getall("connection", []) for t in v.split(",")
+    }
+    # aiohttp keeps undecodable bytes as surrogates: they go back out exactly as they came.
+    return [
+        (k.lower().encode("latin-1"), v.encode("utf-8", "surrogateescape"))
+        for k, v in upstream.headers.items()
+        if k.lower() not in _RESPONSE_DROP and k.lower() not in named
+    ]
+
+
+async def _relay_response(
+    scope: Scope, send: Send, service: str, upstream: aiohttp.ClientResponse
+) -> None:
+    headers = _response_headers(upstream)
+    if upstream.content_length is not None and upstream.content_length <= _WHOLE:
+        # Small bodies (nearly every API answer): read once, send with Content-Length.
+        try:
+            raw = await upstream.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            await _upstream_error(scope, send, service, exc)
+            return
+        finally:
+            upstream.release()
+        headers.append((b"content-length", str(len(raw)).encode()))
+        await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+        await send({"type": "http.response.body", "body": raw})
+        return
+    if upstream.content_length is not None:
+        # Kept, so that a body cut short by the service is visibly short to the client.
+        headers.append((b"content-length", str(upstream.content_length).encode()))
+    try:
+        await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+        # An upstream error mid-body propagates: the server then aborts the connection instead
+        # of ending the response cleanly, so the client cannot take a truncated body for whole.
+        async for chunk in upstream.content.iter_any():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    finally:
+        upstream.release()
+
+
+async def _upstream_error(scope: Scope, send: Send, service: str, exc: BaseException) -> None:
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
-        return problem_response(
-            request,
+        await send_problem(
+            scope,
+            send,
             status=504,
             code="upstream_timeout",
             title="The service took too long to answer",
             detail=f"{service} did not answer in time",
         )
-    return problem_response(
-        request,
+        return
+    await send_problem(
+        scope,
+        send,
         status=502,
         code="upstream_unavailable",
         title="The service is unavailable",
         detail=f"{service} could not be reached",
-    )
-
-
-async def proxy(request: Request) -> Response:
-    raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
-    target = resolve(raw_path.decode("latin-1"))
-    if target is None:
-        return problem_response(
-            request, status=404, code="not_found", title="Not found", detail="No such resource"
-        )
-    pool: UpstreamPool = request.app.state.upstreams
-    session = pool.sessions[target.service]
-    request_id: str = request.state.request_id
-    headers = _forward_headers(request, request_id)
-    has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
-    data = request.stream() if has_body else None
-    if "content-length" in request.headers:
-        headers["content-length"] = request.headers["content-length"]
-    query = request.scope.get("query_string", b"").decode("latin-1")
-    # encoded=True: the path goes out byte for byte as the client sent it (no re-encoding,
-    # no dot-segment folding by the URL library).
-    url = URL(target.path + (f"?{query}" if query else ""), encoded=True)
-    try:
-        upstream = await session.request(
-            request.method,
-            url,
-            headers=headers,
-            data=data,
-            allow_redirects=False,
-            compress=None,
-        )
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        return _upstream_error(request, target.service, exc)
-
-    response_headers = {
-        k: v for k, v in upstream.headers.items() if k.lower() not in _RESPONSE_DROP
-    }
-    if upstream.content_length is not None and upstream.content_length <= 64 * 1024:
-        # Small bodies (nearly every API answer): read once, send with Content-Length.
-        try:
-            raw = await upstream.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            return _upstream_error(request, target.service, exc)
-        finally:
-            upstream.release()
-        return Response(raw, status_code=upstream.status, headers=response_headers)
-
-    if upstream.content_length is not None:
-        # Kept, so that a body cut short by the service is visibly short to the client.
-        response_headers["content-length"] = str(upstream.content_length)
-
-    async def body() -> AsyncIterator[bytes]:
-        # An upstream error mid-body propagates: the server then aborts the connection
-        # instead of ending the response cleanly, so the client cannot take a truncated
-        # body for a whole one.
-        try:
-            async for chunk in upstream.content.iter_any():
-                yield chunk
-        finally:
-            upstream.release()
-
-    return StreamingResponse(
-        body(),
-        status_code=upstream.status,
-        headers=response_headers,
-        background=BackgroundTask(upstream.release),
     )

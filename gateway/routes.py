@@ -29,6 +29,7 @@ ROUTES: dict[str, tuple[str, str]] = {
 class Target:
     service: str
     path: str  # still percent-encoded, exactly as the client sent it after the prefix
+    route: str  # the public prefix that matched (the metrics label; never the raw path)
 
 
 def _fully_unquoted(segment: str) -> str:
@@ -73,4 +74,8 @@ def resolve(raw_path: str) -> Target | None:
     if route is None:
         return None
     service, upstream_prefix = route
-    return Target(service=service, path=upstream_prefix + raw_path[rest_start:])
+    return Target(
+        service=service,
+        path=upstream_prefix + raw_path[rest_start:],
+        route=raw_path[:rest_start],
+    )

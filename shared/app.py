@@ -19,6 +19,7 @@ from shared.errors import install_error_handlers, problem_response
 from shared.events import EventHandler, OutboxRelay, inbox_router
 from shared.events._relay import RelayPolicy
 from shared.idempotency import IdempotencyMiddleware, purge_expired
+from shared.limits import RequestLimitsMiddleware
 from shared.observability import RequestContextMiddleware, configure_logging, metrics_endpoint
 from shared.settings import ServiceSettings
 from shared.tables import PlatformTables
@@ -122,6 +123,7 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
         )
     install_error_handlers(app)
     app.add_middleware(IdempotencyMiddleware)
+    app.add_middleware(RequestLimitsMiddleware, limits=settings.request_limits())
     app.add_middleware(RequestContextMiddleware, service=spec.name)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")

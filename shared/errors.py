@@ -232,7 +232,8 @@ _STATUS_CODES = {
     404: ("not_found", "Not found"),
     405: ("method_not_allowed", "Method not allowed"),
     406: ("not_acceptable", "Not acceptable"),
-    413: ("payload_too_large", "Payload too large"),
+    408: ("body_timeout", "The request body arrived too slowly"),
+    413: ("body_too_large", "The request body is too large"),
     415: ("unsupported_media_type", "Unsupported media type"),
 }
 

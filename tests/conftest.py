@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
 
+from gateway.proxy import Gateway
 from qunbuy.pg import (
     EmbeddedPostgres,
     database_url,
@@ -142,7 +143,7 @@ def service_env(db_urls: dict[str, str], public_key_file: Path) -> Callable[[str
 
 
 @asynccontextmanager
-async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+async def running(app: FastAPI | Gateway) -> AsyncIterator[httpx.AsyncClient]:
     """Runs ``app``'s lifespan and gives an HTTP client bound to it (ASGI, no socket)."""
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

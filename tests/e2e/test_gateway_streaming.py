@@ -62,7 +62,11 @@ async def through_gateway(
 ) -> AsyncIterator[httpx.AsyncClient]:
     async with serve(upstream, free_port()) as url:
         gateway = await asyncio.to_thread(
-            lone_gateway, ORDERS_URL=url, CROWDFUND_URL=url, REFERRALS_URL=url
+            lone_gateway,
+            ORDERS_URL=url,
+            CROWDFUND_URL=url,
+            REFERRALS_URL=url,
+            MAX_BODY_BYTES=str(64 * MIB),  # streaming is the point here, not the limit
         )
         async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
             yield client
@@ -136,7 +140,11 @@ async def test_paths_are_forwarded_exactly_and_hidden_dot_segments_stop_at_the_g
     server, url = await raw_upstream(echo)
     try:
         gateway = await asyncio.to_thread(
-            lone_gateway, ORDERS_URL=url, CROWDFUND_URL=url, REFERRALS_URL=url
+            lone_gateway,
+            ORDERS_URL=url,
+            CROWDFUND_URL=url,
+            REFERRALS_URL=url,
+            MAX_BODY_BYTES=str(64 * MIB),  # streaming is the point here, not the limit
         )
         async with httpx.AsyncClient(base_url=gateway.url) as client:
             ok = await client.get("/v1/orders/a%2Fb/%E5%9B%A2?x=%2F")
@@ -165,7 +173,11 @@ async def test_a_body_cut_short_upstream_is_visibly_short(
     server, url = await raw_upstream(short)
     try:
         gateway = await asyncio.to_thread(
-            lone_gateway, ORDERS_URL=url, CROWDFUND_URL=url, REFERRALS_URL=url
+            lone_gateway,
+            ORDERS_URL=url,
+            CROWDFUND_URL=url,
+            REFERRALS_URL=url,
+            MAX_BODY_BYTES=str(64 * MIB),  # streaming is the point here, not the limit
         )
         async with httpx.AsyncClient(base_url=gateway.url) as client:
             with pytest.raises(httpx.RemoteProtocolError):
@@ -181,7 +193,11 @@ async def test_a_small_answer_cut_short_is_502(lone_gateway: Callable[..., Proce
     server, url = await raw_upstream(short)
     try:
         gateway = await asyncio.to_thread(
-            lone_gateway, ORDERS_URL=url, CROWDFUND_URL=url, REFERRALS_URL=url
+            lone_gateway,
+            ORDERS_URL=url,
+            CROWDFUND_URL=url,
+            REFERRALS_URL=url,
+            MAX_BODY_BYTES=str(64 * MIB),  # streaming is the point here, not the limit
         )
         async with httpx.AsyncClient(base_url=gateway.url) as client:
             response = await client.get("/v1/orders/small")

@@ -8,12 +8,15 @@ from gateway.routes import ROUTES, Target, resolve
 @pytest.mark.parametrize(
     ("path", "expected"),
     [
-        ("/v1/presales", Target("orders", "/v1/presales")),
-        ("/v1/presales/p1/orders", Target("orders", "/v1/presales/p1/orders")),
-        ("/v1/pledges/x", Target("crowdfund", "/v1/pledges/x")),
-        ("/v1/withdrawals", Target("referrals", "/v1/withdrawals")),
-        ("/v1/webhooks/orders/stripe", Target("orders", "/webhooks/stripe")),
-        ("/v1/webhooks/crowdfund/stripe", Target("crowdfund", "/webhooks/stripe")),
+        ("/v1/presales", Target("orders", "/v1/presales", "/v1/presales")),
+        ("/v1/presales/p1/orders", Target("orders", "/v1/presales/p1/orders", "/v1/presales")),
+        ("/v1/pledges/x", Target("crowdfund", "/v1/pledges/x", "/v1/pledges")),
+        ("/v1/withdrawals", Target("referrals", "/v1/withdrawals", "/v1/withdrawals")),
+        ("/v1/webhooks/orders/stripe", Target("orders", "/webhooks/stripe", "/v1/webhooks/orders")),
+        (
+            "/v1/webhooks/crowdfund/stripe",
+            Target("crowdfund", "/webhooks/stripe", "/v1/webhooks/crowdfund"),
+        ),
         ("/v1/presalesx", None),
         ("/v1/webhooks/referrals/stripe", None),
         ("/v1", None),
@@ -27,9 +30,9 @@ from gateway.routes import ROUTES, Target, resolve
         ("/v1/orders/..%2F..%2Finternal%2Fevents", None),
         ("/v1/orders/..%5C..%5Cinternal", None),
         # Everything else is forwarded exactly as encoded, for the service to decode once.
-        ("/v1/orders/a%2Fb", Target("orders", "/v1/orders/a%2Fb")),
-        ("/v1/orders/%E5%9B%A2", Target("orders", "/v1/orders/%E5%9B%A2")),
-        ("/v1/orders/a.b..c", Target("orders", "/v1/orders/a.b..c")),
+        ("/v1/orders/a%2Fb", Target("orders", "/v1/orders/a%2Fb", "/v1/orders")),
+        ("/v1/orders/%E5%9B%A2", Target("orders", "/v1/orders/%E5%9B%A2", "/v1/orders")),
+        ("/v1/orders/a.b..c", Target("orders", "/v1/orders/a.b..c", "/v1/orders")),
     ],
 )
 def test_resolve(path: str, expected: Target | None) -> None:
