@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import warnings
@@ -79,6 +80,36 @@ async def drop_databases(server_url: str, names: list[str]) -> None:
         await conn.close()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's, but alive
+    return True
+
+
+def _forget_dead_handles(data_dir: Path) -> None:
+    """Drops the pids of processes that died holding the server from the wheel's handle list.
+
+    The wheel stops the server when its last holder lets go, counting holders in
+    ``.handle_pids.json``. A holder killed with SIGKILL never removes itself: its dead pid then
+    counts for ever, and every later run leaves the server running on exit. With the dead
+    forgotten, the next run adopts the server it finds and stops it when it is done.
+    """
+    handles = data_dir / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text() or "[]")
+    except (OSError, ValueError):
+        return
+    if not isinstance(pids, list):
+        return
+    alive = [p for p in pids if isinstance(p, int) and p != os.getpid() and _alive(p)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
+
+
 class EmbeddedPostgres:
     """Starts (or joins) the embedded server in ``data_dir``; :meth:`stop` shuts it down."""
 
@@ -87,6 +118,7 @@ class EmbeddedPostgres:
         self._server: Any = None
 
     def start(self) -> str:
+        _forget_dead_handles(self.data_dir)
         os.environ.setdefault("XDG_RUNTIME_DIR", str(self.data_dir.parent / "run"))
         Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
         with warnings.catch_warnings():

@@ -513,6 +513,37 @@ def test_up_embedded_default_keeps_its_data(
                 leftover.kill()
 
 
+def test_up_stops_the_embedded_server_it_adopted_after_a_killed_supervisor(
+    tmp_path: Path, embedded_home: Path
+) -> None:
+    """SIGKILL leaves the embedded server running; the next run adopts it and stops it."""
+    data_dir = embedded_home / "data"
+    pg_dir = data_dir / "postgres"
+    env = base_env(XDG_RUNTIME_DIR=str(embedded_home / "run"))
+    try:
+        base = port_block()
+        args = ["up", "--port-base", str(base), "--data-dir", str(data_dir)]
+        with qunbuy(args, env, tmp_path) as cli:
+            wait_ready(cli, f"http://127.0.0.1:{base}")
+            cli.proc.kill()  # no chance to clean up
+            cli.proc.wait(10)
+        assert postgres_processes(pg_dir), "a killed supervisor cannot stop its server"
+
+        for _ in range(2):  # and every run after it stops what it started
+            base = port_block()
+            args = ["up", "--port-base", str(base), "--data-dir", str(data_dir)]
+            with qunbuy(args, env, tmp_path) as cli:
+                wait_ready(cli, f"http://127.0.0.1:{base}")
+                code, _ = stop(cli, signal.SIGINT, group=True)
+                assert code == 0, cli.stderr
+            _, alive = psutil.wait_procs(postgres_processes(pg_dir), timeout=15)
+            assert alive == [], "the embedded PostgreSQL outlived qunbuy up"
+    finally:
+        for leftover in postgres_processes(pg_dir):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                leftover.kill()
+
+
 # --- qunbuy migrate ----------------------------------------------------------------------
 
 
