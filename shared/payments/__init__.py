@@ -13,7 +13,8 @@ A service that takes payments:
 Amounts are integer minor units with an ISO 4217 currency. Every provider call that
 creates or moves money carries an idempotency key derived from our object and the action
 (:func:`idempotency_key`). docs/payments.md has the configuration, the test payment
-methods and the state machine.
+methods and the state machine. The Stripe provider (``shared.payments._stripe``) is imported
+only when it is configured: the SDK is a large import that the simulated default never needs.
 """
 
 from shared.payments._errors import (
@@ -77,7 +78,6 @@ from shared.payments._service import (
 )
 from shared.payments._settings import PaymentSettings
 from shared.payments._simulated import TEST_PAYMENT_METHODS, SimulatedProvider, TestPaymentMethod
-from shared.payments._stripe import StripeProvider
 from shared.payments._webhooks import SIGNATURE_HEADER, handle_webhook, verify_signature
 from shared.payments._wiring import (
     WEBHOOK_PATH,
@@ -134,7 +134,6 @@ __all__ = [
     "SetupRow",
     "SimulatedProvider",
     "StatusChangeRow",
-    "StripeProvider",
     "TestPaymentMethod",
     "WebhookPayloadInvalid",
     "WebhookSignatureInvalid",

@@ -4,10 +4,15 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from shared.payments._stripe import STRIPE_API_VERSION
 from shared.settings import ServiceSettings
 
-__all__ = ["DEV_SIMULATED_WEBHOOK_SECRET", "PaymentSettings", "ProviderName"]
+__all__ = ["DEV_SIMULATED_WEBHOOK_SECRET", "STRIPE_API_VERSION", "PaymentSettings", "ProviderName"]
+
+# The API version this integration is written and tested against: requests pin it, and the
+# webhook endpoint must be created with it too, so that payloads have the shapes parsed
+# in shared.payments._provider. (The SDK's own default is newer and renames
+# ``payment_method_types``.)
+STRIPE_API_VERSION = "2025-03-31.basil"
 
 ProviderName = Literal["simulated", "stripe", "disabled"]
 DEV_SIMULATED_WEBHOOK_SECRET = "whsec_dev_only_simulated"  # noqa: S105 - embedded mode only

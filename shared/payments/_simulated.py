@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-import stripe
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.payments import _repository as repo
@@ -825,6 +824,8 @@ class SimulatedProvider:
     def signature_header(self, body: str, *, timestamp: int | None = None) -> str:
         if not self._webhook_secret:
             raise ValueError("refusing to sign events with an empty webhook secret")
+        import stripe  # Stripe's own signing scheme; imported on first use (a large import)
+
         return str(
             stripe.WebhookSignature.generate_signature_header(
                 body, self._webhook_secret, timestamp=timestamp

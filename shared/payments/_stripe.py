@@ -39,13 +39,10 @@ from shared.payments._provider import (
     refund_from_object,
     setup_from_intent,
 )
+from shared.payments._settings import STRIPE_API_VERSION
 
 __all__ = ["STRIPE_API_VERSION", "StripeHTTPClient", "StripeProvider"]
 
-# The API version this integration is written and tested against: requests pin it, and the
-# webhook endpoint must be created with it too, so that payloads have the shapes parsed
-# here. (The SDK's own default is newer and renames ``payment_method_types``.)
-STRIPE_API_VERSION = "2025-03-31.basil"
 
 T = TypeVar("T")
 _EXPAND = ["latest_charge"]

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
-import stripe
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -52,6 +51,8 @@ def verify_signature(
         raise WebhookSignatureInvalid("no webhook secret is configured: every event is refused")
     if not header:
         raise WebhookSignatureInvalid(f"the {SIGNATURE_HEADER} header is missing")
+    import stripe  # the SDK's verification; imported on first use (a large import)
+
     try:
         payload = body.decode("utf-8")
         stripe.WebhookSignature.verify_header(payload, header, secret, tolerance)

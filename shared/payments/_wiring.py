@@ -16,7 +16,6 @@ from shared.payments._provider import PaymentProvider
 from shared.payments._service import PaymentContext
 from shared.payments._settings import PaymentSettings
 from shared.payments._simulated import SimulatedProvider
-from shared.payments._stripe import StripeProvider
 from shared.payments.tables import PaymentTables
 from shared.tables import PlatformTables
 
@@ -39,6 +38,8 @@ _log = structlog.get_logger("qunbuy.payments")
 def build_provider(settings: PaymentSettings, *, tables: PaymentTables) -> PaymentProvider | None:
     """The configured provider, or None when payments are disabled in this process."""
     if settings.payment_provider == "stripe":
+        from shared.payments._stripe import StripeProvider
+
         if not settings.stripe_webhook_secret:
             _log.warning("stripe_webhook_secret_missing", effect="every webhook is refused")
         return StripeProvider(

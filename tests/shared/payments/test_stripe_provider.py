@@ -13,9 +13,8 @@ from shared.payments import (
     PaymentRequest,
     ProviderNotFound,
     ProviderPayment,
-    StripeProvider,
 )
-from shared.payments._stripe import StripeHTTPClient
+from shared.payments._stripe import StripeHTTPClient, StripeProvider
 from tests.shared.payments.support import (
     STRIPE_TEST_KEY,
     STRIPE_WEBHOOK_SECRET,
