@@ -31,6 +31,7 @@ from shared.limits import (
     BodyTimeout,
     BodyTooLarge,
     RequestLimits,
+    drain,
     limited_receive,
     preflight,
     send_body_timeout,
@@ -288,6 +289,7 @@ class Gateway:
             replayable = not isinstance(data, AsyncIterator) and (method in _IDEMPOTENT or keyed)
             upstream = await self._send_upstream(target, method, scope, headers, data, replayable)
         except BodyTooLarge:
+            await drain(receive)
             await send_too_large(scope, send, self.limits)
             return
         except BodyTimeout:
@@ -297,6 +299,7 @@ class Gateway:
             # A body that broke a limit while it streamed reaches us wrapped by the client.
             cause = _limit_cause(exc)
             if isinstance(cause, BodyTooLarge):
+                await drain(receive)
                 await send_too_large(scope, send, self.limits)
             elif isinstance(cause, BodyTimeout):
                 await send_body_timeout(scope, send)

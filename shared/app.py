@@ -23,6 +23,7 @@ from shared.limits import RequestLimitsMiddleware
 from shared.observability import RequestContextMiddleware, configure_logging, metrics_endpoint
 from shared.settings import ServiceSettings
 from shared.tables import PlatformTables
+from shared.wakeup import WorkSignal, wait_for_work
 
 __all__ = ["ServiceSpec", "create_service_app"]
 
@@ -37,8 +38,9 @@ class ServiceSpec:
     tables: PlatformTables
     routers: Sequence[APIRouter] = ()
     event_handlers: Mapping[str, EventHandler] = field(default_factory=dict)
-    # Extra work for the worker loop (due-work schedulers), run every poll interval.
-    periodic: Sequence[Callable[[FastAPI], Awaitable[None]]] = ()
+    # Extra work for the worker loop: each job returns how many seconds until it wants to run
+    # again (None: no opinion); it also runs whenever a NOTIFY wakes the worker.
+    periodic: Sequence[Callable[[FastAPI], Awaitable[float | None]]] = ()
     on_startup: Sequence[Startup] = ()
     on_shutdown: Sequence[Startup] = ()
 
@@ -58,32 +60,51 @@ def _relay_for(app: FastAPI) -> OutboxRelay:
     )
 
 
-async def purge_idempotency_keys(app: FastAPI) -> None:
-    """Expired keys (older than 24 hours) are deleted at most every 10 minutes."""
+_PURGE_EVERY = 600.0
+
+
+async def purge_idempotency_keys(app: FastAPI) -> float:
+    """Expired keys (older than 24 hours) are deleted every 10 minutes."""
     now = time.monotonic()
-    if now - getattr(app.state, "last_key_purge", float("-inf")) < 600:
-        return
+    last = getattr(app.state, "last_key_purge", float("-inf"))
+    if now - last < _PURGE_EVERY:
+        return _PURGE_EVERY - (now - last)
     app.state.last_key_purge = now
     async with app.state.sessionmaker() as session, session.begin():
         await purge_expired(session, app.state.tables)
+    return _PURGE_EVERY
 
 
 async def _worker(app: FastAPI, spec: ServiceSpec, stop: asyncio.Event) -> None:
     settings: ServiceSettings = app.state.settings
     relay = _relay_for(app)
     jobs = [purge_idempotency_keys, *spec.periodic]
+    listener_engine = make_engine(settings.database_url, pool_size=1)
+    signal = WorkSignal(listener_engine)
+    app.state.work_signal = signal
+    relay_wake, jobs_wake = signal.waiter(), signal.waiter()
 
     async def periodic_loop() -> None:
         while not stop.is_set():
+            delay = settings.worker_poll_seconds
             for job in jobs:
                 try:
-                    await job(app)
+                    due = await job(app)
                 except Exception:
                     _log.exception("periodic_job_failed", job=getattr(job, "__name__", "?"))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=settings.worker_poll_seconds)
+                    due = None
+                if due is not None:
+                    delay = min(delay, due)
+            await wait_for_work(jobs_wake, stop, delay)
 
-    await asyncio.gather(relay.run_forever(stop, settings.worker_poll_seconds), periodic_loop())
+    try:
+        await asyncio.gather(
+            signal.run(stop),
+            relay.run_forever(stop, settings.worker_poll_seconds, relay_wake),
+            periodic_loop(),
+        )
+    finally:
+        await listener_engine.dispose()
 
 
 def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:

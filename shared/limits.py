@@ -18,6 +18,7 @@ the ingress in front of the gateway bounds both (docs/architecture.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ __all__ = [
     "RequestLimits",
     "RequestLimitsMiddleware",
     "declared_length",
+    "drain",
     "header_problem",
     "limited_receive",
 ]
@@ -111,6 +113,27 @@ def limited_receive(receive: Receive, limits: RequestLimits) -> Receive:
         return message
 
     return wrapped
+
+
+# What is read and thrown away of a body that broke the limit before the 413 goes out, so the
+# client, still sending, reads the answer instead of a connection reset (a close with unread
+# data makes the kernel send RST).
+_DRAIN_BYTES = 8 * 1024 * 1024
+_DRAIN_SECONDS = 1.0
+
+
+async def drain(receive: Receive) -> None:
+    """Reads and discards what remains of the body, within bounds."""
+    drained = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            while drained < _DRAIN_BYTES:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                drained += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
 
 
 async def send_too_large(scope: Scope, send: Send, limits: RequestLimits) -> None:
@@ -201,6 +224,7 @@ class RequestLimitsMiddleware:
         except BodyTooLarge:
             if started:
                 raise
+            await drain(receive)
             await send_too_large(scope, send, self.limits)
         except BodyTimeout:
             if started:

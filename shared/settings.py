@@ -33,7 +33,9 @@ class ServiceSettings(BaseSettings):
     # Comma-separated name=url pairs: where this service's events are delivered.
     event_subscribers: str = Field("", alias="EVENT_SUBSCRIBERS")
     worker_enabled: bool = Field(True, alias="WORKER_ENABLED")
-    worker_poll_seconds: float = Field(0.5, alias="WORKER_POLL_SECONDS")
+    # The safety net: NOTIFY wakes the worker when work arrives; this is how long it sleeps
+    # at most when none does (a notification lost while its connection was down).
+    worker_poll_seconds: float = Field(10.0, alias="WORKER_POLL_SECONDS", gt=0)
     event_max_attempts: int = Field(12, alias="EVENT_MAX_ATTEMPTS")
     event_backoff_base_seconds: float = Field(1.0, alias="EVENT_BACKOFF_BASE_SECONDS")
     event_backoff_max_seconds: float = Field(600.0, alias="EVENT_BACKOFF_MAX_SECONDS")

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.events._envelope import Envelope
 from shared.observability import current_request_id
 from shared.tables import PlatformTables
+from shared.wakeup import notify_work
 
 
 class EventPublisher:
@@ -42,4 +43,5 @@ class EventPublisher:
                     for name in self.subscribers
                 ],
             )
+            await notify_work(session)  # the relay wakes when this transaction commits
         return envelope

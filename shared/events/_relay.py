@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.events._signing import SIGNATURE_HEADER, sign
 from shared.observability import REQUEST_ID_HEADER
 from shared.tables import PlatformTables
+from shared.wakeup import wait_for_work
 
 _log = structlog.get_logger("qunbuy.relay")
 # A claimed row is invisible to other relays for this long; a relay that dies mid-delivery
@@ -133,18 +133,37 @@ class OutboxRelay:
             await self._settle(row, error)
         return len(rows)
 
-    async def run_forever(self, stop: asyncio.Event, poll_seconds: float) -> None:
+    async def next_due_in(self) -> float | None:
+        """Seconds until the earliest pending row is due (0 when one is due now), or None."""
+        o = self.outbox
+        async with self.sessionmaker() as session:
+            seconds = await session.scalar(
+                select(func.extract("epoch", func.min(o.c.next_attempt_at) - func.now())).where(
+                    o.c.status == "pending"
+                )
+            )
+        return None if seconds is None else max(0.0, float(seconds))
+
+    async def run_forever(
+        self, stop: asyncio.Event, poll_seconds: float, wake: asyncio.Event | None = None
+    ) -> None:
+        """Delivers until ``stop``. Idle, it sleeps until the next retry is due, a publisher's
+        NOTIFY sets ``wake``, or ``poll_seconds`` (the safety net) pass."""
+        wake = wake or asyncio.Event()
         async with _client(self.policy) as client:
             self._client = client
             while not stop.is_set():
                 try:
                     attempted = await self.run_once()
+                    delay = poll_seconds
+                    if attempted == 0:
+                        due = await self.next_due_in()
+                        delay = poll_seconds if due is None else min(due, poll_seconds)
                 except Exception:
                     _log.exception("relay_error")
-                    attempted = 0
+                    attempted, delay = 0, poll_seconds
                 if attempted == 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=poll_seconds)
+                    await wait_for_work(wake, stop, delay)
 
 
 async def redrive_dead(

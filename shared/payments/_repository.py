@@ -512,6 +512,28 @@ async def sim_claim_due(
     return [dict(r) for r in rows]
 
 
+async def sim_next_due(session: AsyncSession, t: PaymentTables) -> float | None:
+    """Seconds until the simulated provider next has something to do (settle or deliver)."""
+    o, e = t.simulated_object, t.simulated_event
+    due = await session.scalar(
+        select(
+            func.extract(
+                "epoch",
+                func.least(
+                    select(func.min(o.c.settle_at))
+                    .where(o.c.settle_at.is_not(None))
+                    .scalar_subquery(),
+                    select(func.min(e.c.next_attempt_at))
+                    .where(e.c.delivered_at.is_(None))
+                    .scalar_subquery(),
+                )
+                - func.now(),
+            )
+        )
+    )
+    return None if due is None else max(0.0, float(due))
+
+
 async def sim_insert_event(
     session: AsyncSession, t: PaymentTables, *, event_id: str, event_type: str, body: str
 ) -> None:

@@ -41,6 +41,7 @@ from shared.payments._provider import (
     setup_from_intent,
 )
 from shared.payments.tables import PaymentTables
+from shared.wakeup import notify_work
 
 __all__ = ["TEST_PAYMENT_METHODS", "SimulatedProvider", "TestPaymentMethod"]
 
@@ -257,6 +258,7 @@ class SimulatedProvider:
             event_type=event_type,
             body=json.dumps(event, separators=(",", ":")),
         )
+        await notify_work(session)  # its delivery job wakes when this commits
 
     async def _get(self, session: AsyncSession, object_id: str, object_type: str) -> dict[str, Any]:
         obj = await repo.sim_get(session, self._t, object_id, for_update=True)
@@ -831,6 +833,10 @@ class SimulatedProvider:
                 body, self._webhook_secret, timestamp=timestamp
             )
         )
+
+    async def next_due_in(self) -> float | None:
+        async with self._sessionmaker() as session:
+            return await repo.sim_next_due(session, self._t)
 
     async def deliver_events(
         self, post: Callable[[bytes, str], Awaitable[int]], *, limit: int = 50

@@ -126,12 +126,13 @@ def payment_context(app: FastAPI) -> PaymentContext:
     return ctx
 
 
-async def run_simulated_provider(app: FastAPI) -> None:
+async def run_simulated_provider(app: FastAPI) -> float | None:
     """Worker job: settle the simulated provider's due outcomes and deliver its events to
-    this app's webhook endpoint, in process. Does nothing with another provider."""
+    this app's webhook endpoint, in process. Does nothing with another provider. Returns the
+    seconds until it has something to do again."""
     ctx = getattr(app.state, "payments", None)
     if not isinstance(ctx, PaymentContext) or not isinstance(ctx.provider, SimulatedProvider):
-        return
+        return None
     provider = ctx.provider
     await provider.settle_due()
     transport = httpx.ASGITransport(app=app)
@@ -150,3 +151,4 @@ async def run_simulated_provider(app: FastAPI) -> None:
         for _ in range(_MAX_BATCHES):
             if await provider.deliver_events(post) == 0:
                 break
+    return await provider.next_due_in()
