@@ -75,13 +75,10 @@ async def purge_idempotency_keys(app: FastAPI) -> float:
     return _PURGE_EVERY
 
 
-async def _worker(app: FastAPI, spec: ServiceSpec, stop: asyncio.Event) -> None:
+async def _worker(app: FastAPI, spec: ServiceSpec, signal: WorkSignal, stop: asyncio.Event) -> None:
     settings: ServiceSettings = app.state.settings
     relay = _relay_for(app)
     jobs = [purge_idempotency_keys, *spec.periodic]
-    listener_engine = make_engine(settings.database_url, pool_size=1)
-    signal = WorkSignal(listener_engine)
-    app.state.work_signal = signal
     relay_wake, jobs_wake = signal.waiter(), signal.waiter()
 
     async def periodic_loop() -> None:
@@ -97,14 +94,11 @@ async def _worker(app: FastAPI, spec: ServiceSpec, stop: asyncio.Event) -> None:
                     delay = min(delay, due)
             await wait_for_work(jobs_wake, stop, delay)
 
-    try:
-        await asyncio.gather(
-            signal.run(stop),
-            relay.run_forever(stop, settings.worker_poll_seconds, relay_wake),
-            periodic_loop(),
-        )
-    finally:
-        await listener_engine.dispose()
+    await asyncio.gather(
+        signal.run(stop),
+        relay.run_forever(stop, settings.worker_poll_seconds, relay_wake),
+        periodic_loop(),
+    )
 
 
 def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
@@ -122,7 +116,14 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
         for hook in spec.on_startup:
             await hook(app)
         stop = asyncio.Event()
-        worker = asyncio.create_task(_worker(app, spec, stop)) if settings.worker_enabled else None
+        # Its own connection for LISTEN: never one of the request pool's.
+        listener_engine = make_engine(settings.database_url, pool_size=1)
+        app.state.work_signal = WorkSignal(listener_engine)
+        worker = (
+            asyncio.create_task(_worker(app, spec, app.state.work_signal, stop))
+            if settings.worker_enabled
+            else None
+        )
         try:
             yield
         finally:
@@ -133,6 +134,7 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
                 await hook(app)
             await engine.dispose()
             await probe_engine.dispose()
+            await listener_engine.dispose()
 
     app = FastAPI(title=spec.title, version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
