@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -43,6 +44,10 @@ def create_app(settings: GatewaySettings | None = None) -> Gateway:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await pool.start()
+        # Everything made at start-up lives as long as the process: moved out of the
+        # collector's reach, a full collection no longer walks it (a 30-40 ms pause every few
+        # thousand proxied requests, which was the gateway's p99).
+        gc.freeze()
         try:
             yield
         finally:

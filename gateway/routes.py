@@ -44,6 +44,8 @@ def _fully_unquoted(segment: str) -> str:
 
 def _escapes(raw_path: str) -> bool:
     """True when any segment, however encoded, is or hides a ``.``/``..`` step."""
+    if "." not in raw_path and "%" not in raw_path:
+        return False  # the common case, decided without decoding anything
     return any(
         piece in (".", "..")
         for segment in raw_path.split("/")
