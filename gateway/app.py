@@ -19,6 +19,7 @@ from shared.auth import TokenIssuer, TokenVerifier, load_or_create_private_key
 from shared.errors import install_error_handlers, problem_response
 from shared.limits import RequestLimitsMiddleware
 from shared.observability import RequestContextMiddleware, configure_logging, metrics_endpoint
+from shared.openapi import install_openapi
 
 
 def create_app(settings: GatewaySettings | None = None) -> Gateway:
@@ -61,6 +62,7 @@ def create_app(settings: GatewaySettings | None = None) -> Gateway:
     )
     app.state.upstreams = pool
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(RequestLimitsMiddleware, limits=settings.request_limits())
     app.add_middleware(RequestContextMiddleware, service="gateway")
 

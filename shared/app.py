@@ -21,6 +21,7 @@ from shared.events._relay import RelayPolicy
 from shared.idempotency import IdempotencyMiddleware, purge_expired
 from shared.limits import RequestLimitsMiddleware
 from shared.observability import RequestContextMiddleware, configure_logging, metrics_endpoint
+from shared.openapi import install_openapi
 from shared.settings import ServiceSettings
 from shared.tables import PlatformTables
 from shared.wakeup import WorkSignal, wait_for_work
@@ -145,6 +146,7 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
             settings.jwt_public_key_file, issuer=settings.jwt_issuer, audience=settings.jwt_audience
         )
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(RequestLimitsMiddleware, limits=settings.request_limits())
     app.add_middleware(RequestContextMiddleware, service=spec.name)

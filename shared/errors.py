@@ -106,18 +106,37 @@ class Forbidden(DomainError):
 
 
 def responses(*errors: type[DomainError]) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses=`` for an endpoint, grouping the declared errors by status."""
+    """OpenAPI ``responses=`` for an endpoint, grouping the declared errors by status, with
+    their stable codes (``x-problem-codes``) and an example body for each."""
     out: dict[int | str, dict[str, Any]] = {}
-    # ``model`` registers the Problem schema as a component, but FastAPI attaches it to the
-    # route's media type (application/json); errors are sent as problem+json, so that media
-    # type gets the schema too.
-    problem = {"schema": {"$ref": "#/components/schemas/Problem"}}
     for err in errors:
         entry = out.setdefault(
             err.status,
-            {"model": Problem, "description": "", "content": {PROBLEM_JSON: problem}},
+            {
+                "model": Problem,
+                "description": "",
+                "x-problem-codes": [],
+                "content": {
+                    PROBLEM_JSON: {
+                        "schema": {"$ref": "#/components/schemas/Problem"},
+                        "examples": {},
+                    }
+                },
+            },
         )
+        if err.code in entry["x-problem-codes"]:
+            continue
+        entry["x-problem-codes"].append(err.code)
         entry["description"] = ", ".join(filter(None, [entry["description"], f"`{err.code}`"]))
+        entry["content"][PROBLEM_JSON]["examples"][err.code] = {
+            "summary": err.title,
+            "value": {
+                "type": "about:blank",
+                "title": err.title,
+                "status": err.status,
+                "code": err.code,
+            },
+        }
     return out
 
 

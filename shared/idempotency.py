@@ -40,6 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.auth import TokenVerifier
 from shared.errors import BadRequest, DomainError, send_problem
+from shared.openapi import REQUIRED_MARK
 from shared.tables import PlatformTables
 
 __all__ = [
@@ -86,6 +87,7 @@ async def _require_key(
         Header(
             alias=IDEMPOTENCY_HEADER,
             description="Unique per intended operation; retries reuse it (kept 24 hours).",
+            json_schema_extra={REQUIRED_MARK: True},
         ),
     ] = None,
 ) -> str:

@@ -271,6 +271,7 @@ def test_responses_declare_errors_in_openapi() -> None:
 def test_responses_groups_by_status() -> None:
     out = responses(NotFound, PresaleSoldOut, NotFound)
     assert set(out) == {404, 409}
-    assert out[404]["description"] == "`not_found`, `not_found`"
+    assert out[404]["description"] == "`not_found`"  # declared twice, listed once
+    assert out[404]["x-problem-codes"] == ["not_found"]
     assert out[409]["description"] == "`presale_sold_out`"
     assert responses() == {}
