@@ -259,7 +259,7 @@ class Gateway:
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, target: Target, request_id: str
     ) -> None:
-        if not await preflight(scope, send, self.limits):
+        if not await preflight(scope, receive, send, self.limits):
             return
         try:
             headers, keyed = _forward_headers(scope, request_id)

@@ -182,7 +182,7 @@ async def send_bad_length(scope: Scope, send: Send) -> None:
     )
 
 
-async def preflight(scope: Scope, send: Send, limits: RequestLimits) -> bool:
+async def preflight(scope: Scope, receive: Receive, send: Send, limits: RequestLimits) -> bool:
     """Checks what can be checked before reading the body; answers and returns False when the
     request is refused."""
     if header_problem(scope, limits):
@@ -194,6 +194,9 @@ async def preflight(scope: Scope, send: Send, limits: RequestLimits) -> bool:
         await send_bad_length(scope, send)
         return False
     if length is not None and length > limits.max_body_bytes:
+        # Nothing of it is kept; what the client already sent is drained (bounded) so that
+        # it reads the 413 rather than a reset.
+        await drain(receive)
         await send_too_large(scope, send, limits)
         return False
     return True
@@ -210,7 +213,7 @@ class RequestLimitsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if not await preflight(scope, send, self.limits):
+        if not await preflight(scope, receive, send, self.limits):
             return
         started = False
 

@@ -41,6 +41,7 @@ from shared.payments._errors import (
     WebhookPayloadInvalid,
     WebhookSignatureInvalid,
 )
+from shared.payments._hooks import PaymentChange, PaymentHook, PaymentHooks
 from shared.payments._messages import customer_message
 from shared.payments._provider import (
     PaymentProvider,
@@ -99,9 +100,12 @@ __all__ = [
     "Discrepancy",
     "PaymentAmountAboveMaximum",
     "PaymentAmountInvalid",
+    "PaymentChange",
     "PaymentContext",
     "PaymentDeclined",
     "PaymentError",
+    "PaymentHook",
+    "PaymentHooks",
     "PaymentMethodUnavailable",
     "PaymentNotCancelable",
     "PaymentNotCapturable",

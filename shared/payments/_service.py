@@ -41,6 +41,7 @@ from shared.payments._errors import (
     RefundAmountInvalid,
     RefundExceedsRefundable,
 )
+from shared.payments._hooks import ChangeKind, PaymentChange, PaymentHooks
 from shared.payments._messages import customer_message
 from shared.payments._provider import (
     CaptureMethod,
@@ -115,6 +116,7 @@ class PaymentContext:
     publisher: EventPublisher
     max_amount: int
     sessionmaker: async_sessionmaker[AsyncSession]
+    hooks: PaymentHooks = field(default_factory=PaymentHooks)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -253,6 +255,19 @@ def _payment_event(row: PaymentRow, **extra: Any) -> dict[str, Any]:
     }
 
 
+async def _announce(
+    session: AsyncSession,
+    ctx: PaymentContext,
+    row: PaymentRow,
+    kind: ChangeKind,
+    **details: Any,
+) -> None:
+    """A payment changed: its event leaves with this transaction, and the owning domain's
+    hook runs in it."""
+    await ctx.publisher.publish(session, f"payment.{kind}", _payment_event(row, **details))
+    await ctx.hooks.run(session, PaymentChange(kind=kind, payment=row, details=details))
+
+
 def _snapshot_values(
     row: PaymentRow, pp: ProviderPayment, *, changed: bool, authoritative: bool
 ) -> tuple[dict[str, Any], bool]:
@@ -325,11 +340,9 @@ async def _apply_payment(
             failure_code=row.failure_code if new_failure else None,
         )
     if changed and row.status in ("succeeded", "canceled"):
-        await ctx.publisher.publish(session, f"payment.{row.status}", _payment_event(row))
+        await _announce(session, ctx, row, "succeeded" if row.status == "succeeded" else "canceled")
     if new_failure:
-        await ctx.publisher.publish(
-            session, "payment.failed", _payment_event(row, failure_code=row.failure_code)
-        )
+        await _announce(session, ctx, row, "failed", failure_code=row.failure_code)
     if pp.refunds is not None:
         for refund in pp.refunds:
             row = await _record_refund(session, ctx, row, refund, requested_by="provider")
@@ -397,16 +410,17 @@ async def _record_refund(
         payment = await repo.update_payment(session, t, payment.id, {"amount_refunded": refunded})
     counted = repo.REFUNDED_STATUSES
     if refund.status in counted and old_status not in counted:
-        await ctx.publisher.publish(
-            session,
-            "payment.refunded",
-            _payment_event(payment, refund_id=str(refund.id), refund_amount=refund.amount),
+        await _announce(
+            session, ctx, payment, "refunded", refund_id=str(refund.id), refund_amount=refund.amount
         )
     elif old_status in counted and refund.status not in counted:
-        await ctx.publisher.publish(
+        await _announce(
             session,
-            "payment.refund_failed",
-            _payment_event(payment, refund_id=str(refund.id), refund_amount=refund.amount),
+            ctx,
+            payment,
+            "refund_failed",
+            refund_id=str(refund.id),
+            refund_amount=refund.amount,
         )
     return payment
 
@@ -1077,23 +1091,24 @@ async def _on_dispute(
         },
     )
     if opened:
-        await ctx.publisher.publish(
+        await _announce(
             session,
-            "payment.disputed",
-            _payment_event(
-                row, dispute_id=dispute.id, dispute_amount=dispute.amount, reason=dispute.reason
-            ),
+            ctx,
+            row,
+            "disputed",
+            dispute_id=dispute.id,
+            dispute_amount=dispute.amount,
+            reason=dispute.reason,
         )
     if dispute.status in _CLOSED_DISPUTES:
-        await ctx.publisher.publish(
+        await _announce(
             session,
-            "payment.dispute_closed",
-            _payment_event(
-                row,
-                dispute_id=dispute.id,
-                dispute_status=dispute.status,
-                dispute_amount=dispute.amount,
-            ),
+            ctx,
+            row,
+            "dispute_closed",
+            dispute_id=dispute.id,
+            dispute_status=dispute.status,
+            dispute_amount=dispute.amount,
         )
     return "applied"
 

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.db import make_engine, sessionmaker_for
 from shared.events import EventPublisher
 from shared.payments._errors import PaymentsNotConfigured
+from shared.payments._hooks import PaymentHooks
 from shared.payments._provider import PaymentProvider
 from shared.payments._service import PaymentContext
 from shared.payments._settings import PaymentSettings
@@ -72,10 +73,12 @@ def make_context(
     tables: PaymentTables,
     provider: PaymentProvider,
     sessionmaker: async_sessionmaker[AsyncSession],
+    hooks: PaymentHooks | None = None,
 ) -> PaymentContext:
     return PaymentContext(
         service=service,
         sessionmaker=sessionmaker,
+        hooks=hooks or PaymentHooks(),
         tables=tables,
         provider=provider,
         publisher=EventPublisher(
@@ -85,9 +88,12 @@ def make_context(
     )
 
 
-def install_payments(tables: PaymentTables) -> Callable[[FastAPI], Awaitable[None]]:
+def install_payments(
+    tables: PaymentTables, hooks: PaymentHooks | None = None
+) -> Callable[[FastAPI], Awaitable[None]]:
     """A ``ServiceSpec.on_startup`` hook that puts the :class:`PaymentContext` (or None, when
-    ``PAYMENT_PROVIDER`` is disabled) in ``app.state.payments``."""
+    ``PAYMENT_PROVIDER`` is disabled) in ``app.state.payments``. ``hooks``: what the service's
+    domains do when their payments change (shared/payments/_hooks.py)."""
 
     async def startup(app: FastAPI) -> None:
         settings = app.state.settings
@@ -104,6 +110,7 @@ def install_payments(tables: PaymentTables) -> Callable[[FastAPI], Awaitable[Non
                 tables=tables,
                 provider=provider,
                 sessionmaker=app.state.sessionmaker,
+                hooks=hooks,
             )
         )
         _log.info("payments_ready", provider=settings.payment_provider)

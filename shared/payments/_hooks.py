@@ -1,0 +1,54 @@
+"""What a domain does when one of its payments changes, in the same transaction as the change.
+
+A domain registers a hook for the references it owns (``order:``, ``pledge:``); whatever
+brings the news (the API's answer, a webhook, reconciliation, the simulated provider's
+events) runs the hook inside the transaction that records the payment's change. If the hook
+raises, the change rolls back with it and the news is retried (a webhook answered 500 is
+sent again; an API request answered 500 resumes on retry), so the domain never misses a
+change and never sees one that was not recorded. No self-subscription over HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.payments._repository import PaymentRow
+
+__all__ = ["PaymentChange", "PaymentHook", "PaymentHooks"]
+
+ChangeKind = Literal[
+    "succeeded", "canceled", "failed", "refunded", "refund_failed", "disputed", "dispute_closed"
+]
+
+
+@dataclass(frozen=True)
+class PaymentChange:
+    kind: ChangeKind
+    payment: PaymentRow
+    # The event's extra fields: failure_code; refund_id, refund_amount; dispute_id, ...
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+PaymentHook = Callable[[AsyncSession, PaymentChange], Awaitable[None]]
+
+
+class PaymentHooks:
+    """Hooks by reference prefix (``"order:"``): the longest matching prefix wins."""
+
+    def __init__(self) -> None:
+        self._hooks: dict[str, PaymentHook] = {}
+
+    def register(self, prefix: str, hook: PaymentHook) -> None:
+        if not prefix or prefix in self._hooks:
+            raise ValueError(f"a hook for {prefix!r} is already registered (or it is empty)")
+        self._hooks[prefix] = hook
+
+    async def run(self, session: AsyncSession, change: PaymentChange) -> None:
+        reference = change.payment.reference
+        matching = [p for p in self._hooks if reference.startswith(p)]
+        if matching:
+            await self._hooks[max(matching, key=len)](session, change)
