@@ -12,18 +12,23 @@ from shared.payments import (
     install_payments,
     payments_router,
     run_simulated_provider,
+    simulated_router,
     webhook_router,
 )
 
 
 def create_app(settings: OrdersSettings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    routers = [payments_router(), webhook_router()]
+    if settings.payment_provider == "simulated":
+        routers.append(simulated_router())
     spec = ServiceSpec(
         name="orders",
         title="Qunbuy orders: pre-sales, group buys, pickup points",
         tables=platform,
-        routers=[payments_router(), webhook_router()],
+        routers=routers,
         on_startup=[install_payments(payments)],
         on_shutdown=[close_payments],
         periodic=[run_simulated_provider],
     )
-    return create_service_app(spec, settings or get_settings())
+    return create_service_app(spec, settings)

@@ -56,7 +56,7 @@ from shared.payments._provider import (
     ProviderUnavailable,
 )
 from shared.payments._repository import PaymentRow, RefundRow, SetupRow, StatusChangeRow
-from shared.payments._router import payments_router, webhook_router
+from shared.payments._router import payments_router, simulated_router, webhook_router
 from shared.payments._service import (
     Discrepancy,
     PaymentContext,
@@ -166,6 +166,7 @@ __all__ = [
     "reconcile",
     "refund_payment",
     "run_simulated_provider",
+    "simulated_router",
     "verify_signature",
     "webhook_router",
 ]

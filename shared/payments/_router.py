@@ -58,7 +58,7 @@ from shared.payments._service import PaymentContext
 from shared.payments._webhooks import SIGNATURE_HEADER, handle_webhook
 from shared.payments._wiring import WEBHOOK_PATH
 
-__all__ = ["payments_router", "webhook_router"]
+__all__ = ["payments_router", "simulated_router", "webhook_router"]
 
 
 def _context(request: Request) -> PaymentContext:
@@ -284,29 +284,6 @@ def payments_router() -> APIRouter:
         return RefundOut.of(refund)
 
     @router.post(
-        "/v1/payments/{payment_id}/simulate-action",
-        response_model=PaymentOut,
-        summary="Simulated provider only: complete or fail the customer action",
-        description=(
-            "Stands for what the customer does at their bank or wallet: 3D Secure, scanning "
-            "the WeChat Pay QR code, returning from Alipay."
-        ),
-        responses=responses(
-            *_COMMON, PaymentNotFound, PaymentNotConfirmable, PaymentSimulationUnavailable
-        ),
-    )
-    async def simulate_action(
-        principal: CurrentUser,
-        request: Request,
-        body: SimulatedActionIn,
-        payment: OwnPayment,
-        ctx: PaymentsDep,
-    ) -> JSONResponse:
-        row = await service.complete_simulated_action(ctx, payment.id, succeed=body.succeed)
-        out = await _out(ctx, row.id, principal)
-        return _declined_or(request, out, status_code=status.HTTP_200_OK)
-
-    @router.post(
         "/v1/payment-methods/setup",
         status_code=status.HTTP_201_CREATED,
         response_model=SetupOut,
@@ -343,6 +320,37 @@ def payments_router() -> APIRouter:
         if row.customer_id != principal.sub and not principal.is_admin:
             raise PaymentSetupNotFound()
         return SetupOut.of(row)
+
+    return router
+
+
+def simulated_router() -> APIRouter:
+    """The simulated provider's own endpoint: mounted only where it is the provider, so that
+    nothing of it exists beside a real one."""
+    router = APIRouter(tags=["payments (simulated provider)"])
+
+    @router.post(
+        "/v1/payments/{payment_id}/simulate-action",
+        response_model=PaymentOut,
+        summary="Simulated provider only: complete or fail the customer action",
+        description=(
+            "Stands for what the customer does at their bank or wallet: 3D Secure, scanning "
+            "the WeChat Pay QR code, returning from Alipay."
+        ),
+        responses=responses(
+            *_COMMON, PaymentNotFound, PaymentNotConfirmable, PaymentSimulationUnavailable
+        ),
+    )
+    async def simulate_action(
+        principal: CurrentUser,
+        request: Request,
+        body: SimulatedActionIn,
+        payment: OwnPayment,
+        ctx: PaymentsDep,
+    ) -> JSONResponse:
+        row = await service.complete_simulated_action(ctx, payment.id, succeed=body.succeed)
+        out = await _out(ctx, row.id, principal)
+        return _declined_or(request, out, status_code=status.HTTP_200_OK)
 
     return router
 
