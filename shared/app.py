@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -16,7 +16,7 @@ from sqlalchemy import text
 from shared.auth import TokenVerifier
 from shared.db import make_engine, sessionmaker_for
 from shared.errors import install_error_handlers, problem_response
-from shared.events import EventHandler, OutboxRelay, inbox_router
+from shared.events import EventHandlers, OutboxRelay, inbox_router
 from shared.events._relay import RelayPolicy
 from shared.idempotency import IdempotencyMiddleware, purge_expired
 from shared.limits import RequestLimitsMiddleware
@@ -38,7 +38,7 @@ class ServiceSpec:
     title: str
     tables: PlatformTables
     routers: Sequence[APIRouter] = ()
-    event_handlers: Mapping[str, EventHandler] = field(default_factory=dict)
+    event_handlers: EventHandlers = field(default_factory=EventHandlers)
     # Extra work for the worker loop: each job returns how many seconds until it wants to run
     # again (None: no opinion); it also runs whenever a NOTIFY wakes the worker.
     periodic: Sequence[Callable[[FastAPI], Awaitable[float | None]]] = ()

@@ -1,22 +1,20 @@
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
 from typing import Literal, cast
 
 import structlog
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import SessionDep
 from shared.errors import DomainError, Unauthorized, responses
 from shared.events._envelope import Envelope
 from shared.events._signing import SIGNATURE_HEADER, verify
+from shared.events.contracts import EventHandlers, contract_for
 from shared.settings import ServiceSettings
 from shared.tables import PlatformTables
 
-EventHandler = Callable[[AsyncSession, Envelope], Awaitable[None]]
 _log = structlog.get_logger("qunbuy.inbox")
 
 
@@ -31,19 +29,26 @@ class InvalidEvent(DomainError):
     title = "The event envelope is not valid"
 
 
+class UnknownEventVersion(DomainError):
+    status = 422
+    code = "unknown_event_version"
+    title = "This service does not know this version of the event yet"
+
+
 class EventReceipt(BaseModel):
     event_id: str
     status: Literal["applied", "duplicate", "ignored"]
 
 
-def inbox_router(handlers: Mapping[str, EventHandler]) -> APIRouter:
-    """``POST /internal/events``: verify, record the id once, apply in the same transaction."""
+def inbox_router(handlers: EventHandlers) -> APIRouter:
+    """``POST /internal/events``: verify, validate the payload against its contract, record
+    the id once, apply in the same transaction."""
     router = APIRouter(tags=["internal"], include_in_schema=True)
 
     @router.post(
         "/internal/events",
         response_model=EventReceipt,
-        responses=responses(InvalidSignature, InvalidEvent),
+        responses=responses(InvalidSignature, InvalidEvent, UnknownEventVersion),
         summary="Receive an event from another service (HMAC-signed)",
     )
     async def receive_event(request: Request, session: SessionDep) -> EventReceipt:
@@ -64,6 +69,26 @@ def inbox_router(handlers: Mapping[str, EventHandler]) -> APIRouter:
                 }
             )
             raise InvalidEvent("invalid or missing: " + ", ".join(fields)) from exc
+        handler = handlers.handler(envelope.type)
+        payload = None
+        if handler is not None:
+            contract = contract_for(envelope.type, envelope.version)
+            if contract is None:
+                # Refused, not ignored: the relay keeps it (and re-drives it once this service
+                # is upgraded), so a newer publisher never loses an event.
+                raise UnknownEventVersion(f"{envelope.type} v{envelope.version}")
+            try:
+                payload = contract.model_validate(envelope.payload)
+            except ValidationError as exc:
+                fields = sorted(
+                    {
+                        str(e["loc"][0])
+                        if e["loc"] and e["loc"][0] in contract.model_fields
+                        else "unexpected field"
+                        for e in exc.errors()
+                    }
+                )
+                raise InvalidEvent("invalid or missing payload: " + ", ".join(fields)) from exc
         inserted = await session.execute(
             insert(tables.inbox)
             .values(source=envelope.source, event_id=str(envelope.id), event_type=envelope.type)
@@ -72,11 +97,10 @@ def inbox_router(handlers: Mapping[str, EventHandler]) -> APIRouter:
         )
         if inserted.first() is None:
             return EventReceipt(event_id=str(envelope.id), status="duplicate")
-        handler = handlers.get(envelope.type)
         if handler is None:
             _log.info("event_ignored", event_type=envelope.type, event_id=str(envelope.id))
             return EventReceipt(event_id=str(envelope.id), status="ignored")
-        await handler(session, envelope)
+        await handler(session, payload, envelope)
         return EventReceipt(event_id=str(envelope.id), status="applied")
 
     return router

@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.events._envelope import Envelope
+from shared.events.contracts import EventPayload, contract_for
 from shared.observability import current_request_id
 from shared.tables import PlatformTables
 from shared.wakeup import notify_work
@@ -19,15 +18,17 @@ class EventPublisher:
         self.tables = tables
         self.subscribers = subscribers
 
-    async def publish(
-        self, session: AsyncSession, event_type: str, payload: dict[str, Any], *, version: int = 1
-    ) -> Envelope:
+    async def publish(self, session: AsyncSession, payload: EventPayload) -> Envelope:
+        """Writes ``payload``'s event into the caller's transaction; its type and version are
+        the contract's (shared/events/contracts.py)."""
+        if contract_for(payload.event_type, payload.version) is not type(payload):
+            raise TypeError(f"{type(payload).__name__} is not a registered event contract")
         envelope = Envelope(
-            type=event_type,
+            type=payload.event_type,
             source=self.source,
-            version=version,
+            version=payload.version,
             request_id=current_request_id(),
-            payload=payload,
+            payload=payload.model_dump(mode="json"),
         )
         if self.subscribers:
             body = envelope.model_dump(mode="json")
@@ -36,7 +37,7 @@ class EventPublisher:
                 [
                     {
                         "event_id": envelope.id,
-                        "event_type": event_type,
+                        "event_type": envelope.type,
                         "subscriber": name,
                         "envelope": body,
                     }

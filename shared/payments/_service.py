@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.events import EventPublisher
+from shared.events import EventPublisher, contracts
 from shared.money import normalize_currency
 from shared.payments import _repository as repo
 from shared.payments._errors import (
@@ -255,6 +255,17 @@ def _payment_event(row: PaymentRow, **extra: Any) -> dict[str, Any]:
     }
 
 
+_CONTRACTS: dict[ChangeKind, type[contracts.PaymentEvent]] = {
+    "succeeded": contracts.PaymentSucceeded,
+    "canceled": contracts.PaymentCanceled,
+    "failed": contracts.PaymentFailed,
+    "refunded": contracts.PaymentRefunded,
+    "refund_failed": contracts.PaymentRefundFailed,
+    "disputed": contracts.PaymentDisputed,
+    "dispute_closed": contracts.PaymentDisputeClosed,
+}
+
+
 async def _announce(
     session: AsyncSession,
     ctx: PaymentContext,
@@ -264,7 +275,7 @@ async def _announce(
 ) -> None:
     """A payment changed: its event leaves with this transaction, and the owning domain's
     hook runs in it."""
-    await ctx.publisher.publish(session, f"payment.{kind}", _payment_event(row, **details))
+    await ctx.publisher.publish(session, _CONTRACTS[kind](**_payment_event(row, **details)))
     await ctx.hooks.run(session, PaymentChange(kind=kind, payment=row, details=details))
 
 

@@ -29,6 +29,8 @@ from shared.db import make_engine, sessionmaker_for
 from shared.events import (
     SIGNATURE_HEADER,
     Envelope,
+    EventHandlers,
+    EventPayload,
     EventPublisher,
     OutboxRelay,
     redrive_dead,
@@ -41,10 +43,21 @@ from tests.helpers import free_port, serve
 FAST = RelayPolicy(max_attempts=5, backoff_base_seconds=0.01, backoff_max_seconds=0.05)
 
 
-async def record_effect(session: AsyncSession, event: Envelope) -> None:
+class Marked(EventPayload, event_type="test.marked"):
+    """A test's own contract."""
+
+    marker: str
+    n: int = 0
+
+
+handlers = EventHandlers()
+
+
+@handlers.on(Marked)
+async def record_effect(session: AsyncSession, event: Marked, envelope: Envelope) -> None:
     await session.execute(
         text("INSERT INTO test_effect (event_id, marker) VALUES (:id, :marker)"),
-        {"id": str(event.id), "marker": event.payload["marker"]},
+        {"id": str(envelope.id), "marker": event.marker},
     )
 
 
@@ -110,7 +123,7 @@ def subscriber_app(
         name="subscriber",
         title="test subscriber",
         tables=referrals_platform,
-        event_handlers={"order.paid": record_effect},
+        event_handlers=handlers,
     )
     return Counting(create_service_app(spec, settings))
 
@@ -135,10 +148,7 @@ async def publish(
     maker: async_sessionmaker[AsyncSession], marker: str, n: int = 1
 ) -> list[Envelope]:
     async with maker() as session, session.begin():
-        return [
-            await publisher().publish(session, "order.paid", {"marker": marker, "n": i})
-            for i in range(n)
-        ]
+        return [await publisher().publish(session, Marked(marker=marker, n=i)) for i in range(n)]
 
 
 async def effects(engine: AsyncEngine, marker: str) -> dict[str, int]:
@@ -224,7 +234,7 @@ class TestDelivery:
 
         async def fail_after_publishing() -> None:
             async with maker() as session, session.begin():
-                event = await publisher().publish(session, "order.paid", {"marker": marker})
+                event = await publisher().publish(session, Marked(marker=marker))
                 published.append(event)
                 raise RuntimeError("business rule failed")
 
@@ -313,7 +323,7 @@ class TestInbox:
     async def test_duplicate_deliveries_have_no_effect(
         self, client: httpx.AsyncClient, engines: tuple[AsyncEngine, AsyncEngine], marker: str
     ) -> None:
-        envelope = Envelope(type="order.paid", source="orders", payload={"marker": marker})
+        envelope = Envelope(type="test.marked", source="orders", payload={"marker": marker})
         body, headers = self.signed(envelope)
         first = await client.post("/internal/events", content=body, headers=headers)
         assert first.status_code == 200, first.text
@@ -328,7 +338,7 @@ class TestInbox:
     async def test_concurrent_first_deliveries_apply_once(
         self, client: httpx.AsyncClient, engines: tuple[AsyncEngine, AsyncEngine], marker: str
     ) -> None:
-        envelope = Envelope(type="order.paid", source="orders", payload={"marker": marker})
+        envelope = Envelope(type="test.marked", source="orders", payload={"marker": marker})
         body, headers = self.signed(envelope)
         results = await asyncio.gather(
             *(client.post("/internal/events", content=body, headers=headers) for _ in range(10))
@@ -355,7 +365,7 @@ class TestInbox:
         marker: str,
         header: str | None,
     ) -> None:
-        envelope = Envelope(type="order.paid", source="orders", payload={"marker": marker})
+        envelope = Envelope(type="test.marked", source="orders", payload={"marker": marker})
         body, headers = self.signed(envelope)
         if header is None:
             del headers[SIGNATURE_HEADER]
@@ -380,7 +390,7 @@ class TestInbox:
     async def test_tampered_body_is_rejected(
         self, client: httpx.AsyncClient, engines: tuple[AsyncEngine, AsyncEngine], marker: str
     ) -> None:
-        envelope = Envelope(type="order.paid", source="orders", payload={"marker": marker})
+        envelope = Envelope(type="test.marked", source="orders", payload={"marker": marker})
         body, headers = self.signed(envelope)
         tampered = body.replace(marker.encode(), b"x" * len(marker))
         response = await client.post("/internal/events", content=tampered, headers=headers)
@@ -396,6 +406,37 @@ class TestInbox:
         )
         assert response.status_code == 422
         assert response.json()["code"] == "invalid_event"
+
+    @pytest.mark.parametrize(
+        "payload", [{"marker": 5}, {}, {"marker": "m", "n": "many"}, {"marker": "m", "x": 1}]
+    )
+    async def test_a_payload_that_breaks_its_contract_is_422_and_records_nothing(
+        self,
+        client: httpx.AsyncClient,
+        engines: tuple[AsyncEngine, AsyncEngine],
+        payload: dict[str, object],
+    ) -> None:
+        envelope = Envelope(type="test.marked", source="orders", payload=payload)
+        body, headers = self.signed(envelope)
+        response = await client.post("/internal/events", content=body, headers=headers)
+        assert response.status_code == 422, response.text
+        assert response.json()["code"] == "invalid_event"
+        assert "many" not in response.json()["detail"]
+        inbox = referrals_platform.inbox
+        async with engines[1].connect() as conn:
+            seen = await conn.scalar(
+                select(func.count()).select_from(inbox).where(inbox.c.event_id == str(envelope.id))
+            )
+        assert seen == 0
+
+    async def test_an_unknown_version_of_a_handled_type_is_refused_for_a_later_retry(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        envelope = Envelope(type="test.marked", source="orders", version=2, payload={})
+        body, headers = self.signed(envelope)
+        response = await client.post("/internal/events", content=body, headers=headers)
+        assert response.status_code == 422
+        assert response.json()["code"] == "unknown_event_version"
 
     async def test_unknown_event_type_is_recorded_and_ignored(
         self, client: httpx.AsyncClient
@@ -444,7 +485,7 @@ async def test_a_broken_subscriber_url_fails_its_rows_only_and_they_die(
         source="orders", tables=orders_platform, subscribers=["referrals", "broken"]
     )
     async with maker() as session, session.begin():
-        event = await two.publish(session, "order.paid", {"marker": marker})
+        event = await two.publish(session, Marked(marker=marker))
     policy = RelayPolicy(max_attempts=2, backoff_base_seconds=0.01, backoff_max_seconds=0.01)
     async with serve(subscriber_app) as url:
         r = OutboxRelay(

@@ -16,12 +16,16 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from services.orders.models import platform
-from shared.events import EventPublisher
+from shared.events import EventPayload, EventPublisher
 from shared.wakeup import WorkSignal
 from tests.conftest import migrated_databases, running, settings_for
 from tests.helpers import free_port, serve
 
 received: asyncio.Queue[float] = asyncio.Queue()
+
+
+class Woken(EventPayload, event_type="test.woken"):
+    n: int
 
 
 async def inbox(request: Request) -> JSONResponse:
@@ -65,7 +69,7 @@ async def worker_app(
 async def _publish(app: object, *, hold_open: float = 0.0) -> float:
     publisher = EventPublisher(source="orders", tables=platform, subscribers=["receiver"])
     async with app.state.sessionmaker() as session, session.begin():  # type: ignore[attr-defined]
-        await publisher.publish(session, "test.woken", {"n": 1})
+        await publisher.publish(session, Woken(n=1))
         if hold_open:
             await asyncio.sleep(hold_open)
             assert received.empty(), "an event left before its transaction committed"
