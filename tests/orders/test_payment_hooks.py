@@ -4,7 +4,6 @@ brought the news (the API's answer, a webhook from the simulated provider)."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,7 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.orders.models import platform
 from shared.payments import PaymentChange
 from tests.conftest import TokenFactory
-from tests.shared.payments.support import PaymentsApp, new_merchant
+from tests.factories import new_merchant, payment_request
+from tests.shared.payments.support import PaymentsApp
 
 
 class Recorder:
@@ -45,17 +45,6 @@ async def hook_rows(app: PaymentsApp, payment_id: str) -> list[str]:
         return sorted(rows)
 
 
-def body(reference: str, payment_method: str = "pm_card_visa", **extra: Any) -> dict[str, Any]:
-    return {
-        "reference": reference,
-        "merchant_id": new_merchant(),
-        "amount": 1500,
-        "currency": "CNY",
-        "payment_method": payment_method,
-        **extra,
-    }
-
-
 async def test_the_hook_runs_once_when_the_api_answer_records_success(
     sim_orders: PaymentsApp, auth: TokenFactory
 ) -> None:
@@ -66,7 +55,7 @@ async def test_the_hook_runs_once_when_the_api_answer_records_success(
     payer = auth("customer")
     key = uuid.uuid4().hex
 
-    request = body(reference)
+    request = payment_request(reference=reference)
     paid = await sim_orders.post("/v1/payments", request, payer, key=key)
     replay = await sim_orders.post("/v1/payments", request, payer, key=key)
 
@@ -83,7 +72,9 @@ async def test_the_hook_runs_for_news_that_a_webhook_brings(
     sim_orders.ctx.hooks.register("order:", hook)
     reference = f"order:{uuid.uuid4().hex[:10]}"
     started = await sim_orders.post(
-        "/v1/payments", body(reference, "pm_card_succeedLater"), auth("customer")
+        "/v1/payments",
+        payment_request(reference=reference, payment_method="pm_card_succeedLater"),
+        auth("customer"),
     )
     assert started.json()["status"] == "processing"
     assert hook.calls == []
@@ -101,13 +92,15 @@ async def test_refunds_and_declines_reach_the_hook(
     sim_orders.ctx.hooks.register("order:", hook)
     declined_ref = f"order:{uuid.uuid4().hex[:10]}"
     declined = await sim_orders.post(
-        "/v1/payments", body(declined_ref, "pm_card_chargeDeclined"), auth("customer")
+        "/v1/payments",
+        payment_request(reference=declined_ref, payment_method="pm_card_chargeDeclined"),
+        auth("customer"),
     )
     assert declined.status_code == 402
     merchant = new_merchant()
     paid_ref = f"order:{uuid.uuid4().hex[:10]}"
     paid = await sim_orders.post(
-        "/v1/payments", body(paid_ref, merchant_id=merchant), auth("customer")
+        "/v1/payments", payment_request(reference=paid_ref, merchant_id=merchant), auth("customer")
     )
     refund = await sim_orders.post(
         f"/v1/payments/{paid.json()['id']}/refunds",
@@ -132,7 +125,7 @@ async def test_a_failing_hook_rolls_the_change_back_and_the_retry_applies_it(
     payer = auth("customer")
     key = uuid.uuid4().hex
 
-    request = body(reference)
+    request = payment_request(reference=reference)
     failed = await sim_orders.post("/v1/payments", request, payer, key=key)
     assert failed.status_code == 500
     p = sim_orders.ctx.tables.payment

@@ -17,18 +17,8 @@ from shared.payments import (
 )
 from shared.payments._repository import get_payment
 from tests.conftest import TokenFactory
-from tests.shared.payments.support import PaymentsApp, new_merchant, new_reference
-
-
-def body(**overrides: Any) -> dict[str, Any]:
-    return {
-        "reference": new_reference(),
-        "merchant_id": new_merchant(),
-        "amount": 1000,
-        "currency": "CNY",
-        "payment_method": "pm_card_visa",
-        **overrides,
-    }
+from tests.factories import new_merchant, new_reference, payment_request
+from tests.shared.payments.support import PaymentsApp
 
 
 class AnswerLost:
@@ -68,7 +58,7 @@ class TestBadInput:
         status: int,
         code: str,
     ) -> None:
-        request = body(**overrides)
+        request = payment_request(**overrides)
         response = await sim_orders.post("/v1/payments", request, auth("customer"))
         assert response.status_code == status, response.text
         assert response.headers["content-type"].startswith("application/problem+json")
@@ -79,7 +69,9 @@ class TestBadInput:
     async def test_the_maximum_itself_is_accepted(
         self, sim_orders: PaymentsApp, auth: TokenFactory
     ) -> None:
-        response = await sim_orders.post("/v1/payments", body(amount=5_000_000), auth("customer"))
+        response = await sim_orders.post(
+            "/v1/payments", payment_request(amount=5_000_000), auth("customer")
+        )
         assert response.status_code == 201
         assert response.json()["amount"] == 5_000_000
 
@@ -87,7 +79,7 @@ class TestBadInput:
         self, sim_orders: PaymentsApp, auth: TokenFactory
     ) -> None:
         response = await sim_orders.post(
-            "/v1/payments", body(currency="jpy", amount=300), auth("customer")
+            "/v1/payments", payment_request(currency="jpy", amount=300), auth("customer")
         )
         assert response.status_code == 201
         assert (response.json()["currency"], response.json()["amount_captured"]) == ("JPY", 300)
@@ -95,7 +87,7 @@ class TestBadInput:
     async def test_an_idempotency_key_is_required(
         self, sim_orders: PaymentsApp, auth: TokenFactory
     ) -> None:
-        request = body()
+        request = payment_request()
         response = await sim_orders.post("/v1/payments", request, auth("customer"), key=None)
         assert response.status_code == 400
         assert response.json()["code"] == "idempotency_key_required"
@@ -106,7 +98,9 @@ class TestBadInput:
     ) -> None:
         # The shared fixture runs in production mode without PAYMENT_PROVIDER.
         response = await orders_client.post(
-            "/v1/payments", json=body(), headers={**auth("customer"), "Idempotency-Key": "k1"}
+            "/v1/payments",
+            json=payment_request(),
+            headers={**auth("customer"), "Idempotency-Key": "k1"},
         )
         assert response.status_code == 503
         assert response.json()["code"] == "payments_not_configured"
@@ -121,7 +115,9 @@ class TestWhoSeesWhat:
     async def test_visibility(self, sim_orders: PaymentsApp, auth: TokenFactory) -> None:
         merchant = new_merchant()
         payer = auth("customer")
-        payment = (await sim_orders.post("/v1/payments", body(merchant_id=merchant), payer)).json()
+        payment = (
+            await sim_orders.post("/v1/payments", payment_request(merchant_id=merchant), payer)
+        ).json()
         path = f"/v1/payments/{payment['id']}"
 
         own = await sim_orders.client.get(path, headers=payer)
@@ -152,7 +148,7 @@ class TestWhoSeesWhat:
     async def test_only_customers_start_payments(
         self, sim_orders: PaymentsApp, auth: TokenFactory
     ) -> None:
-        response = await sim_orders.post("/v1/payments", body(), auth("distributor"))
+        response = await sim_orders.post("/v1/payments", payment_request(), auth("distributor"))
         assert response.status_code == 403
         assert response.json()["code"] == "role_required"
 
@@ -160,7 +156,9 @@ class TestWhoSeesWhat:
         self, sim_orders: PaymentsApp, auth: TokenFactory
     ) -> None:
         payment = (
-            await sim_orders.post("/v1/payments", body(payment_method=None), auth("customer"))
+            await sim_orders.post(
+                "/v1/payments", payment_request(payment_method=None), auth("customer")
+            )
         ).json()
         response = await sim_orders.post(
             f"/v1/payments/{payment['id']}/confirm",
@@ -175,7 +173,7 @@ class TestRetries:
         self, sim_orders: PaymentsApp, auth: TokenFactory
     ) -> None:
         customer = auth("customer")
-        request = body()
+        request = payment_request()
         first = await sim_orders.post("/v1/payments", request, customer, key="pay-1")
         second = await sim_orders.post("/v1/payments", request, customer, key="pay-1")
         assert first.status_code == second.status_code == 201

@@ -8,18 +8,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import TokenFactory
-from tests.shared.payments.support import PaymentsApp, new_merchant, new_reference
-
-
-def _payment_body(merchant: str, **overrides: Any) -> dict[str, Any]:
-    return {
-        "reference": new_reference(),
-        "merchant_id": merchant,
-        "amount": 1000,
-        "currency": "CNY",
-        "payment_method": "pm_card_visa",
-        **overrides,
-    }
+from tests.factories import new_merchant, payment_request
+from tests.shared.payments.support import PaymentsApp
 
 
 def _comparable(problem: dict[str, Any]) -> dict[str, Any]:
@@ -45,7 +35,9 @@ class TestStrangersLearnNothing:
         json: dict[str, Any] | None,
     ) -> None:
         merchant = new_merchant()
-        paid = await sim_orders.post("/v1/payments", _payment_body(merchant), auth("customer"))
+        paid = await sim_orders.post(
+            "/v1/payments", payment_request(merchant_id=merchant), auth("customer")
+        )
         assert paid.status_code == 201
         outsider = auth("staff", merchant_id=new_merchant())
 
@@ -70,7 +62,7 @@ class TestStrangersLearnNothing:
         self, sim_orders: PaymentsApp, auth: TokenFactory
     ) -> None:
         started = await sim_orders.post(
-            "/v1/payments", _payment_body(new_merchant(), payment_method=None), auth("customer")
+            "/v1/payments", payment_request(payment_method=None), auth("customer")
         )
         assert started.status_code == 201
         path = f"/v1/payments/{started.json()['id']}"
@@ -104,7 +96,9 @@ class TestSavedPaymentMethods:
         merchant = new_merchant()
 
         taken = await sim_orders.post(
-            "/v1/payments", _payment_body(merchant, payment_method=card_of_a), auth("customer")
+            "/v1/payments",
+            payment_request(merchant_id=merchant, payment_method=card_of_a),
+            auth("customer"),
         )
 
         assert taken.status_code == 422
@@ -117,9 +111,7 @@ class TestSavedPaymentMethods:
         owner = auth("customer", sub="cust_" + uuid.uuid4().hex[:8])
         card = await self._saved_card(sim_orders, owner)
 
-        paid = await sim_orders.post(
-            "/v1/payments", _payment_body(new_merchant(), payment_method=card), owner
-        )
+        paid = await sim_orders.post("/v1/payments", payment_request(payment_method=card), owner)
 
         assert paid.status_code == 201, paid.text
         assert paid.json()["status"] == "succeeded"
@@ -129,9 +121,7 @@ class TestSavedPaymentMethods:
     ) -> None:
         card_of_a = await self._saved_card(sim_orders, auth("customer"))
         payer = auth("customer")
-        started = await sim_orders.post(
-            "/v1/payments", _payment_body(new_merchant(), payment_method=None), payer
-        )
+        started = await sim_orders.post("/v1/payments", payment_request(payment_method=None), payer)
         assert started.status_code == 201
 
         confirm = await sim_orders.post(
@@ -148,7 +138,7 @@ class TestSavedPaymentMethods:
     ) -> None:
         response = await sim_orders.post(
             "/v1/payments",
-            _payment_body(new_merchant(), payment_method="pm_sim_" + uuid.uuid4().hex[:24]),
+            payment_request(payment_method="pm_sim_" + uuid.uuid4().hex[:24]),
             auth("customer"),
         )
         assert response.status_code == 422

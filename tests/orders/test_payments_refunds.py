@@ -9,27 +9,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import TokenFactory
-from tests.shared.payments.support import PaymentsApp, new_merchant, new_reference
-
-
-async def paid_payment(
-    app: PaymentsApp, auth: TokenFactory, *, amount: int = 1000
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """A paid payment and an Authorization header of its merchant's staff."""
-    merchant = new_merchant()
-    response = await app.post(
-        "/v1/payments",
-        {
-            "reference": new_reference(),
-            "merchant_id": merchant,
-            "amount": amount,
-            "currency": "CNY",
-            "payment_method": "pm_card_visa",
-        },
-        auth("customer"),
-    )
-    assert response.status_code == 201, response.text
-    return response.json(), auth("staff", merchant_id=merchant)
+from tests.factories import new_merchant, new_reference, paid_payment
+from tests.shared.payments.support import PaymentsApp
 
 
 async def get(app: PaymentsApp, payment_id: str, headers: dict[str, str]) -> dict[str, Any]:

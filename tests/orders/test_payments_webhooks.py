@@ -15,39 +15,18 @@ import stripe
 from sqlalchemy import select
 
 from tests.conftest import TokenFactory
+from tests.factories import paid_payment
 from tests.helpers import serve
 from tests.shared.payments.support import (
     STRIPE_WEBHOOK_SECRET,
     PaymentsApp,
     event,
-    new_merchant,
-    new_reference,
     payments_app,
     payments_env,
     signed,
 )
 
 WEBHOOK = "/webhooks/stripe"
-
-
-async def pay(
-    app: PaymentsApp, auth: TokenFactory, *, capture_method: str = "automatic"
-) -> tuple[dict[str, Any], dict[str, str]]:
-    merchant = new_merchant()
-    response = await app.post(
-        "/v1/payments",
-        {
-            "reference": new_reference(),
-            "merchant_id": merchant,
-            "amount": 1000,
-            "currency": "CNY",
-            "payment_method": "pm_card_visa",
-            "capture_method": capture_method,
-        },
-        auth("customer"),
-    )
-    assert response.status_code == 201, response.text
-    return response.json(), auth("staff", merchant_id=merchant)
 
 
 async def intent_json(sdk: stripe.StripeClient, intent_id: str) -> dict[str, Any]:
@@ -70,7 +49,7 @@ class TestSignature:
     async def test_a_valid_signature_is_accepted_and_recorded(
         self, stripe_orders: PaymentsApp, auth: TokenFactory, localstripe_sdk: stripe.StripeClient
     ) -> None:
-        payment, _ = await pay(stripe_orders, auth)
+        payment, _ = await paid_payment(stripe_orders, auth)
         payload = event(
             "payment_intent.succeeded",
             await intent_json(localstripe_sdk, payment["provider_payment_id"]),
@@ -139,7 +118,7 @@ class TestDeliveries:
     async def test_a_replayed_event_has_no_second_effect(
         self, stripe_orders: PaymentsApp, auth: TokenFactory, localstripe_sdk: stripe.StripeClient
     ) -> None:
-        payment, staff = await pay(stripe_orders, auth)
+        payment, staff = await paid_payment(stripe_orders, auth)
         # A refund made in the Stripe dashboard: we learn of it from its event only.
         refund = await localstripe_sdk.v1.refunds.create_async(
             {"payment_intent": payment["provider_payment_id"], "amount": 300}
@@ -164,7 +143,7 @@ class TestDeliveries:
     async def test_out_of_order_events_cannot_move_a_payment_back(
         self, stripe_orders: PaymentsApp, auth: TokenFactory, localstripe_sdk: stripe.StripeClient
     ) -> None:
-        payment, staff = await pay(stripe_orders, auth, capture_method="manual")
+        payment, staff = await paid_payment(stripe_orders, auth, capture_method="manual")
         intent_id = payment["provider_payment_id"]
         authorized = await intent_json(localstripe_sdk, intent_id)
         assert authorized["status"] == "requires_capture"
@@ -194,7 +173,7 @@ class TestDeliveries:
     async def test_a_refund_event_before_the_payment_succeeded_catches_up(
         self, stripe_orders: PaymentsApp, auth: TokenFactory, localstripe_sdk: stripe.StripeClient
     ) -> None:
-        payment, staff = await pay(stripe_orders, auth, capture_method="manual")
+        payment, staff = await paid_payment(stripe_orders, auth, capture_method="manual")
         intent_id = payment["provider_payment_id"]
         await localstripe_sdk.v1.payment_intents.capture_async(
             intent_id, {"amount_to_capture": 800}
@@ -262,7 +241,7 @@ class TestDeliveries:
     async def test_a_dispute_is_recorded_once(
         self, stripe_orders: PaymentsApp, auth: TokenFactory
     ) -> None:
-        payment, staff = await pay(stripe_orders, auth)
+        payment, staff = await paid_payment(stripe_orders, auth)
         dispute = {
             "id": f"dp_{uuid.uuid4().hex[:12]}",
             "object": "dispute",
@@ -298,7 +277,7 @@ async def test_localstripe_delivers_its_own_signed_events(
                 data={"url": f"{base_url}{WEBHOOK}", "secret": STRIPE_WEBHOOK_SECRET},
             )
             assert registered.status_code == 200
-        payment, _ = await pay(stripe_orders, auth)
+        payment, _ = await paid_payment(stripe_orders, auth)
         intent_id = payment["provider_payment_id"]
         for _ in range(100):
             if await stripe_orders.count("payment_webhook_inbox", object_id=intent_id):
