@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -22,6 +22,7 @@ from shared.idempotency import IdempotencyMiddleware, purge_expired
 from shared.limits import RequestLimitsMiddleware
 from shared.observability import RequestContextMiddleware, configure_logging, metrics_endpoint
 from shared.openapi import install_openapi
+from shared.scheduler import JobHandler, JobRunner
 from shared.settings import ServiceSettings
 from shared.tables import PlatformTables
 from shared.wakeup import WorkSignal, wait_for_work
@@ -42,6 +43,8 @@ class ServiceSpec:
     # Extra work for the worker loop: each job returns how many seconds until it wants to run
     # again (None: no opinion); it also runs whenever a NOTIFY wakes the worker.
     periodic: Sequence[Callable[[FastAPI], Awaitable[float | None]]] = ()
+    # Scheduled work (shared/scheduler.py): a handler per job kind.
+    jobs: Mapping[str, JobHandler] = field(default_factory=dict)
     on_startup: Sequence[Startup] = ()
     on_shutdown: Sequence[Startup] = ()
 
@@ -79,7 +82,16 @@ async def purge_idempotency_keys(app: FastAPI) -> float:
 async def _worker(app: FastAPI, spec: ServiceSpec, signal: WorkSignal, stop: asyncio.Event) -> None:
     settings: ServiceSettings = app.state.settings
     relay = _relay_for(app)
-    jobs = [purge_idempotency_keys, *spec.periodic]
+    runner = JobRunner(
+        sessionmaker=app.state.sessionmaker, tables=app.state.tables, handlers=spec.jobs
+    )
+
+    async def run_scheduled_jobs(_: FastAPI) -> float | None:
+        while await runner.run_due():
+            pass
+        return await runner.next_due_in()
+
+    jobs = [purge_idempotency_keys, run_scheduled_jobs, *spec.periodic]
     relay_wake, jobs_wake = signal.waiter(), signal.waiter()
 
     async def periodic_loop() -> None:

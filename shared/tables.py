@@ -39,6 +39,7 @@ class PlatformTables:
     outbox: Table
     inbox: Table
     idempotency_key: Table
+    scheduled_job: Table
 
 
 def define_platform_tables(metadata: MetaData) -> PlatformTables:
@@ -95,4 +96,29 @@ def define_platform_tables(metadata: MetaData) -> PlatformTables:
         PrimaryKeyConstraint("scope", "key"),
         Index("ix_idempotency_key_expires_at", "expires_at"),
     )
-    return PlatformTables(outbox=outbox, inbox=inbox, idempotency_key=idempotency_key)
+    scheduled_job = Table(
+        "scheduled_job",
+        metadata,
+        # Work a domain wants done at a time (shared/scheduler.py), once per (kind, key).
+        Column("id", BigInteger, primary_key=True, autoincrement=True),
+        Column("kind", String(100), nullable=False),
+        Column("key", String(255), nullable=False),
+        Column("run_at", DateTime(timezone=True), nullable=False),
+        Column("payload", JSON_TYPE, nullable=False),
+        # pending | done | dead | cancelled
+        Column("status", String(16), nullable=False, server_default="pending"),
+        Column("attempts", Integer, nullable=False, server_default="0"),
+        # A worker's claim: others leave the job alone until then (a dead worker's lapses).
+        Column("locked_until", DateTime(timezone=True)),
+        Column("last_error", Text),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("finished_at", DateTime(timezone=True)),
+        UniqueConstraint("kind", "key"),
+        Index("ix_scheduled_job_due", "run_at", postgresql_where=text("status = 'pending'")),
+    )
+    return PlatformTables(
+        outbox=outbox,
+        inbox=inbox,
+        idempotency_key=idempotency_key,
+        scheduled_job=scheduled_job,
+    )
