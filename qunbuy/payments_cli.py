@@ -79,7 +79,7 @@ def _settings(service: str, database_url: str, embedded: bool) -> Any:
 async def _reconcile(args: argparse.Namespace) -> int:
     from qunbuy.platform import PlatformError, open_databases
     from shared.db import make_engine, sessionmaker_for
-    from shared.payments._service import reconcile
+    from shared.payments._reconcile import reconcile
     from shared.payments._wiring import build_provider, make_context
 
     if args.service == "orders":

@@ -43,6 +43,15 @@ from shared.payments._errors import (
 )
 from shared.payments._hooks import PaymentChange, PaymentHook, PaymentHooks
 from shared.payments._messages import customer_message
+from shared.payments._payments import (
+    cancel_payment,
+    capture_payment,
+    complete_simulated_action,
+    confirm_payment,
+    create_payment,
+    get_payment_view,
+    refund_payment,
+)
 from shared.payments._provider import (
     PaymentProvider,
     PaymentRequest,
@@ -55,30 +64,21 @@ from shared.payments._provider import (
     ProviderSetup,
     ProviderUnavailable,
 )
+from shared.payments._reconcile import reconcile
 from shared.payments._repository import PaymentRow, RefundRow, SetupRow, StatusChangeRow
 from shared.payments._router import payments_router, simulated_router, webhook_router
-from shared.payments._service import (
+from shared.payments._settings import PaymentSettings
+from shared.payments._setups import charge_off_session, create_setup, get_setup
+from shared.payments._simulated import TEST_PAYMENT_METHODS, SimulatedProvider, TestPaymentMethod
+from shared.payments._state import (
     Discrepancy,
     PaymentContext,
     PaymentView,
-    apply_webhook_event,
-    cancel_payment,
-    capture_payment,
-    charge_off_session,
-    complete_simulated_action,
-    confirm_payment,
-    create_payment,
-    create_setup,
-    get_payment_view,
-    get_setup,
     idempotency_key,
     new_payment_id,
     new_setup_id,
-    reconcile,
-    refund_payment,
 )
-from shared.payments._settings import PaymentSettings
-from shared.payments._simulated import TEST_PAYMENT_METHODS, SimulatedProvider, TestPaymentMethod
+from shared.payments._webhook_handlers import apply_webhook_event
 from shared.payments._webhooks import SIGNATURE_HEADER, handle_webhook, verify_signature
 from shared.payments._wiring import (
     WEBHOOK_PATH,

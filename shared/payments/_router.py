@@ -18,7 +18,9 @@ from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, problem_response, responses
 from shared.idempotency import IDEMPOTENCY_ERRORS, IdempotencyKeyRequired
 from shared.money import UnknownCurrency
-from shared.payments import _service as service
+from shared.payments import _payments as service
+from shared.payments import _setups as setups
+from shared.payments import _state as state
 from shared.payments._errors import (
     CaptureAmountInvalid,
     CaptureMethodUnsupported,
@@ -54,7 +56,7 @@ from shared.payments._schemas import (
     SimulatedActionIn,
     WebhookReceipt,
 )
-from shared.payments._service import PaymentContext
+from shared.payments._state import PaymentContext
 from shared.payments._webhooks import SIGNATURE_HEADER, handle_webhook
 from shared.payments._wiring import WEBHOOK_PATH
 
@@ -156,7 +158,7 @@ def payments_router() -> APIRouter:
         ctx: PaymentsDep,
         key: IdempotencyKeyRequired,
     ) -> JSONResponse:
-        payment_id = service.new_payment_id(ctx.service, "api", principal.sub, key)
+        payment_id = state.new_payment_id(ctx.service, "api", principal.sub, key)
         row = await service.create_payment(
             ctx,
             payment_id=payment_id,
@@ -297,11 +299,11 @@ def payments_router() -> APIRouter:
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     ) -> SetupOut:
         setup_id = (
-            service.new_setup_id(ctx.service, principal.sub, idempotency_key)
+            state.new_setup_id(ctx.service, principal.sub, idempotency_key)
             if idempotency_key
             else uuid.uuid4()
         )
-        row = await service.create_setup(
+        row = await setups.create_setup(
             ctx,
             setup_id=setup_id,
             customer_id=principal.sub,
@@ -316,7 +318,7 @@ def payments_router() -> APIRouter:
         responses=responses(*_AUTH, PaymentsNotConfigured, PaymentSetupNotFound),
     )
     async def get_setup(principal: CurrentUser, setup_id: uuid.UUID, ctx: PaymentsDep) -> SetupOut:
-        row = await service.get_setup(ctx, setup_id)
+        row = await setups.get_setup(ctx, setup_id)
         if row.customer_id != principal.sub and not principal.is_admin:
             raise PaymentSetupNotFound()
         return SetupOut.of(row)

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from shared.payments._provider import CaptureMethod, Method
 from shared.payments._repository import PaymentRow, RefundRow, SetupRow, StatusChangeRow
-from shared.payments._service import PaymentView
+from shared.payments._state import PaymentView
 from shared.text import SafeStr
 
 __all__ = [

@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.payments import _repository as repo
 from shared.payments._errors import WebhookPayloadInvalid, WebhookSignatureInvalid
-from shared.payments._service import PaymentContext, apply_webhook_event
+from shared.payments._state import PaymentContext
+from shared.payments._webhook_handlers import apply_webhook_event
 from shared.text import unstorable_reason
 
 __all__ = [

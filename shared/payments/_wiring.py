@@ -14,9 +14,9 @@ from shared.events import EventPublisher
 from shared.payments._errors import PaymentsNotConfigured
 from shared.payments._hooks import PaymentHooks
 from shared.payments._provider import PaymentProvider
-from shared.payments._service import PaymentContext
 from shared.payments._settings import PaymentSettings
 from shared.payments._simulated import SimulatedProvider
+from shared.payments._state import PaymentContext
 from shared.payments.tables import PaymentTables
 from shared.tables import PlatformTables
 
