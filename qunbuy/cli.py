@@ -4,6 +4,7 @@ qunbuy up                     run the whole platform (embedded PostgreSQL by def
 qunbuy migrate [--service S]  apply migrations (the Kubernetes migration Job runs this)
 qunbuy events dead  --service S        list events that exhausted their retries
 qunbuy events redrive --service S [--id N ...]   put dead events back in line
+qunbuy jobs dead|redrive --service S [--id N ...]   the same for scheduled jobs
 """
 
 from __future__ import annotations
@@ -47,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
         if name == "redrive":
             cmd.add_argument("--id", type=int, action="append", dest="ids", default=[])
 
+    jobs = sub.add_parser("jobs", help="inspect and re-drive scheduled jobs")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    for name, text in (("dead", "list dead jobs"), ("redrive", "re-drive dead jobs")):
+        cmd = jobs_sub.add_parser(name, help=text)
+        cmd.add_argument("--service", required=True, choices=["orders", "crowdfund", "referrals"])
+        cmd.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+        if name == "redrive":
+            cmd.add_argument("--id", type=int, action="append", dest="ids", default=[])
+
     add_payments_commands(sub)
     return parser
 
@@ -66,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from qunbuy.commands import events
 
             return asyncio.run(events(args))
+        if args.command == "jobs":
+            from qunbuy.commands import jobs
+
+            return asyncio.run(jobs(args))
         handler = getattr(args, "handler", None)
         if handler is not None:
             return int(handler(args))

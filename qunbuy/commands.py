@@ -1,4 +1,4 @@
-"""Operator commands that need the databases: migrations and the outbox."""
+"""Operator commands that need the databases: migrations, the outbox, scheduled jobs."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from qunbuy.platform import Databases, PlatformError, open_databases
 from shared.db import make_engine, sessionmaker_for
 from shared.events import redrive_dead
 from shared.migrations import SERVICES, upgrade
+from shared.scheduler import redrive_dead as redrive_dead_jobs
 from shared.tables import PlatformTables
 
 # What connecting can fail with: no server, a timeout, or the server refusing us (no such
@@ -78,6 +79,16 @@ def _tables(service: str) -> PlatformTables:
 
 
 async def events(args: argparse.Namespace) -> int:
+    """``qunbuy events dead|redrive``: the outbox's dead deliveries."""
+    return await _dead_letters(args, args.events_command, what="events")
+
+
+async def jobs(args: argparse.Namespace) -> int:
+    """``qunbuy jobs dead|redrive``: scheduled jobs that exhausted their attempts."""
+    return await _dead_letters(args, args.jobs_command, what="jobs")
+
+
+async def _dead_letters(args: argparse.Namespace, command: str, *, what: str) -> int:
     dbs = await asyncio.to_thread(open_databases, args.data_dir, [args.service])
     try:
         await wait_reachable(dbs.urls[args.service])
@@ -90,23 +101,25 @@ async def events(args: argparse.Namespace) -> int:
     engine = make_engine(dbs.urls[args.service], pool_size=1)
     tables = _tables(args.service)
     try:
-        if args.events_command == "redrive":
+        redrive = redrive_dead if what == "events" else redrive_dead_jobs
+        if command == "redrive":
             async with sessionmaker_for(engine)() as session, session.begin():
-                count = await redrive_dead(session, tables, ids=args.ids or None)
+                count = await redrive(session, tables, ids=args.ids or None)
             # Said only once committed: a failed commit must not read as done.
-            print(f"re-driven: {count} event deliveries")
+            print(f"re-driven: {count} {'event deliveries' if what == 'events' else 'jobs'}")
             return 0
-        o = tables.outbox
+        t = tables.outbox if what == "events" else tables.scheduled_job
+        columns = (
+            (t.c.id, t.c.event_type, t.c.subscriber, t.c.attempts, t.c.last_error)
+            if what == "events"
+            else (t.c.id, t.c.kind, t.c.key, t.c.attempts, t.c.last_error)
+        )
         async with engine.connect() as conn:
             rows = (
-                await conn.execute(
-                    select(o.c.id, o.c.event_type, o.c.subscriber, o.c.attempts, o.c.last_error)
-                    .where(o.c.status == "dead")
-                    .order_by(o.c.id)
-                )
+                await conn.execute(select(*columns).where(t.c.status == "dead").order_by(t.c.id))
             ).all()
         for row in rows:
-            print(f"{row.id}\t{row.event_type}\t{row.subscriber}\t{row.attempts}\t{row.last_error}")
+            print("\t".join(str(value) for value in row))
         print(f"dead: {len(rows)}")
         return 0
     except (OSError, TimeoutError) as exc:
@@ -117,7 +130,7 @@ async def events(args: argparse.Namespace) -> int:
     except DBAPIError as exc:
         reason = str(exc.orig if exc.orig is not None else exc).splitlines()[0]
         raise PlatformError(
-            f"the {args.service} database has no usable outbox ({reason}); "
+            f"the {args.service} database has no usable {what} table ({reason}); "
             "run `qunbuy migrate` first"
         ) from exc
     finally:

@@ -595,6 +595,33 @@ def insert_dead(url: str, event_type: str) -> int:
     return value
 
 
+def test_jobs_dead_and_redrive(db_env: dict[str, str], tmp_path: Path) -> None:
+    env = base_env(**db_env)
+    data = ["--data-dir", str(tmp_path / "data")]
+    assert run(["migrate", *data], env, tmp_path).proc.returncode == 0
+    referrals = urls(db_env)["referrals"]
+    insert = (
+        "INSERT INTO scheduled_job (kind, key, run_at, payload, status, attempts, last_error)"
+        " VALUES (:kind, :key, now(), CAST('{}' AS jsonb), :status, 10, 'RuntimeError: boom')"
+        " RETURNING id"
+    )
+    key = uuid.uuid4().hex[:8]
+    [(dead_id,)] = sql(referrals, insert, kind="campaign.close", key=key, status="dead")
+    sql(referrals, insert, kind="campaign.close", key=key + "-ok", status="pending")
+
+    listed = run(["jobs", "dead", "--service", "referrals", *data], env, tmp_path)
+    assert listed.proc.returncode == 0, listed.stderr
+    assert listed.stdout.strip().splitlines() == [
+        f"{dead_id}\tcampaign.close\t{key}\t10\tRuntimeError: boom",
+        "dead: 1",
+    ]
+    redriven = run(["jobs", "redrive", "--service", "referrals", *data], env, tmp_path)
+    assert redriven.proc.returncode == 0, redriven.stderr
+    assert redriven.stdout.startswith("re-driven: 1 jobs")
+    state = sql(referrals, "SELECT status, attempts FROM scheduled_job WHERE id = :id", id=dead_id)
+    assert state == [("pending", 0)]
+
+
 def test_events_dead_and_redrive(db_env: dict[str, str], tmp_path: Path) -> None:
     env = base_env(**db_env)
     data = ["--data-dir", str(tmp_path / "data")]
