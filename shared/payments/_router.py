@@ -14,7 +14,6 @@ from fastapi import APIRouter, Depends, Header, Request, status
 from fastapi.responses import JSONResponse
 
 from shared.auth import CurrentUser, Principal, ensure_staff_of, require_roles
-from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, problem_response, responses
 from shared.idempotency import IDEMPOTENCY_ERRORS, IdempotencyKeyRequired
 from shared.money import UnknownCurrency
@@ -367,17 +366,17 @@ def webhook_router() -> APIRouter:
         description=(
             "Verifies the `Stripe-Signature` header with the endpoint secret, records the "
             "event id once and applies it in the same transaction. Redeliveries, late and "
-            "unknown events answer 200 without effect."
+            "unknown events answer 200 without effect; a body that is not a well-formed "
+            "event is 400."
         ),
         responses=responses(PaymentsNotConfigured, WebhookSignatureInvalid, WebhookPayloadInvalid),
     )
     async def receive(
         request: Request,
-        session: SessionDep,
         ctx: PaymentsDep,
         signature: Annotated[str | None, Header(alias=SIGNATURE_HEADER)] = None,
     ) -> WebhookReceipt:
-        result = await handle_webhook(session, ctx, await request.body(), signature)
+        result = await handle_webhook(ctx, await request.body(), signature)
         return WebhookReceipt(
             event_id=result.event_id, event_type=result.event_type, status=result.status
         )

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.payments import _repository as repo
 from shared.payments._provider import (
+    ProviderPayment,
     ProviderRefund,
     ProviderSetup,
     dispute_from_object,
@@ -24,7 +25,6 @@ from shared.payments._state import (
     PaymentContext,
     _announce,
     _apply_payment,
-    _provider_call,
     _record_refund,
 )
 
@@ -34,7 +34,11 @@ WebhookOutcome = Literal["applied", "ignored", "unknown_object", "stale"]
 
 
 async def apply_webhook_event(
-    session: AsyncSession, ctx: PaymentContext, event: Mapping[str, Any]
+    session: AsyncSession,
+    ctx: PaymentContext,
+    event: Mapping[str, Any],
+    *,
+    snapshot: ProviderPayment | None = None,
 ) -> WebhookOutcome:
     """Applies one verified, first-seen provider event. Never raises for events that are
     late, repeated or about objects this service does not know."""
@@ -45,11 +49,11 @@ async def apply_webhook_event(
     if object_type == "payment_intent":
         return await _on_intent(session, ctx, obj, event_id, event_at)
     if object_type == "refund":
-        return await _on_refund(session, ctx, refund_from_object(obj), event_id)
+        return await _on_refund(session, ctx, refund_from_object(obj), event_id, snapshot)
     if object_type == "charge":
-        return await _on_charge(session, ctx, obj, event_id)
+        return await _on_charge(session, ctx, obj, event_id, snapshot)
     if object_type == "dispute":
-        return await _on_dispute(session, ctx, obj, event_id)
+        return await _on_dispute(session, ctx, obj, event_id, snapshot)
     if object_type == "setup_intent":
         return await _on_setup(session, ctx, setup_from_intent(obj))
     return "ignored"
@@ -92,31 +96,55 @@ async def _payment_for(
     return None
 
 
+class NeedsSnapshot(Exception):
+    """The event needs the provider's current view of a payment. Raised inside the event's
+    transaction, which rolls back; the caller reads the snapshot with no transaction open and
+    applies the event again with it (no connection or lock is held while the provider works).
+    """
+
+    def __init__(self, provider_payment_id: str) -> None:
+        super().__init__(provider_payment_id)
+        self.provider_payment_id = provider_payment_id
+
+
 async def _catch_up(
-    session: AsyncSession, ctx: PaymentContext, row: PaymentRow, event_id: str
+    session: AsyncSession,
+    ctx: PaymentContext,
+    row: PaymentRow,
+    event_id: str,
+    snapshot: ProviderPayment | None,
 ) -> PaymentRow:
     """An event says more than we know (a refund of a payment we have not seen succeed):
-    read the payment from the provider instead of waiting for the events in between."""
+    apply the provider's current view instead of waiting for the events in between."""
     assert row.provider_payment_id is not None
-    pp = await _provider_call(ctx.provider.retrieve_payment(row.provider_payment_id))
-    return await _apply_payment(session, ctx, row, pp, source="webhook", event_id=event_id)
+    if snapshot is None or snapshot.id != row.provider_payment_id:
+        raise NeedsSnapshot(row.provider_payment_id)
+    return await _apply_payment(session, ctx, row, snapshot, source="webhook", event_id=event_id)
 
 
 async def _on_refund(
-    session: AsyncSession, ctx: PaymentContext, pr: ProviderRefund, event_id: str
+    session: AsyncSession,
+    ctx: PaymentContext,
+    pr: ProviderRefund,
+    event_id: str,
+    snapshot: ProviderPayment | None,
 ) -> WebhookOutcome:
     row = await _payment_for(session, ctx, pr.payment_id, None)
     if row is None:
         return "unknown_object"
     if row.status != "succeeded":
-        await _catch_up(session, ctx, row, event_id)
+        await _catch_up(session, ctx, row, event_id, snapshot)
         return "applied"
     await _record_refund(session, ctx, row, pr, requested_by="provider")
     return "applied"
 
 
 async def _on_charge(
-    session: AsyncSession, ctx: PaymentContext, obj: Mapping[str, Any], event_id: str
+    session: AsyncSession,
+    ctx: PaymentContext,
+    obj: Mapping[str, Any],
+    event_id: str,
+    snapshot: ProviderPayment | None,
 ) -> WebhookOutcome:
     intent_id = obj.get("payment_intent")
     row = await _payment_for(
@@ -130,19 +158,23 @@ async def _on_charge(
         return "ignored"
     # Refunds we have not seen (API versions that embed no refund list, or a missed
     # refund event): the provider's list is the truth.
-    await _catch_up(session, ctx, row, event_id)
+    await _catch_up(session, ctx, row, event_id, snapshot)
     return "applied"
 
 
 async def _on_dispute(
-    session: AsyncSession, ctx: PaymentContext, obj: Mapping[str, Any], event_id: str
+    session: AsyncSession,
+    ctx: PaymentContext,
+    obj: Mapping[str, Any],
+    event_id: str,
+    snapshot: ProviderPayment | None,
 ) -> WebhookOutcome:
     dispute = dispute_from_object(obj)
     row = await _payment_for(session, ctx, dispute.payment_id, dispute.charge_id)
     if row is None:
         return "unknown_object"
     if row.status != "succeeded":
-        row = await _catch_up(session, ctx, row, event_id)
+        row = await _catch_up(session, ctx, row, event_id, snapshot)
     if (
         row.dispute_id == dispute.id
         and row.dispute_status in _CLOSED_DISPUTES

@@ -13,12 +13,16 @@ from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.payments import _repository as repo
-from shared.payments._errors import WebhookPayloadInvalid, WebhookSignatureInvalid
-from shared.payments._state import PaymentContext
-from shared.payments._webhook_handlers import apply_webhook_event
+from shared.payments._errors import (
+    PaymentProviderUnavailable,
+    WebhookPayloadInvalid,
+    WebhookSignatureInvalid,
+)
+from shared.payments._provider import ProviderPayment
+from shared.payments._state import PaymentContext, _provider_call
+from shared.payments._webhook_handlers import NeedsSnapshot, apply_webhook_event
 from shared.text import unstorable_reason
 
 __all__ = [
@@ -134,34 +138,50 @@ def _parse(body: bytes) -> dict[str, Any]:
     return event
 
 
-async def handle_webhook(
-    session: AsyncSession, ctx: PaymentContext, body: bytes, signature: str | None
-) -> WebhookResult:
+async def handle_webhook(ctx: PaymentContext, body: bytes, signature: str | None) -> WebhookResult:
+    """Verifies, records once and applies a provider event, each attempt in a short
+    transaction of its own. An event that needs the provider's current view of a payment
+    rolls its attempt back, the view is read with no transaction open, and the event is
+    applied again with it: no connection or row lock is held while the provider answers."""
     verify_signature(body, signature, ctx.provider.webhook_secret)
     event = _parse(body)
+    snapshot: ProviderPayment | None = None
+    for _ in range(3):
+        try:
+            return await _record_and_apply(ctx, event, snapshot)
+        except NeedsSnapshot as need:
+            snapshot = await _provider_call(ctx.provider.retrieve_payment(need.provider_payment_id))
+    # The payment kept changing under us: the provider resends the event later.
+    raise PaymentProviderUnavailable("the payment changed while the event was applied")
+
+
+async def _record_and_apply(
+    ctx: PaymentContext, event: dict[str, Any], snapshot: ProviderPayment | None
+) -> WebhookResult:
     obj = event["data"]["object"]
     object_id = obj.get("id")
-    inserted = await repo.insert_inbox(
-        session,
-        ctx.tables,
-        provider=ctx.provider.name,
-        event_id=event["id"],
-        event_type=event["type"],
-        object_id=object_id if _id_like(object_id, limit=255) else None,
-        event_created_at=datetime.fromtimestamp(event["created"], UTC),
-        payload=event,
-    )
-    if not inserted:
-        return WebhookResult(event["id"], event["type"], "duplicate")
-    try:
-        async with session.begin_nested():
-            outcome: str = await apply_webhook_event(session, ctx, event)
-    except (KeyError, TypeError, ValueError, OverflowError):
-        # A signed event whose object is not the shape its type promises: kept in the inbox
-        # for whoever investigates, and acknowledged so that the provider stops resending it.
-        _log.warning("webhook_invalid_object", event_id=event["id"], type=event["type"])
-        outcome = "invalid"
-    await repo.set_inbox_outcome(session, ctx.tables, ctx.provider.name, event["id"], outcome)
+    async with ctx.transaction() as session:
+        inserted = await repo.insert_inbox(
+            session,
+            ctx.tables,
+            provider=ctx.provider.name,
+            event_id=event["id"],
+            event_type=event["type"],
+            object_id=object_id if _id_like(object_id, limit=255) else None,
+            event_created_at=datetime.fromtimestamp(event["created"], UTC),
+            payload=event,
+        )
+        if not inserted:
+            return WebhookResult(event["id"], event["type"], "duplicate")
+        try:
+            async with session.begin_nested():
+                outcome: str = await apply_webhook_event(session, ctx, event, snapshot=snapshot)
+        except (KeyError, TypeError, ValueError, OverflowError):
+            # A signed event whose object is not the shape its type promises: kept in the
+            # inbox for whoever investigates, and acknowledged so the provider stops resending.
+            _log.warning("webhook_invalid_object", event_id=event["id"], type=event["type"])
+            outcome = "invalid"
+        await repo.set_inbox_outcome(session, ctx.tables, ctx.provider.name, event["id"], outcome)
     if outcome != "applied":
         _log.info("webhook_not_applied", event_id=event["id"], type=event["type"], outcome=outcome)
     return WebhookResult(event["id"], event["type"], cast(Outcome, outcome))

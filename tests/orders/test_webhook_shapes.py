@@ -151,3 +151,71 @@ class TestRecordedAndIgnored:
         assert response.status_code == 200, response.text
         assert response.json()["status"] == "ignored"
         assert json.loads(body)["id"] == payload["id"]
+
+
+class Watching:
+    """The simulated provider, noting how many of the service's pooled connections are
+    checked out whenever it is asked for a payment's current state."""
+
+    def __init__(self, real: Any, pool: Any) -> None:
+        self._real = real
+        self._pool = pool
+        self.held_during_reads: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    async def retrieve_payment(self, payment_id: str) -> Any:
+        self.held_during_reads.append(self._pool.checkedout())
+        return await self._real.retrieve_payment(payment_id)
+
+
+async def test_an_event_that_needs_the_providers_view_holds_no_connection_while_reading_it(
+    sim_orders: PaymentsApp, auth: TokenFactory
+) -> None:
+    from dataclasses import replace
+
+    ctx = sim_orders.ctx
+    started = await sim_orders.post(
+        "/v1/payments",
+        {
+            "reference": new_reference(),
+            "merchant_id": new_merchant(),
+            "amount": 1000,
+            "currency": "CNY",
+            "payment_method": "pm_card_succeedLater",
+        },
+        auth("customer"),
+    )
+    payment = started.json()
+    assert payment["status"] == "processing"
+    intent = payment["provider_payment_id"]
+    # At the provider the payment succeeds and is refunded; we hear of the refund first.
+    await ctx.provider.settle_due()  # type: ignore[attr-defined]
+    refund = await ctx.provider.create_refund(
+        intent, amount=400, reason=None, metadata={}, idempotency_key=uuid.uuid4().hex
+    )
+    watching = Watching(ctx.provider, sim_orders.app.state.engine.pool)
+    sim_orders.app.state.payments = replace(ctx, provider=watching)
+    refund_event = event(
+        "refund.created",
+        {
+            "id": refund.id,
+            "object": "refund",
+            "amount": 400,
+            "currency": "cny",
+            "payment_intent": intent,
+            "status": "succeeded",
+            "metadata": {},
+        },
+    )
+    body, headers = signed(refund_event, SIMULATED_WEBHOOK_SECRET)
+
+    answered = await sim_orders.client.post(WEBHOOK, content=body, headers=headers)
+
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["status"] == "applied"
+    assert watching.held_during_reads == [0]
+    after = await sim_orders.client.get(f"/v1/payments/{payment['id']}", headers=auth("admin"))
+    assert after.json()["status"] == "succeeded"
+    assert after.json()["amount_refunded"] == 400
