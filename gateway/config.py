@@ -4,12 +4,12 @@ from functools import lru_cache
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from shared.limits import RequestLimits
+from shared.limits import LimitSettings
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(LimitSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
 
     mode: Literal["embedded", "production"] = Field("production", alias="QUNBUY_MODE")
@@ -26,21 +26,6 @@ class GatewaySettings(BaseSettings):
     upstream_read_timeout: float = Field(30.0, alias="UPSTREAM_READ_TIMEOUT")
     upstream_pool_size: int = Field(200, alias="UPSTREAM_POOL_SIZE")
     log_level: str = Field("INFO", alias="LOG_LEVEL")
-    # Request limits (shared/limits.py), enforced before anything is buffered or proxied.
-    max_body_bytes: int = Field(1024 * 1024, alias="MAX_BODY_BYTES", gt=0)
-    max_headers: int = Field(100, alias="MAX_HEADERS", gt=0)
-    max_header_bytes: int = Field(32 * 1024, alias="MAX_HEADER_BYTES", gt=0)
-    body_timeout_seconds: float = Field(30.0, alias="BODY_TIMEOUT_SECONDS", gt=0)
-    body_idle_timeout_seconds: float = Field(10.0, alias="BODY_IDLE_TIMEOUT_SECONDS", gt=0)
-
-    def request_limits(self) -> RequestLimits:
-        return RequestLimits(
-            max_body_bytes=self.max_body_bytes,
-            max_headers=self.max_headers,
-            max_header_bytes=self.max_header_bytes,
-            body_timeout_seconds=self.body_timeout_seconds,
-            body_idle_timeout_seconds=self.body_idle_timeout_seconds,
-        )
 
     @property
     def dev_login_enabled(self) -> bool:

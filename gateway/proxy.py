@@ -35,6 +35,7 @@ from shared.limits import (
     drain,
     limited_receive,
     preflight,
+    read_body,
     send_body_timeout,
     send_too_large,
 )
@@ -279,7 +280,7 @@ class Gateway:
         data: bytes | AsyncIterator[bytes] | None = None
         try:
             if length is not None and length <= _WHOLE:
-                data = await _read_whole(body_receive)
+                data = await read_body(body_receive)
                 if data is None:
                     return  # the client went away
                 headers["content-length"] = str(len(data))
@@ -365,18 +366,6 @@ def _request_id(scope: Scope) -> str:
                 return str(value.decode("ascii"))
             break
     return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
-
-
-async def _read_whole(receive: Receive) -> bytes | None:
-    chunks: list[bytes] = []
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        more = message.get("more_body", False)
-    return b"".join(chunks)
 
 
 async def _stream(receive: Receive) -> AsyncIterator[bytes]:

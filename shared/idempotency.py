@@ -40,6 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.auth import TokenVerifier
 from shared.errors import BadRequest, DomainError, send_problem
+from shared.limits import read_body
 from shared.openapi import REQUIRED_MARK
 from shared.tables import PlatformTables
 
@@ -132,7 +133,7 @@ class IdempotencyMiddleware:
             None,
         )
 
-        body = await _read_body(receive)
+        body = await read_body(receive)
         if body is None:
             return
 
@@ -221,19 +222,6 @@ def _printable_target(scope: Scope) -> str:
     query = scope.get("query_string") or b""
     target = raw + (b"?" + query if query else b"")
     return quote(target, safe=_TARGET_SAFE)
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body, or None when the client went away first."""
-    chunks: list[bytes] = []
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        more = message.get("more_body", False)
-    return b"".join(chunks)
 
 
 async def _send_replay(send: Send, stored: Stored) -> None:

@@ -22,6 +22,8 @@ import contextlib
 import time
 from dataclasses import dataclass
 
+from pydantic import Field
+from pydantic_settings import BaseSettings
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,12 +32,14 @@ from shared.errors import send_problem
 __all__ = [
     "BodyTimeout",
     "BodyTooLarge",
+    "LimitSettings",
     "RequestLimits",
     "RequestLimitsMiddleware",
     "declared_length",
     "drain",
     "header_problem",
     "limited_receive",
+    "read_body",
 ]
 
 
@@ -48,6 +52,25 @@ class RequestLimits:
     # be longer than body_idle_timeout.
     body_timeout_seconds: float = 30.0
     body_idle_timeout_seconds: float = 10.0
+
+
+class LimitSettings(BaseSettings):
+    """The limits' settings, the same names and defaults in the gateway and every service."""
+
+    max_body_bytes: int = Field(1024 * 1024, alias="MAX_BODY_BYTES", gt=0)
+    max_headers: int = Field(100, alias="MAX_HEADERS", gt=0)
+    max_header_bytes: int = Field(32 * 1024, alias="MAX_HEADER_BYTES", gt=0)
+    body_timeout_seconds: float = Field(30.0, alias="BODY_TIMEOUT_SECONDS", gt=0)
+    body_idle_timeout_seconds: float = Field(10.0, alias="BODY_IDLE_TIMEOUT_SECONDS", gt=0)
+
+    def request_limits(self) -> RequestLimits:
+        return RequestLimits(
+            max_body_bytes=self.max_body_bytes,
+            max_headers=self.max_headers,
+            max_header_bytes=self.max_header_bytes,
+            body_timeout_seconds=self.body_timeout_seconds,
+            body_idle_timeout_seconds=self.body_idle_timeout_seconds,
+        )
 
 
 class BodyTooLarge(HTTPException):
@@ -120,6 +143,19 @@ def limited_receive(receive: Receive, limits: RequestLimits) -> Receive:
 # data makes the kernel send RST).
 _DRAIN_BYTES = 8 * 1024 * 1024
 _DRAIN_SECONDS = 1.0
+
+
+async def read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None when the client went away first."""
+    chunks: list[bytes] = []
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
 
 
 async def drain(receive: Receive) -> None:

@@ -10,16 +10,16 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from shared.limits import RequestLimits
+from shared.limits import LimitSettings
 
 __all__ = ["DEV_EVENT_SECRET", "ServiceSettings"]
 
 DEV_EVENT_SECRET = "dev-only-event-signing-secret"  # noqa: S105 - embedded mode only
 
 
-class ServiceSettings(BaseSettings):
+class ServiceSettings(LimitSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
 
     mode: Literal["embedded", "production"] = Field("production", alias="QUNBUY_MODE")
@@ -41,21 +41,6 @@ class ServiceSettings(BaseSettings):
     event_backoff_max_seconds: float = Field(600.0, alias="EVENT_BACKOFF_MAX_SECONDS")
     log_level: str = Field("INFO", alias="LOG_LEVEL")
     db_pool_size: int = Field(10, alias="DB_POOL_SIZE")
-    # Request limits (shared/limits.py): the same names and defaults as the gateway's.
-    max_body_bytes: int = Field(1024 * 1024, alias="MAX_BODY_BYTES", gt=0)
-    max_headers: int = Field(100, alias="MAX_HEADERS", gt=0)
-    max_header_bytes: int = Field(32 * 1024, alias="MAX_HEADER_BYTES", gt=0)
-    body_timeout_seconds: float = Field(30.0, alias="BODY_TIMEOUT_SECONDS", gt=0)
-    body_idle_timeout_seconds: float = Field(10.0, alias="BODY_IDLE_TIMEOUT_SECONDS", gt=0)
-
-    def request_limits(self) -> RequestLimits:
-        return RequestLimits(
-            max_body_bytes=self.max_body_bytes,
-            max_headers=self.max_headers,
-            max_header_bytes=self.max_header_bytes,
-            body_timeout_seconds=self.body_timeout_seconds,
-            body_idle_timeout_seconds=self.body_idle_timeout_seconds,
-        )
 
     @model_validator(mode="after")
     def _secrets(self) -> ServiceSettings:

@@ -41,10 +41,10 @@ from shared.payments._state import (
     _locked,
     _metadata,
     _provider_call,
-    _record_created,
     _record_intent,
     _record_refund,
     _refund_id,
+    create_at_provider,
     idempotency_key,
 )
 
@@ -108,15 +108,9 @@ async def create_payment(
             payment_method=payment_method,
         )
         key = idempotency_key(ctx.service, "payment", payment_id, "create")
-        try:
-            pp = await _provider_call(ctx.provider.create_payment(request, idempotency_key=key))
-        except PaymentProviderRejected:
-            # The provider made nothing: neither do we (a retry may run afresh).
-            async with ctx.transaction() as session:
-                await repo.delete_unsent_payment(session, ctx.tables, payment_id)
-            raise
-        async with ctx.transaction() as session:
-            row = await _record_created(session, ctx, payment_id, pp)
+        row = await create_at_provider(
+            ctx, payment_id, ctx.provider.create_payment(request, idempotency_key=key)
+        )
     if payment_method is not None and row.status == "requires_confirmation":
         assert row.provider_payment_id is not None
         key = idempotency_key(ctx.service, "payment", payment_id, "confirm:initial")

@@ -7,7 +7,6 @@ from typing import Any
 
 from shared.payments import _repository as repo
 from shared.payments._errors import (
-    PaymentProviderRejected,
     PaymentSetupNotFound,
     PaymentSetupNotUsable,
 )
@@ -22,8 +21,8 @@ from shared.payments._state import (
     _check_amount,
     _metadata,
     _provider_call,
-    _record_created,
     _record_intent,
+    create_at_provider,
     idempotency_key,
     new_payment_id,
 )
@@ -171,11 +170,6 @@ async def charge_off_session(
         payment_method=setup.payment_method_id,
     )
     key = idempotency_key(ctx.service, "payment", payment_id, "charge_off_session")
-    try:
-        pp = await _provider_call(ctx.provider.charge_off_session(request, idempotency_key=key))
-    except PaymentProviderRejected:
-        async with ctx.transaction() as session:
-            await repo.delete_unsent_payment(session, ctx.tables, payment_id)
-        raise
-    async with ctx.transaction() as session:
-        return await _record_created(session, ctx, payment_id, pp)
+    return await create_at_provider(
+        ctx, payment_id, ctx.provider.charge_off_session(request, idempotency_key=key)
+    )

@@ -481,3 +481,19 @@ async def _record_created(
             source="api",
         )
     return await _apply_payment(session, ctx, row, pp, source="api")
+
+
+async def create_at_provider(
+    ctx: PaymentContext, payment_id: uuid.UUID, call: Awaitable[ProviderPayment]
+) -> PaymentRow:
+    """Step two and three of a recorded intent: the provider creates the payment (no
+    connection held meanwhile), then its answer is recorded. A definite refusal removes the
+    intent: the provider made nothing, and neither do we (a retry may run afresh)."""
+    try:
+        pp = await _provider_call(call)
+    except PaymentProviderRejected:
+        async with ctx.transaction() as session:
+            await repo.delete_unsent_payment(session, ctx.tables, payment_id)
+        raise
+    async with ctx.transaction() as session:
+        return await _record_created(session, ctx, payment_id, pp)
