@@ -396,6 +396,14 @@ async def _relay_response(
     scope: Scope, send: Send, service: str, upstream: aiohttp.ClientResponse
 ) -> None:
     headers = _response_headers(upstream)
+    if scope["method"] == "HEAD":
+        # No body follows; the length is the one a GET would have had.
+        upstream.release()
+        if upstream.content_length is not None:
+            headers.append((b"content-length", str(upstream.content_length).encode()))
+        await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+        return
     if upstream.content_length is not None and upstream.content_length <= _WHOLE:
         # Small bodies (nearly every API answer): read once, send with Content-Length.
         try:

@@ -107,6 +107,16 @@ class TestHeaders:
         received = dict(response.json()["headers"])["x-display-name"].encode("latin-1")
         assert received == value
 
+    async def test_head_answers_carry_the_length_a_get_would_have(
+        self, gateway: tuple[str, Process]
+    ) -> None:
+        async with httpx.AsyncClient(base_url=gateway[0]) as client:
+            got = await client.get("/v1/orders/echo", headers={"x-fixed": "1"})
+            head = await client.head("/v1/orders/echo", headers={"x-fixed": "1"})
+        assert head.status_code == 200
+        assert head.content == b""
+        assert head.headers["content-length"] == got.headers["content-length"] != "0"
+
     async def test_five_thousand_headers_are_refused(self, gateway: tuple[str, Process]) -> None:
         async with httpx.AsyncClient(base_url=gateway[0]) as client:
             response = await client.get(
