@@ -22,7 +22,7 @@ from shared.idempotency import IdempotencyMiddleware, purge_expired
 from shared.limits import RequestLimitsMiddleware
 from shared.observability import RequestContextMiddleware, configure_logging, metrics_endpoint
 from shared.openapi import install_openapi
-from shared.scheduler import JobHandler, JobRunner
+from shared.scheduler import Detached, JobHandler, JobRunner
 from shared.settings import ServiceSettings
 from shared.tables import PlatformTables
 from shared.wakeup import WorkSignal, wait_for_work
@@ -44,7 +44,7 @@ class ServiceSpec:
     # again (None: no opinion); it also runs whenever a NOTIFY wakes the worker.
     periodic: Sequence[Callable[[FastAPI], Awaitable[float | None]]] = ()
     # Scheduled work (shared/scheduler.py): a handler per job kind.
-    jobs: Mapping[str, JobHandler] = field(default_factory=dict)
+    jobs: Mapping[str, JobHandler | Detached] = field(default_factory=dict)
     on_startup: Sequence[Startup] = ()
     on_shutdown: Sequence[Startup] = ()
 
@@ -83,7 +83,9 @@ async def _worker(app: FastAPI, spec: ServiceSpec, signal: WorkSignal, stop: asy
     settings: ServiceSettings = app.state.settings
     relay = _relay_for(app)
     runner = JobRunner(
-        sessionmaker=app.state.sessionmaker, tables=app.state.tables, handlers=spec.jobs
+        sessionmaker=app.state.sessionmaker,
+        tables=app.state.tables,
+        handlers=app.state.job_handlers,
     )
 
     async def run_scheduled_jobs(_: FastAPI) -> float | None:
@@ -152,6 +154,7 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
     app = FastAPI(title=spec.title, version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.tables = spec.tables
+    app.state.job_handlers = spec.jobs
     app.state.service_name = spec.name
     if settings.jwt_public_key_file:
         app.state.token_verifier = TokenVerifier.from_file(

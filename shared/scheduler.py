@@ -37,7 +37,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.tables import PlatformTables
 from shared.wakeup import notify_work
 
-__all__ = ["Job", "JobHandler", "JobPolicy", "JobRunner", "cancel", "redrive_dead", "schedule"]
+__all__ = [
+    "Detached",
+    "Job",
+    "JobHandler",
+    "JobPolicy",
+    "JobRunner",
+    "cancel",
+    "redrive_dead",
+    "schedule",
+]
 
 _log = structlog.get_logger("qunbuy.scheduler")
 
@@ -53,6 +62,17 @@ class Job:
 
 
 JobHandler = Callable[[AsyncSession, Job], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Detached:
+    """A handler that runs outside any transaction: work that waits on someone else (a
+    payment provider's refund) must not hold a connection or a lock meanwhile. The lease
+    keeps other workers off while it runs; the job is marked done after it returns. Like
+    every handler it must be idempotent: a lease that runs out lets another worker start it
+    again (provider idempotency keys make that safe)."""
+
+    run: Callable[[Job], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -125,7 +145,7 @@ class JobRunner:
         *,
         sessionmaker: async_sessionmaker[AsyncSession],
         tables: PlatformTables,
-        handlers: Mapping[str, JobHandler],
+        handlers: Mapping[str, JobHandler | Detached],
         policy: JobPolicy | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
@@ -166,20 +186,25 @@ class JobRunner:
     async def _run(self, job: Job) -> None:
         t = self.table
         mine = and_(t.c.id == job.id, t.c.status == "pending", t.c.attempts == job.attempts)
+        done = {"status": "done", "finished_at": func.now(), "locked_until": None}
         try:
+            handler = self.handlers.get(job.kind)
+            if handler is None:
+                raise LookupError(f"no handler for jobs of kind {job.kind!r}")
+            if isinstance(handler, Detached):
+                async with self.sessionmaker() as session, session.begin():
+                    if await session.scalar(select(t.c.id).where(mine)) is None:
+                        return  # cancelled, or taken over after our lease ran out
+                await handler.run(job)
+                async with self.sessionmaker() as session, session.begin():
+                    await session.execute(update(t).where(mine).values(**done))
+                return
             async with self.sessionmaker() as session, session.begin():
                 held = await session.scalar(select(t.c.id).where(mine).with_for_update())
                 if held is None:
                     return  # cancelled, or taken over after our lease ran out
-                handler = self.handlers.get(job.kind)
-                if handler is None:
-                    raise LookupError(f"no handler for jobs of kind {job.kind!r}")
                 await handler(session, job)
-                await session.execute(
-                    update(t)
-                    .where(t.c.id == job.id)
-                    .values(status="done", finished_at=func.now(), locked_until=None)
-                )
+                await session.execute(update(t).where(t.c.id == job.id).values(**done))
         except Exception as exc:
             error = "".join(traceback.format_exception_only(exc)).strip()[:2000]
             values: dict[str, Any] = {"locked_until": None, "last_error": error}

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
+
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.orders.config import OrdersSettings, get_settings
 from services.orders.models import payments, platform
+from services.orders.orders import settlement
+from services.orders.orders.router import orders_router
+from services.orders.orders.service import (
+    COMPLETE_JOB,
+    EXPIRE_JOB,
+    REFERENCE_PREFIX,
+    REFUND_JOB,
+    Orders,
+)
+from services.orders.presales import service as presales
+from services.orders.presales.router import presales_router
 from shared.app import ServiceSpec, create_service_app
+from shared.events import EventPublisher
 from shared.payments import (
+    PaymentHooks,
     close_payments,
     install_payments,
     payments_router,
@@ -15,11 +32,39 @@ from shared.payments import (
     simulated_router,
     webhook_router,
 )
+from shared.scheduler import Detached, Job
 
 
 def create_app(settings: OrdersSettings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    routers = [payments_router(), webhook_router()]
+    orders = Orders(
+        service="orders",
+        platform=platform,
+        publisher=EventPublisher(
+            source="orders", tables=platform, subscribers=list(settings.subscribers())
+        ),
+        order_ttl=timedelta(minutes=settings.order_ttl_minutes),
+    )
+    hooks = PaymentHooks()
+    hooks.register(REFERENCE_PREFIX, orders.on_payment)
+    install = install_payments(payments, hooks)
+
+    async def startup(app: FastAPI) -> None:
+        await install(app)
+        orders.sessionmaker = app.state.sessionmaker
+        orders.payments = app.state.payments
+        app.state.orders = orders
+
+    async def open_campaign(session: AsyncSession, job: Job) -> None:
+        await presales.open_due(session, uuid.UUID(job.key))
+
+    async def close_campaign(session: AsyncSession, job: Job) -> None:
+        await settlement.close(orders, session, job)
+
+    async def balance_deadline(session: AsyncSession, job: Job) -> None:
+        await settlement.balance_deadline(orders, session, job)
+
+    routers = [presales_router(), orders_router(), payments_router(), webhook_router()]
     if settings.payment_provider == "simulated":
         routers.append(simulated_router())
     spec = ServiceSpec(
@@ -27,8 +72,16 @@ def create_app(settings: OrdersSettings | None = None) -> FastAPI:
         title="Qunbuy orders: pre-sales, group buys, pickup points",
         tables=platform,
         routers=routers,
-        on_startup=[install_payments(payments)],
+        on_startup=[startup],
         on_shutdown=[close_payments],
         periodic=[run_simulated_provider],
+        jobs={
+            presales.OPEN_JOB: open_campaign,
+            presales.CLOSE_JOB: close_campaign,
+            settlement.BALANCE_DEADLINE_JOB: balance_deadline,
+            EXPIRE_JOB: orders.expire,
+            COMPLETE_JOB: orders.complete,
+            REFUND_JOB: Detached(orders.run_refund),
+        },
     )
     return create_service_app(spec, settings)

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, TypeVar
+from datetime import datetime
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -30,6 +31,12 @@ __all__ = [
     "CONTRACTS",
     "EventHandlers",
     "EventPayload",
+    "OrderBalanceDue",
+    "OrderCancelled",
+    "OrderCompleted",
+    "OrderEvent",
+    "OrderPaid",
+    "OrderRefunded",
     "PaymentCanceled",
     "PaymentDisputeClosed",
     "PaymentDisputed",
@@ -168,6 +175,62 @@ class PaymentDisputeClosed(PaymentEvent, event_type="payment.dispute_closed"):
     dispute_id: str = Field(max_length=255)
     dispute_status: str = Field(max_length=32)
     dispute_amount: StrictInt | None = Field(None, ge=0, description="Minor units.")
+
+
+# --- orders (published by orders; referrals accrues, confirms and reverses on them) ---------
+
+
+class OrderEvent(EventPayload):
+    """What every order event says about the order."""
+
+    order_id: uuid.UUID
+    campaign_id: uuid.UUID = Field(description="The pre-sale campaign ordered from.")
+    merchant_id: str = Field(max_length=100)
+    customer_id: str = Field(max_length=100, description="The buyer.")
+    sku: str = Field(max_length=64)
+    quantity: StrictInt = Field(gt=0)
+    currency: str = Field(min_length=3, max_length=3, description="ISO 4217.")
+    referral_code: str | None = Field(None, max_length=64, description="Given when ordering.")
+    paid_total: StrictInt = Field(ge=0, description="Minor units paid so far, all payments.")
+    refunded_total: StrictInt = Field(ge=0, description="Minor units refunded so far.")
+
+
+class OrderPaid(OrderEvent, event_type="order.paid"):
+    """A payment of the order succeeded: the deposit, the full prepayment or the balance."""
+
+    stage: Literal["deposit", "full", "balance"]
+    amount: StrictInt = Field(gt=0, description="Minor units of this payment.")
+    fully_paid: bool = Field(description="Nothing more is due (full prepayment or balance).")
+
+
+class OrderBalanceDue(OrderEvent, event_type="order.balance_due"):
+    """The campaign reached its minimum: the balance is due (tell the customer)."""
+
+    final_unit_price: StrictInt = Field(gt=0, description="The tier reached (or early-bird).")
+    balance_amount: StrictInt = Field(gt=0, description="Minor units still to pay.")
+    due_by: datetime
+
+
+class OrderRefunded(OrderEvent, event_type="order.refunded"):
+    """Money went back to the buyer (``refunded_total`` includes ``amount``)."""
+
+    amount: StrictInt = Field(gt=0, description="Minor units refunded this time.")
+
+
+class OrderCompleted(OrderEvent, event_type="order.completed"):
+    """Delivered and past the return window: commissions on it can be settled."""
+
+
+class OrderCancelled(OrderEvent, event_type="order.cancelled"):
+    """The order ended without being fulfilled; refunds (if any) follow as order.refunded."""
+
+    reason: str = Field(
+        max_length=40,
+        description=(
+            "`expired`, `campaign_failed`, `campaign_cancelled`, `balance_unpaid`, `refunded`."
+        ),
+    )
+    forfeited_amount: StrictInt = Field(ge=0, description="A 定金 kept by the merchant.")
 
 
 # --- documentation ----------------------------------------------------------------------

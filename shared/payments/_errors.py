@@ -11,6 +11,7 @@ Exception tree::
      |    +-- RefundAmountInvalid           422 ``refund_amount_invalid``
      |    +-- RefundExceedsRefundable       422 ``refund_exceeds_refundable``
      |    +-- PaymentMethodUnavailable      422 ``payment_method_unavailable``
+     +-- PaymentReferenceReserved           422 ``payment_reference_reserved``
      +-- PaymentDeclined                    402 ``payment_declined``
      +-- PaymentNotFound                    404 ``payment_not_found``
      +-- PaymentSetupNotFound               404 ``payment_setup_not_found``
@@ -49,6 +50,7 @@ __all__ = [
     "PaymentNotRefundable",
     "PaymentProviderRejected",
     "PaymentProviderUnavailable",
+    "PaymentReferenceReserved",
     "PaymentSetupNotFound",
     "PaymentSetupNotUsable",
     "PaymentSimulationUnavailable",
@@ -103,6 +105,12 @@ class PaymentMethodUnavailable(PaymentError):
 
     code = "payment_method_unavailable"
     title = "This payment method cannot be used"
+
+
+class PaymentReferenceReserved(DomainError):
+    status = 422
+    code = "payment_reference_reserved"
+    title = "Payments for this reference are made by its own domain (for example, an order)"
 
 
 class PaymentDeclined(DomainError):

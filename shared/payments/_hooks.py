@@ -47,6 +47,10 @@ class PaymentHooks:
             raise ValueError(f"a hook for {prefix!r} is already registered (or it is empty)")
         self._hooks[prefix] = hook
 
+    def owns(self, reference: str) -> bool:
+        """Whether a domain owns ``reference``: its payments are made by that domain only."""
+        return any(reference.startswith(p) for p in self._hooks)
+
     async def run(self, session: AsyncSession, change: PaymentChange) -> None:
         reference = change.payment.reference
         matching = [p for p in self._hooks if reference.startswith(p)]

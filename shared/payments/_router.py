@@ -34,6 +34,7 @@ from shared.payments._errors import (
     PaymentNotRefundable,
     PaymentProviderRejected,
     PaymentProviderUnavailable,
+    PaymentReferenceReserved,
     PaymentSetupNotFound,
     PaymentSimulationUnavailable,
     PaymentsNotConfigured,
@@ -148,6 +149,7 @@ def payments_router() -> APIRouter:
             PaymentAmountInvalid,
             PaymentAmountAboveMaximum,
             CaptureMethodUnsupported,
+            PaymentReferenceReserved,
         ),
     )
     async def create_payment(
@@ -157,6 +159,8 @@ def payments_router() -> APIRouter:
         ctx: PaymentsDep,
         key: IdempotencyKeyRequired,
     ) -> JSONResponse:
+        if ctx.hooks.owns(body.reference):
+            raise PaymentReferenceReserved()
         payment_id = state.new_payment_id(ctx.service, "api", principal.sub, key)
         row = await service.create_payment(
             ctx,

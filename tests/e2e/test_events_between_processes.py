@@ -25,7 +25,7 @@ async def test_a_paid_payment_reaches_referrals_once_through_the_relay(
         response = await gw.post(
             "/v1/payments",
             json={
-                "reference": f"order:{uuid.uuid4().hex[:12]}",
+                "reference": f"test:{uuid.uuid4().hex[:12]}",
                 "merchant_id": "m_events",
                 "amount": 990,
                 "currency": "CNY",

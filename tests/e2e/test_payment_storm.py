@@ -85,7 +85,7 @@ async def test_a_thousand_concurrent_payments_on_one_process_all_get_true_answer
 
     def body(i: int) -> dict[str, Any]:
         return {
-            "reference": f"order:storm-{i}",
+            "reference": f"test:storm-{i}",
             "merchant_id": merchant,
             "amount": 100 + i,
             "currency": "CNY",

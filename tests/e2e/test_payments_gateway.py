@@ -28,7 +28,7 @@ async def test_a_payment_settles_through_the_worker_and_the_webhook(
     response = await gw.post(
         "/v1/payments",
         json={
-            "reference": f"order:{uuid.uuid4().hex[:12]}",
+            "reference": f"test:{uuid.uuid4().hex[:12]}",
             "merchant_id": "m_gateway",
             "amount": 1200,
             "currency": "CNY",

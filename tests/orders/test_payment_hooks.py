@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.orders.models import platform
-from shared.payments import PaymentChange
+from shared.payments import PaymentChange, PaymentRow, create_payment, new_payment_id
 from tests.conftest import TokenFactory
-from tests.factories import new_merchant, payment_request
+from tests.factories import new_merchant
 from tests.shared.payments.support import PaymentsApp
 
 
@@ -36,6 +37,23 @@ class Recorder:
             raise RuntimeError("the domain's own bug")
 
 
+async def domain_payment(
+    app: PaymentsApp, reference: str, *, payment_method: str = "pm_card_visa", key: str = ""
+) -> PaymentRow:
+    """A payment made the way a domain makes its own (the generic endpoint refuses references
+    that a domain's hook owns): through the payment service, with a deterministic id."""
+    return await create_payment(
+        app.ctx,
+        payment_id=new_payment_id("orders", "test", reference, key or uuid.uuid4().hex),
+        reference=reference,
+        merchant_id=new_merchant(),
+        customer_id="user_hooks",
+        amount=1000,
+        currency="CNY",
+        payment_method=payment_method,
+    )
+
+
 async def hook_rows(app: PaymentsApp, payment_id: str) -> list[str]:
     i = platform.inbox
     async with app.app.state.sessionmaker() as session:
@@ -49,64 +67,51 @@ async def test_the_hook_runs_once_when_the_api_answer_records_success(
     sim_orders: PaymentsApp, auth: TokenFactory
 ) -> None:
     orders, pledges = Recorder(), Recorder()
-    sim_orders.ctx.hooks.register("order:", orders)
+    sim_orders.ctx.hooks.register("test:", orders)
     sim_orders.ctx.hooks.register("pledge:", pledges)
-    reference = f"order:{uuid.uuid4().hex[:10]}"
-    payer = auth("customer")
+    reference = f"test:{uuid.uuid4().hex[:10]}"
     key = uuid.uuid4().hex
 
-    request = payment_request(reference=reference)
-    paid = await sim_orders.post("/v1/payments", request, payer, key=key)
-    replay = await sim_orders.post("/v1/payments", request, payer, key=key)
+    paid = await domain_payment(sim_orders, reference, key=key)
+    replay = await domain_payment(sim_orders, reference, key=key)
 
-    assert paid.status_code == replay.status_code == 201
+    assert paid.id == replay.id
+    assert paid.status == replay.status == "succeeded"
     assert orders.calls == [("succeeded", reference)]
     assert pledges.calls == []
-    assert await hook_rows(sim_orders, paid.json()["id"]) == ["payment.succeeded"]
+    assert await hook_rows(sim_orders, str(paid.id)) == ["payment.succeeded"]
 
 
 async def test_the_hook_runs_for_news_that_a_webhook_brings(
     sim_orders: PaymentsApp, auth: TokenFactory
 ) -> None:
     hook = Recorder()
-    sim_orders.ctx.hooks.register("order:", hook)
-    reference = f"order:{uuid.uuid4().hex[:10]}"
-    started = await sim_orders.post(
-        "/v1/payments",
-        payment_request(reference=reference, payment_method="pm_card_succeedLater"),
-        auth("customer"),
-    )
-    assert started.json()["status"] == "processing"
+    sim_orders.ctx.hooks.register("test:", hook)
+    reference = f"test:{uuid.uuid4().hex[:10]}"
+    started = await domain_payment(sim_orders, reference, payment_method="pm_card_succeedLater")
+    assert started.status == "processing"
     assert hook.calls == []
 
     await sim_orders.tick()  # the provider settles; its webhook reaches the service
 
     assert hook.calls == [("succeeded", reference)]
-    assert await hook_rows(sim_orders, started.json()["id"]) == ["payment.succeeded"]
+    assert await hook_rows(sim_orders, str(started.id)) == ["payment.succeeded"]
 
 
 async def test_refunds_and_declines_reach_the_hook(
     sim_orders: PaymentsApp, auth: TokenFactory
 ) -> None:
     hook = Recorder()
-    sim_orders.ctx.hooks.register("order:", hook)
-    declined_ref = f"order:{uuid.uuid4().hex[:10]}"
-    declined = await sim_orders.post(
-        "/v1/payments",
-        payment_request(reference=declined_ref, payment_method="pm_card_chargeDeclined"),
-        auth("customer"),
+    sim_orders.ctx.hooks.register("test:", hook)
+    declined_ref = f"test:{uuid.uuid4().hex[:10]}"
+    declined = await domain_payment(
+        sim_orders, declined_ref, payment_method="pm_card_chargeDeclined"
     )
-    assert declined.status_code == 402
-    merchant = new_merchant()
-    paid_ref = f"order:{uuid.uuid4().hex[:10]}"
-    paid = await sim_orders.post(
-        "/v1/payments", payment_request(reference=paid_ref, merchant_id=merchant), auth("customer")
-    )
-    refund = await sim_orders.post(
-        f"/v1/payments/{paid.json()['id']}/refunds",
-        {"amount": 500},
-        auth("staff", merchant_id=merchant),
-    )
+    assert declined.failure_code is not None
+    paid_ref = f"test:{uuid.uuid4().hex[:10]}"
+    paid = await domain_payment(sim_orders, paid_ref)
+    staff = auth("staff", merchant_id=paid.merchant_id)
+    refund = await sim_orders.post(f"/v1/payments/{paid.id}/refunds", {"amount": 500}, staff)
     assert refund.status_code == 201, refund.text
 
     assert hook.calls == [
@@ -120,14 +125,12 @@ async def test_a_failing_hook_rolls_the_change_back_and_the_retry_applies_it(
     sim_orders: PaymentsApp, auth: TokenFactory
 ) -> None:
     hook = Recorder(fail=True)
-    sim_orders.ctx.hooks.register("order:", hook)
-    reference = f"order:{uuid.uuid4().hex[:10]}"
-    payer = auth("customer")
+    sim_orders.ctx.hooks.register("test:", hook)
+    reference = f"test:{uuid.uuid4().hex[:10]}"
     key = uuid.uuid4().hex
 
-    request = payment_request(reference=reference)
-    failed = await sim_orders.post("/v1/payments", request, payer, key=key)
-    assert failed.status_code == 500
+    with pytest.raises(RuntimeError, match="the domain's own bug"):
+        await domain_payment(sim_orders, reference, key=key)
     p = sim_orders.ctx.tables.payment
     async with sim_orders.app.state.sessionmaker() as session:
         status = await session.scalar(select(p.c.status).where(p.c.reference == reference))
@@ -138,9 +141,8 @@ async def test_a_failing_hook_rolls_the_change_back_and_the_retry_applies_it(
     assert succeeded == 0
 
     hook.fail = False
-    retried = await sim_orders.post("/v1/payments", request, payer, key=key)
-    assert retried.status_code == 201, retried.text
-    assert retried.json()["status"] == "succeeded"
-    assert await hook_rows(sim_orders, retried.json()["id"]) == ["payment.succeeded"]
+    retried = await domain_payment(sim_orders, reference, key=key)
+    assert retried.status == "succeeded"
+    assert await hook_rows(sim_orders, str(retried.id)) == ["payment.succeeded"]
     intents = await sim_orders.provider_intents(reference=reference)
     assert len(intents) == 1  # the retry resumed the same payment: charged once

@@ -230,7 +230,7 @@ def payments_env(provider: str, **extra: str) -> dict[str, str]:
 
 
 def new_reference() -> str:
-    return f"order:{uuid.uuid4().hex[:12]}"
+    return f"test:{uuid.uuid4().hex[:12]}"
 
 
 def new_merchant() -> str:

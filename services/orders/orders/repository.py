@@ -1,0 +1,175 @@
+"""SQL of customer orders and their refund decisions."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.orders.models import customer_order, order_refund
+
+o = customer_order
+r = order_refund
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRow:
+    id: uuid.UUID
+    campaign_id: uuid.UUID
+    merchant_id: str
+    customer_id: str
+    sku: str
+    quantity: int
+    currency: str
+    deposit_type: str
+    early_bird_price: int | None
+    first_amount: int
+    deposit_credit: int
+    status: str
+    cancel_reason: str | None
+    final_unit_price: int | None
+    balance_amount: int | None
+    balance_due_by: datetime | None
+    first_paid: int
+    balance_paid: int
+    first_refund_promised: int
+    balance_refund_promised: int
+    refunded_amount: int
+    forfeited_amount: int
+    referral_code: str | None
+    expires_at: datetime
+    paid_at: datetime | None
+    carrier: str | None
+    tracking_number: str | None
+    shipped_at: datetime | None
+    delivered_at: datetime | None
+    completed_at: datetime | None
+    cancelled_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def paid_total(self) -> int:
+        return self.first_paid + self.balance_paid
+
+    @property
+    def refund_promised(self) -> int:
+        return self.first_refund_promised + self.balance_refund_promised
+
+    @property
+    def refundable(self) -> int:
+        """Paid and not promised back yet."""
+        return self.paid_total - self.refund_promised
+
+
+@dataclass(frozen=True, slots=True)
+class RefundDecisionRow:
+    id: uuid.UUID
+    order_id: uuid.UUID
+    amount: int
+    reason: str
+    kind: str
+    from_first: int
+    from_balance: int
+    status: str
+    requested_by: str
+    decided_by: str | None
+    decided_at: datetime | None
+    decision_note: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+async def get_order(
+    session: AsyncSession, order_id: uuid.UUID, *, lock: bool = False
+) -> OrderRow | None:
+    stmt = select(o).where(o.c.id == order_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    row = (await session.execute(stmt)).first()
+    return None if row is None else OrderRow(**row._mapping)
+
+
+async def insert_order(session: AsyncSession, values: Mapping[str, Any]) -> OrderRow | None:
+    """None when an order with this id exists already (a concurrent retry made it)."""
+    row = (
+        await session.execute(
+            insert(o).values(**values).on_conflict_do_nothing(index_elements=[o.c.id]).returning(o)
+        )
+    ).first()
+    return None if row is None else OrderRow(**row._mapping)
+
+
+async def update_order(
+    session: AsyncSession, order_id: uuid.UUID, values: Mapping[str, Any]
+) -> OrderRow:
+    row = (
+        await session.execute(
+            update(o).where(o.c.id == order_id).values(**values, updated_at=func.now()).returning(o)
+        )
+    ).one()
+    return OrderRow(**row._mapping)
+
+
+async def campaign_orders(
+    session: AsyncSession, campaign_id: uuid.UUID, statuses: Sequence[str]
+) -> list[OrderRow]:
+    """The campaign's orders in ``statuses``, locked, oldest first (the caller holds the
+    campaign's lock, so none can change state under it)."""
+    rows = await session.execute(
+        select(o)
+        .where(o.c.campaign_id == campaign_id, o.c.status.in_(statuses))
+        .order_by(o.c.created_at, o.c.id)
+        .with_for_update()
+    )
+    return [OrderRow(**x._mapping) for x in rows]
+
+
+def orders_query() -> Select[Any]:
+    return select(o)
+
+
+def order_columns() -> Any:
+    return o.c
+
+
+async def insert_refund_decision(
+    session: AsyncSession, values: Mapping[str, Any]
+) -> RefundDecisionRow:
+    row = (await session.execute(insert(r).values(**values).returning(r))).one()
+    return RefundDecisionRow(**row._mapping)
+
+
+async def get_refund_decision(
+    session: AsyncSession, refund_id: uuid.UUID, *, lock: bool = False
+) -> RefundDecisionRow | None:
+    stmt = select(r).where(r.c.id == refund_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    row = (await session.execute(stmt)).first()
+    return None if row is None else RefundDecisionRow(**row._mapping)
+
+
+async def update_refund_decision(
+    session: AsyncSession, refund_id: uuid.UUID, values: Mapping[str, Any]
+) -> RefundDecisionRow:
+    row = (
+        await session.execute(
+            update(r)
+            .where(r.c.id == refund_id)
+            .values(**values, updated_at=func.now())
+            .returning(r)
+        )
+    ).one()
+    return RefundDecisionRow(**row._mapping)
+
+
+async def refund_decisions(session: AsyncSession, order_id: uuid.UUID) -> list[RefundDecisionRow]:
+    rows = await session.execute(select(r).where(r.c.order_id == order_id).order_by(r.c.created_at))
+    return [RefundDecisionRow(**x._mapping) for x in rows]

@@ -1,0 +1,307 @@
+"""Endpoints of orders: customers order, pay and ask for refunds; staff fulfil and refund."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, status
+
+from services.orders.orders import repository as repo
+from services.orders.orders import service as rules
+from services.orders.orders import settlement
+from services.orders.orders.repository import OrderRow
+from services.orders.orders.schemas import (
+    DecisionIn,
+    OrderCreate,
+    OrderFilters,
+    OrderOut,
+    PayIn,
+    PaymentSummary,
+    RefundDecisionOut,
+    RefundRequestIn,
+    ShipIn,
+)
+from services.orders.orders.service import (
+    BalanceWindowClosed,
+    CustomerLimitExceeded,
+    OrderInFlight,
+    OrderNotFound,
+    Orders,
+    OrderStateConflict,
+    PresaleClosed,
+    PresaleNotOpen,
+    PresalePaused,
+    PresaleSoldOut,
+    RefundAmountTooHigh,
+    RefundDecisionNotFound,
+    VariantUnknown,
+)
+from services.orders.presales.router import Staff, campaign_out
+from services.orders.presales.schemas import CampaignOut
+from services.orders.presales.service import CampaignNotFound, CampaignStateConflict
+from shared.auth import CurrentUser, Principal, require_roles
+from shared.db import SessionDep
+from shared.errors import Forbidden, Unauthorized, responses
+from shared.idempotency import IDEMPOTENCY_ERRORS, IdempotencyKeyRequired
+from shared.pagination import InvalidCursor, Page, PageDep, fetch_page, scope_to_merchant
+from shared.payments import (
+    PaymentAmountAboveMaximum,
+    PaymentMethodUnavailable,
+    PaymentProviderRejected,
+    PaymentProviderUnavailable,
+    PaymentRow,
+    PaymentsNotConfigured,
+)
+
+Customer = Annotated[Principal, require_roles("customer")]
+_AUTH = (Unauthorized, Forbidden)
+_PAY = (
+    *IDEMPOTENCY_ERRORS,
+    PaymentsNotConfigured,
+    PaymentProviderUnavailable,
+    PaymentProviderRejected,
+    PaymentMethodUnavailable,
+    PaymentAmountAboveMaximum,
+)
+
+
+def _orders(request: Request) -> Orders:
+    orders: Orders = request.app.state.orders
+    return orders
+
+
+OrdersDep = Annotated[Orders, Depends(_orders)]
+
+
+def _with_payment(order: OrderRow, payment: PaymentRow | None, principal: Principal) -> OrderOut:
+    summary = (
+        None
+        if payment is None
+        else PaymentSummary.of(payment, show_secret=payment.customer_id == principal.sub)
+    )
+    return OrderOut.of(order, summary)
+
+
+def orders_router() -> APIRouter:
+    router = APIRouter(tags=["orders"])
+
+    @router.post(
+        "/v1/presales/{campaign_id}/orders",
+        status_code=status.HTTP_201_CREATED,
+        response_model=OrderOut,
+        summary="Order: reserve units and start the deposit (or full) payment",
+        responses=responses(
+            *_AUTH,
+            *_PAY,
+            CampaignNotFound,
+            PresaleNotOpen,
+            PresalePaused,
+            PresaleClosed,
+            PresaleSoldOut,
+            VariantUnknown,
+            CustomerLimitExceeded,
+            OrderInFlight,
+        ),
+    )
+    async def place(
+        principal: Customer,
+        campaign_id: uuid.UUID,
+        body: OrderCreate,
+        orders: OrdersDep,
+        key: IdempotencyKeyRequired,
+    ) -> OrderOut:
+        order, payment = await orders.place(principal, campaign_id, body, key)
+        return _with_payment(order, payment, principal)
+
+    @router.get(
+        "/v1/orders",
+        response_model=Page[OrderOut],
+        summary="Orders, newest first: customers see theirs, staff their merchant's",
+        responses=responses(*_AUTH, InvalidCursor),
+    )
+    async def list_orders(
+        principal: CurrentUser,
+        session: SessionDep,
+        page: PageDep,
+        filters: Annotated[OrderFilters, Depends()],
+    ) -> Page[OrderOut]:
+        cols = repo.order_columns()
+        stmt = repo.orders_query()
+        if principal.is_admin or principal.has("staff"):
+            stmt = scope_to_merchant(stmt, principal, cols.merchant_id)
+            if filters.customer_id is not None:
+                stmt = stmt.where(cols.customer_id == filters.customer_id)
+        else:
+            stmt = stmt.where(cols.customer_id == principal.sub)
+        if filters.status is not None:
+            stmt = stmt.where(cols.status == filters.status)
+        if filters.campaign_id is not None:
+            stmt = stmt.where(cols.campaign_id == filters.campaign_id)
+        if filters.created_from is not None:
+            stmt = stmt.where(cols.created_at >= filters.created_from)
+        if filters.created_to is not None:
+            stmt = stmt.where(cols.created_at < filters.created_to)
+        rows, cursor = await fetch_page(
+            session, stmt, sort=cols.created_at, key=cols.id, params=page
+        )
+        return Page(items=[OrderOut.of(OrderRow(**r._mapping)) for r in rows], next_cursor=cursor)
+
+    @router.get(
+        "/v1/orders/{order_id}",
+        response_model=OrderOut,
+        summary="An order, with the payment to complete (or the balance's)",
+        responses=responses(*_AUTH, OrderNotFound),
+    )
+    async def get(
+        principal: CurrentUser, order_id: uuid.UUID, session: SessionDep, orders: OrdersDep
+    ) -> OrderOut:
+        order = await orders.visible_order(session, principal, order_id)
+        stage = rules.BALANCE if order.balance_amount else rules.FIRST
+        return _with_payment(order, await orders.payment_of(order, stage), principal)
+
+    @router.post(
+        "/v1/orders/{order_id}/balance-payment",
+        status_code=status.HTTP_201_CREATED,
+        response_model=OrderOut,
+        summary="Pay the balance (尾款) once the campaign has succeeded",
+        responses=responses(*_AUTH, *_PAY, OrderNotFound, OrderStateConflict, BalanceWindowClosed),
+    )
+    async def pay_balance(
+        principal: CurrentUser,
+        order_id: uuid.UUID,
+        body: PayIn,
+        orders: OrdersDep,
+        key: IdempotencyKeyRequired,
+    ) -> OrderOut:
+        order, payment = await orders.pay_balance(principal, order_id, body)
+        return _with_payment(order, payment, principal)
+
+    @router.post(
+        "/v1/orders/{order_id}/ship",
+        response_model=OrderOut,
+        summary="Mark a paid order shipped (staff)",
+        responses=responses(*_AUTH, OrderNotFound, OrderStateConflict),
+    )
+    async def ship(
+        principal: Staff, order_id: uuid.UUID, body: ShipIn, session: SessionDep, orders: OrdersDep
+    ) -> OrderOut:
+        order = await orders.ship(session, principal, order_id, body.carrier, body.tracking_number)
+        return OrderOut.of(order)
+
+    @router.post(
+        "/v1/orders/{order_id}/deliver",
+        response_model=OrderOut,
+        summary="Mark a shipped order delivered; it completes after the return window (staff)",
+        responses=responses(*_AUTH, OrderNotFound, OrderStateConflict),
+    )
+    async def deliver(
+        principal: Staff, order_id: uuid.UUID, session: SessionDep, orders: OrdersDep
+    ) -> OrderOut:
+        return OrderOut.of(await orders.deliver(session, principal, order_id))
+
+    @router.post(
+        "/v1/orders/{order_id}/refund-requests",
+        status_code=status.HTTP_201_CREATED,
+        response_model=RefundDecisionOut,
+        summary="Ask for a refund, with a reason (the buyer); staff approve or reject it",
+        responses=responses(*_AUTH, *IDEMPOTENCY_ERRORS, OrderNotFound, RefundAmountTooHigh),
+    )
+    async def request_refund(
+        principal: CurrentUser,
+        order_id: uuid.UUID,
+        body: RefundRequestIn,
+        session: SessionDep,
+        orders: OrdersDep,
+        key: IdempotencyKeyRequired,
+    ) -> RefundDecisionOut:
+        decision = await orders.request_refund(
+            session, principal, order_id, body.amount, body.reason
+        )
+        return RefundDecisionOut.of(decision)
+
+    @router.get(
+        "/v1/orders/{order_id}/refunds",
+        response_model=list[RefundDecisionOut],
+        summary="The order's refund requests and decisions",
+        responses=responses(*_AUTH, OrderNotFound),
+    )
+    async def refunds(
+        principal: CurrentUser, order_id: uuid.UUID, session: SessionDep, orders: OrdersDep
+    ) -> list[RefundDecisionOut]:
+        order = await orders.visible_order(session, principal, order_id)
+        return [RefundDecisionOut.of(d) for d in await repo.refund_decisions(session, order.id)]
+
+    @router.post(
+        "/v1/orders/{order_id}/refunds",
+        status_code=status.HTTP_201_CREATED,
+        response_model=RefundDecisionOut,
+        summary="Refund (staff), fully or partly; a full refund ends the order",
+        responses=responses(
+            *_AUTH, *IDEMPOTENCY_ERRORS, OrderNotFound, RefundAmountTooHigh, OrderStateConflict
+        ),
+    )
+    async def staff_refund(
+        principal: Staff,
+        order_id: uuid.UUID,
+        body: RefundRequestIn,
+        session: SessionDep,
+        orders: OrdersDep,
+        key: IdempotencyKeyRequired,
+    ) -> RefundDecisionOut:
+        decision = await orders.staff_refund(session, principal, order_id, body.amount, body.reason)
+        return RefundDecisionOut.of(decision)
+
+    @router.post(
+        "/v1/orders/{order_id}/refunds/{refund_id}/approve",
+        response_model=RefundDecisionOut,
+        summary="Approve a customer's refund request (staff)",
+        responses=responses(
+            *_AUTH, OrderNotFound, RefundDecisionNotFound, OrderStateConflict, RefundAmountTooHigh
+        ),
+    )
+    async def approve(
+        principal: Staff,
+        order_id: uuid.UUID,
+        refund_id: uuid.UUID,
+        body: DecisionIn,
+        session: SessionDep,
+        orders: OrdersDep,
+    ) -> RefundDecisionOut:
+        decision = await orders.decide_request(
+            session, principal, order_id, refund_id, approve=True, note=body.note
+        )
+        return RefundDecisionOut.of(decision)
+
+    @router.post(
+        "/v1/orders/{order_id}/refunds/{refund_id}/reject",
+        response_model=RefundDecisionOut,
+        summary="Reject a customer's refund request (staff)",
+        responses=responses(*_AUTH, OrderNotFound, RefundDecisionNotFound, OrderStateConflict),
+    )
+    async def reject(
+        principal: Staff,
+        order_id: uuid.UUID,
+        refund_id: uuid.UUID,
+        body: DecisionIn,
+        session: SessionDep,
+        orders: OrdersDep,
+    ) -> RefundDecisionOut:
+        decision = await orders.decide_request(
+            session, principal, order_id, refund_id, approve=False, note=body.note
+        )
+        return RefundDecisionOut.of(decision)
+
+    @router.post(
+        "/v1/presales/{campaign_id}/cancel",
+        response_model=CampaignOut,
+        summary="Cancel a campaign: every order ends and everything paid is refunded (staff)",
+        responses=responses(*_AUTH, CampaignNotFound, CampaignStateConflict),
+    )
+    async def cancel_campaign(
+        principal: Staff, campaign_id: uuid.UUID, session: SessionDep, orders: OrdersDep
+    ) -> CampaignOut:
+        await settlement.cancel_campaign(orders, session, principal, campaign_id)
+        return await campaign_out(session, campaign_id)
+
+    return router

@@ -1,0 +1,762 @@
+"""The rules of orders: placing one (the atomic reservation), following its payments,
+expiry, the balance, refunds and fulfilment.
+
+Money and state: an order's state changes in the transaction that records its payment's
+change (the payment hook, whatever brought the news); refunds are decided under the order's
+lock (the amount promised is reserved then, so concurrent decisions cannot promise more than
+was paid) and carried out by a detached job, outside any transaction, with a provider
+idempotency key per decision. Lock order, everywhere: payment, campaign, order.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.orders.orders import repository as repo
+from services.orders.orders.repository import OrderRow, RefundDecisionRow
+from services.orders.orders.schemas import OrderCreate, PayIn
+from services.orders.presales import repository as campaigns
+from services.orders.presales.pricing import first_payment
+from services.orders.presales.repository import CampaignRow
+from services.orders.presales.service import CampaignNotFound
+from shared.auth import Principal
+from shared.errors import Conflict, DomainError, NotFound
+from shared.events import EventPublisher
+from shared.events.contracts import (
+    OrderCancelled,
+    OrderCompleted,
+    OrderEvent,
+    OrderPaid,
+    OrderRefunded,
+)
+from shared.payments import (
+    PaymentChange,
+    PaymentContext,
+    PaymentNotFound,
+    PaymentRow,
+    PaymentsNotConfigured,
+    create_payment,
+    get_payment_view,
+    new_payment_id,
+    refund_payment,
+)
+from shared.scheduler import Job, cancel, schedule
+from shared.tables import PlatformTables
+
+_log = structlog.get_logger("qunbuy.orders")
+
+EXPIRE_JOB = "order.expire"
+REFUND_JOB = "order.refund"
+COMPLETE_JOB = "order.complete"
+REFERENCE_PREFIX = "order:"
+FIRST, BALANCE = "first", "balance"
+# States in which an order holds units and may be paid.
+PAID_STATES = ("deposit_paid", "balance_due", "paid", "shipped", "delivered", "completed")
+
+
+class OrderNotFound(NotFound):
+    code = "order_not_found"
+    title = "No such order"
+
+
+class PresaleNotOpen(Conflict):
+    code = "presale_not_open"
+    title = "This campaign does not take orders now"
+
+
+class PresalePaused(Conflict):
+    code = "presale_paused"
+    title = "This campaign is paused: no new orders for now"
+
+
+class PresaleClosed(Conflict):
+    code = "presale_closed"
+    title = "This campaign has closed"
+
+
+class PresaleSoldOut(Conflict):
+    code = "presale_sold_out"
+    title = "Not enough units left"
+
+
+class VariantUnknown(DomainError):
+    status = 422
+    code = "presale_variant_unknown"
+    title = "This campaign has no such SKU"
+
+
+class CustomerLimitExceeded(Conflict):
+    code = "presale_customer_limit"
+    title = "This would take you over the per-customer limit"
+
+
+class OrderInFlight(Conflict):
+    code = "order_in_flight"
+    title = "This order is being placed by another request; retry shortly"
+
+
+class OrderStateConflict(Conflict):
+    code = "order_state_conflict"
+    title = "The order is not in a state that allows this"
+
+
+class BalanceWindowClosed(Conflict):
+    code = "order_balance_window_closed"
+    title = "The balance was due earlier; the order is cancelled"
+
+
+class RefundAmountTooHigh(DomainError):
+    status = 422
+    code = "order_refund_exceeds_paid"
+    title = "A refund cannot exceed what was paid and not refunded yet"
+
+
+class RefundDecisionNotFound(NotFound):
+    code = "order_refund_not_found"
+    title = "No such refund request"
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def payment_reference(order_id: uuid.UUID, stage: str) -> str:
+    return f"{REFERENCE_PREFIX}{order_id}:{stage}"
+
+
+def parse_reference(reference: str) -> tuple[uuid.UUID, str] | None:
+    parts = reference.split(":")
+    if len(parts) != 3 or parts[0] + ":" != REFERENCE_PREFIX or parts[2] not in (FIRST, BALANCE):
+        return None
+    try:
+        return uuid.UUID(parts[1]), parts[2]
+    except ValueError:
+        return None
+
+
+@dataclass
+class Orders:
+    """The orders domain's collaborators: made with the app, payments attached at start-up."""
+
+    service: str
+    platform: PlatformTables
+    publisher: EventPublisher
+    order_ttl: timedelta
+    sessionmaker: async_sessionmaker[AsyncSession] | None = None
+    payments: PaymentContext | None = field(default=None, repr=False)
+
+    def ctx(self) -> PaymentContext:
+        if self.payments is None:
+            raise PaymentsNotConfigured()
+        return self.payments
+
+    def db(self) -> async_sessionmaker[AsyncSession]:
+        assert self.sessionmaker is not None, "Orders.sessionmaker is set at start-up"
+        return self.sessionmaker
+
+    def payment_id(self, order_id: uuid.UUID, stage: str) -> uuid.UUID:
+        return new_payment_id(self.service, "order", str(order_id), stage)
+
+    # --- events ---------------------------------------------------------------------------
+
+    async def publish(
+        self, session: AsyncSession, contract: type[OrderEvent], order: OrderRow, **extra: Any
+    ) -> None:
+        await self.publisher.publish(
+            session,
+            contract(
+                order_id=order.id,
+                campaign_id=order.campaign_id,
+                merchant_id=order.merchant_id,
+                customer_id=order.customer_id,
+                sku=order.sku,
+                quantity=order.quantity,
+                currency=order.currency,
+                referral_code=order.referral_code,
+                paid_total=order.paid_total,
+                refunded_total=order.refunded_amount,
+                **extra,
+            ),
+        )
+
+    # --- placing an order -----------------------------------------------------------------
+
+    async def place(
+        self, principal: Principal, campaign_id: uuid.UUID, body: OrderCreate, key: str
+    ) -> tuple[OrderRow, PaymentRow]:
+        """Reserves the units and starts the first payment (deposit or full price).
+
+        The order id comes from the buyer and the Idempotency-Key, so a retry (or a crash
+        between the steps) finds the order and resumes its payment instead of ordering
+        twice. The reservation commits before the provider is asked anything."""
+        ctx = self.ctx()
+        order_id = uuid.uuid5(uuid.NAMESPACE_URL, f"qunbuy:order:{principal.sub}:{key}")
+        async with self.db()() as session, session.begin():
+            order = await repo.get_order(session, order_id)
+            if order is None:
+                order = await self._reserve(session, principal, campaign_id, order_id, body)
+        if order.campaign_id != campaign_id:
+            raise OrderInFlight("this Idempotency-Key placed an order on another campaign")
+        payment = await create_payment(
+            ctx,
+            payment_id=self.payment_id(order.id, FIRST),
+            reference=payment_reference(order.id, FIRST),
+            merchant_id=order.merchant_id,
+            customer_id=order.customer_id,
+            amount=order.first_amount,
+            currency=order.currency,
+            method=body.method,
+            payment_method=body.payment_method,
+        )
+        async with self.db()() as session:
+            fresh = await repo.get_order(session, order.id)
+        assert fresh is not None
+        return fresh, payment
+
+    async def _reserve(
+        self,
+        session: AsyncSession,
+        principal: Principal,
+        campaign_id: uuid.UUID,
+        order_id: uuid.UUID,
+        body: OrderCreate,
+    ) -> OrderRow:
+        now = now_utc()
+        campaign = await campaigns.reserve_units(session, campaign_id, body.quantity, now)
+        if campaign is None:
+            await self._refuse(session, campaign_id, body.quantity, now)
+        assert campaign is not None
+        # From here the campaign's row is locked until commit: the checks below are exact.
+        if campaign.per_customer_limit is not None:
+            held = await campaigns.customer_units(session, campaign_id, principal.sub)
+            if held + body.quantity > campaign.per_customer_limit:
+                raise CustomerLimitExceeded(
+                    f"you hold {held} of at most {campaign.per_customer_limit} units",
+                    limit=campaign.per_customer_limit,
+                    held=held,
+                )
+        if not await campaigns.reserve_variant_units(session, campaign_id, body.sku, body.quantity):
+            if not await campaigns.variant_exists(session, campaign_id, body.sku):
+                raise VariantUnknown(field="sku")
+            raise PresaleSoldOut(f"not enough units of {body.sku} left", sku=body.sku)
+        early = _early_bird_applies(campaign, body.quantity, now)
+        list_price = campaign.early_bird_price if early else campaign.tiers[0].unit_price
+        assert list_price is not None
+        quantity = body.quantity
+        order = await repo.insert_order(
+            session,
+            {
+                "id": order_id,
+                "campaign_id": campaign_id,
+                "merchant_id": campaign.merchant_id,
+                "customer_id": principal.sub,
+                "sku": body.sku,
+                "quantity": quantity,
+                "currency": campaign.currency,
+                "deposit_type": campaign.deposit_type,
+                "early_bird_price": campaign.early_bird_price if early else None,
+                "first_amount": first_payment(
+                    campaign.deposit_type,
+                    quantity=quantity,
+                    unit_deposit=campaign.unit_deposit,
+                    list_unit_price=list_price,
+                ),
+                "deposit_credit": quantity * campaign.unit_deposit_credit,
+                "status": "pending_payment",
+                "referral_code": body.referral_code,
+                "expires_at": now + self.order_ttl,
+            },
+        )
+        if order is None:
+            raise OrderInFlight()
+        await schedule(
+            session, self.platform, kind=EXPIRE_JOB, key=str(order_id), run_at=order.expires_at
+        )
+        return order
+
+    async def _refuse(
+        self, session: AsyncSession, campaign_id: uuid.UUID, quantity: int, now: datetime
+    ) -> None:
+        """Why the reservation took nothing: always raises."""
+        campaign = await campaigns.get_campaign(session, campaign_id)
+        if campaign is None or campaign.status == "draft":
+            raise CampaignNotFound()
+        if campaign.status in ("succeeded", "failed", "fulfilled", "cancelled") or (
+            campaign.closes_at <= now
+        ):
+            raise PresaleClosed()
+        if campaign.status != "open" or campaign.opens_at > now:
+            raise PresaleNotOpen(opens_at=campaign.opens_at.isoformat())
+        if campaign.paused:
+            raise PresalePaused()
+        left = max(0, (campaign.capacity or 0) - campaign.reserved_quantity)
+        raise PresaleSoldOut(f"{left} units left", available=left, requested=quantity)
+
+    # --- the balance ----------------------------------------------------------------------
+
+    async def pay_balance(
+        self, principal: Principal, order_id: uuid.UUID, body: PayIn
+    ) -> tuple[OrderRow, PaymentRow]:
+        ctx = self.ctx()
+        async with self.db()() as session:
+            order = await self.own_order(session, principal, order_id)
+        if order.status != "balance_due":
+            if order.cancel_reason == "balance_unpaid":
+                raise BalanceWindowClosed()
+            raise OrderStateConflict(f"no balance is due on a {order.status} order")
+        assert order.balance_amount is not None
+        assert order.balance_due_by is not None
+        if order.balance_due_by <= now_utc():
+            raise BalanceWindowClosed()
+        payment = await create_payment(
+            ctx,
+            payment_id=self.payment_id(order.id, BALANCE),
+            reference=payment_reference(order.id, BALANCE),
+            merchant_id=order.merchant_id,
+            customer_id=order.customer_id,
+            amount=order.balance_amount,
+            currency=order.currency,
+            method=body.method,
+            payment_method=body.payment_method,
+        )
+        async with self.db()() as session:
+            fresh = await repo.get_order(session, order.id)
+        assert fresh is not None
+        return fresh, payment
+
+    # --- reading --------------------------------------------------------------------------
+
+    async def own_order(
+        self, session: AsyncSession, principal: Principal, order_id: uuid.UUID
+    ) -> OrderRow:
+        """The buyer's own order (admins see all); anyone else gets the 404 of no order."""
+        order = await repo.get_order(session, order_id)
+        if order is None or not (principal.is_admin or order.customer_id == principal.sub):
+            raise OrderNotFound()
+        return order
+
+    async def visible_order(
+        self, session: AsyncSession, principal: Principal, order_id: uuid.UUID
+    ) -> OrderRow:
+        """The order for its buyer, staff of its merchant and admins."""
+        order = await repo.get_order(session, order_id)
+        if order is None or not (
+            principal.is_admin
+            or order.customer_id == principal.sub
+            or (principal.has("staff") and principal.merchant_id == order.merchant_id)
+        ):
+            raise OrderNotFound()
+        return order
+
+    async def staff_order(
+        self, session: AsyncSession, principal: Principal, order_id: uuid.UUID, *, lock: bool
+    ) -> OrderRow:
+        order = await repo.get_order(session, order_id)
+        if order is None or not (
+            principal.is_admin
+            or (principal.has("staff") and principal.merchant_id == order.merchant_id)
+        ):
+            raise OrderNotFound()
+        if lock:
+            await campaigns.get_campaign(session, order.campaign_id, lock=True)
+            locked = await repo.get_order(session, order_id, lock=True)
+            assert locked is not None
+            return locked
+        return order
+
+    async def payment_of(self, order: OrderRow, stage: str) -> PaymentRow | None:
+        """The order's payment of ``stage`` (first or balance), if it was started."""
+        if self.payments is None:
+            return None
+        try:
+            view = await get_payment_view(self.payments, self.payment_id(order.id, stage))
+        except PaymentNotFound:
+            return None
+        return view.payment
+
+    # --- following payments (the payment hook) --------------------------------------------
+
+    async def on_payment(self, session: AsyncSession, change: PaymentChange) -> None:
+        """Runs in the transaction that records a change of an ``order:`` payment."""
+        parsed = parse_reference(change.payment.reference)
+        if parsed is None:
+            _log.warning("order_payment_reference_unknown", reference=change.payment.reference)
+            return
+        order_id, stage = parsed
+        found = await repo.get_order(session, order_id)
+        if found is None:
+            _log.warning("order_payment_without_order", order_id=str(order_id))
+            return
+        await campaigns.get_campaign(session, found.campaign_id, lock=True)
+        order = await repo.get_order(session, order_id, lock=True)
+        assert order is not None
+        if change.kind == "succeeded":
+            await self._paid(session, order, stage, change.payment)
+        elif change.kind == "refunded":
+            await self._refunded(session, order, int(change.details["refund_amount"]))
+        elif change.kind == "refund_failed":
+            amount = int(change.details["refund_amount"])
+            _log.error("order_refund_bounced", order_id=str(order.id), amount=amount)
+            await repo.update_order(
+                session, order.id, {"refunded_amount": max(0, order.refunded_amount - amount)}
+            )
+
+    async def _paid(
+        self, session: AsyncSession, order: OrderRow, stage: str, payment: PaymentRow
+    ) -> None:
+        amount = payment.amount_captured or payment.amount
+        now = now_utc()
+        if stage == FIRST and order.status == "pending_payment":
+            full = order.deposit_type == "full"
+            order = await repo.update_order(
+                session,
+                order.id,
+                {
+                    "status": "paid" if full else "deposit_paid",
+                    "first_paid": amount,
+                    "paid_at": now,
+                },
+            )
+            await campaigns.commit_units(session, order.campaign_id, order.sku, order.quantity)
+            await cancel(session, self.platform, kind=EXPIRE_JOB, key=str(order.id))
+            await self.publish(
+                session,
+                OrderPaid,
+                order,
+                stage="full" if full else "deposit",
+                amount=amount,
+                fully_paid=full,
+            )
+        elif stage == BALANCE and order.status == "balance_due":
+            order = await repo.update_order(
+                session, order.id, {"status": "paid", "balance_paid": amount, "paid_at": now}
+            )
+            await self.publish(
+                session, OrderPaid, order, stage="balance", amount=amount, fully_paid=True
+            )
+        elif order.status == "cancelled" and (
+            (stage == FIRST and order.first_paid == 0)
+            or (stage == BALANCE and order.balance_paid == 0)
+        ):
+            # Paid after the order ended (expired, campaign closed, window over): it goes back.
+            column = "first_paid" if stage == FIRST else "balance_paid"
+            order = await repo.update_order(session, order.id, {column: amount})
+            await self.decide_refund(
+                session,
+                order,
+                amount=amount,
+                reason="paid after the order ended",
+                kind="late_payment",
+                by="system",
+            )
+        # Anything else is news we have already acted on (a redelivery).
+
+    async def _refunded(self, session: AsyncSession, order: OrderRow, amount: int) -> None:
+        refunded = order.refunded_amount + amount
+        values: dict[str, Any] = {"refunded_amount": refunded}
+        if refunded > order.refund_promised:
+            # Refunded at the provider without a decision of ours (its dashboard, a dispute):
+            # the promise catches up, so the order never promises it again.
+            extra = refunded - order.refund_promised
+            from_balance = min(extra, order.balance_paid - order.balance_refund_promised)
+            values["balance_refund_promised"] = order.balance_refund_promised + from_balance
+            values["first_refund_promised"] = order.first_refund_promised + extra - from_balance
+        order = await repo.update_order(session, order.id, values)
+        await self.publish(session, OrderRefunded, order, amount=amount)
+
+    # --- refunds --------------------------------------------------------------------------
+
+    async def decide_refund(
+        self,
+        session: AsyncSession,
+        order: OrderRow,
+        *,
+        amount: int,
+        reason: str,
+        kind: str,
+        by: str,
+        request: RefundDecisionRow | None = None,
+    ) -> RefundDecisionRow:
+        """Promises ``amount`` back (the caller holds the order's lock) and schedules the
+        refund: from the balance payment first, then from the first payment."""
+        if amount < 1 or amount > order.refundable:
+            raise RefundAmountTooHigh(refundable=order.refundable)
+        from_balance = min(amount, order.balance_paid - order.balance_refund_promised)
+        from_first = amount - from_balance
+        await repo.update_order(
+            session,
+            order.id,
+            {
+                "balance_refund_promised": order.balance_refund_promised + from_balance,
+                "first_refund_promised": order.first_refund_promised + from_first,
+            },
+        )
+        values = {
+            "status": "approved",
+            "from_first": from_first,
+            "from_balance": from_balance,
+            "decided_by": by,
+            "decided_at": now_utc(),
+        }
+        if request is None:
+            decision = await repo.insert_refund_decision(
+                session,
+                {
+                    "id": uuid.uuid4(),
+                    "order_id": order.id,
+                    "amount": amount,
+                    "reason": reason,
+                    "kind": kind,
+                    "requested_by": by,
+                    **values,
+                },
+            )
+        else:
+            decision = await repo.update_refund_decision(session, request.id, values)
+        await schedule(
+            session, self.platform, kind=REFUND_JOB, key=str(decision.id), run_at=now_utc()
+        )
+        return decision
+
+    async def refund_everything(
+        self, session: AsyncSession, order: OrderRow, *, reason: str, kind: str
+    ) -> None:
+        if order.refundable > 0:
+            await self.decide_refund(
+                session, order, amount=order.refundable, reason=reason, kind=kind, by="system"
+            )
+
+    async def request_refund(
+        self,
+        session: AsyncSession,
+        principal: Principal,
+        order_id: uuid.UUID,
+        amount: int | None,
+        reason: str,
+    ) -> RefundDecisionRow:
+        """The buyer asks; nothing is promised until staff approve."""
+        order = await self.own_order(session, principal, order_id)
+        if order.status not in PAID_STATES or order.refundable < 1:
+            raise OrderStateConflict("there is nothing paid to refund on this order")
+        wanted = order.refundable if amount is None else amount
+        if wanted > order.refundable:
+            raise RefundAmountTooHigh(refundable=order.refundable)
+        return await repo.insert_refund_decision(
+            session,
+            {
+                "id": uuid.uuid4(),
+                "order_id": order.id,
+                "amount": wanted,
+                "reason": reason,
+                "kind": "customer_request",
+                "status": "requested",
+                "requested_by": principal.sub,
+            },
+        )
+
+    async def staff_refund(
+        self,
+        session: AsyncSession,
+        principal: Principal,
+        order_id: uuid.UUID,
+        amount: int | None,
+        reason: str,
+    ) -> RefundDecisionRow:
+        order = await self.staff_order(session, principal, order_id, lock=True)
+        decision = await self.decide_refund(
+            session,
+            order,
+            amount=order.refundable if amount is None else amount,
+            reason=reason,
+            kind="staff",
+            by=principal.sub,
+        )
+        await self._end_if_fully_refunded(session, order.id)
+        return decision
+
+    async def decide_request(
+        self,
+        session: AsyncSession,
+        principal: Principal,
+        order_id: uuid.UUID,
+        refund_id: uuid.UUID,
+        *,
+        approve: bool,
+        note: str | None,
+    ) -> RefundDecisionRow:
+        order = await self.staff_order(session, principal, order_id, lock=True)
+        request = await repo.get_refund_decision(session, refund_id, lock=True)
+        if request is None or request.order_id != order.id:
+            raise RefundDecisionNotFound()
+        if request.status != "requested":
+            raise OrderStateConflict(f"this request was {request.status} already")
+        if not approve:
+            return await repo.update_refund_decision(
+                session,
+                request.id,
+                {
+                    "status": "rejected",
+                    "decided_by": principal.sub,
+                    "decided_at": now_utc(),
+                    "decision_note": note,
+                },
+            )
+        decision = await self.decide_refund(
+            session,
+            order,
+            amount=request.amount,
+            reason=request.reason,
+            kind=request.kind,
+            by=principal.sub,
+            request=request,
+        )
+        if note is not None:
+            decision = await repo.update_refund_decision(
+                session, decision.id, {"decision_note": note}
+            )
+        await self._end_if_fully_refunded(session, order.id)
+        return decision
+
+    async def _end_if_fully_refunded(self, session: AsyncSession, order_id: uuid.UUID) -> None:
+        """Everything paid is promised back: the order ends (a completed one stays completed)."""
+        order = await repo.get_order(session, order_id)
+        assert order is not None
+        if order.refundable == 0 and order.status in PAID_STATES and order.status != "completed":
+            await self.cancel_order(session, order, reason="refunded")
+
+    async def run_refund(self, job: Job) -> None:
+        """The detached refund job: asks the provider for each part of one decision."""
+        ctx = self.ctx()
+        decision_id = uuid.UUID(job.key)
+        async with self.db()() as session:
+            decision = await repo.get_refund_decision(session, decision_id)
+        if decision is None or decision.status == "done":
+            return
+        for stage, amount in ((BALANCE, decision.from_balance), (FIRST, decision.from_first)):
+            if amount > 0:
+                await refund_payment(
+                    ctx,
+                    self.payment_id(decision.order_id, stage),
+                    amount=amount,
+                    reason=decision.kind,
+                    request_key=f"order-refund:{decision.id}",
+                    requested_by=decision.decided_by or "system",
+                )
+        async with self.db()() as session, session.begin():
+            await repo.update_refund_decision(session, decision.id, {"status": "done"})
+
+    # --- expiry ---------------------------------------------------------------------------
+
+    async def expire(self, session: AsyncSession, job: Job) -> None:
+        """An unpaid order gives its units back at its expiry (run twice: no change)."""
+        order_id = uuid.UUID(job.key)
+        found = await repo.get_order(session, order_id)
+        if found is None:
+            return
+        await campaigns.get_campaign(session, found.campaign_id, lock=True)
+        order = await repo.get_order(session, order_id, lock=True)
+        if order is None or order.status != "pending_payment":
+            return
+        await self.cancel_order(session, order, reason="expired")
+
+    async def cancel_order(
+        self, session: AsyncSession, order: OrderRow, *, reason: str
+    ) -> OrderRow:
+        """Ends an order (caller holds campaign and order locks): its units go back while the
+        campaign still counts them, and the event tells the rest. Refunds are the caller's."""
+        committed = order.status in PAID_STATES
+        if order.status in ("pending_payment", "deposit_paid", "paid", "balance_due"):
+            campaign = await campaigns.get_campaign(session, order.campaign_id)
+            if campaign is not None and campaign.status in ("draft", "published", "open"):
+                await campaigns.release_units(
+                    session, order.campaign_id, order.sku, order.quantity, committed=committed
+                )
+        order = await repo.update_order(
+            session,
+            order.id,
+            {"status": "cancelled", "cancel_reason": reason, "cancelled_at": now_utc()},
+        )
+        await cancel(session, self.platform, kind=EXPIRE_JOB, key=str(order.id))
+        await self.publish(
+            session, OrderCancelled, order, reason=reason, forfeited_amount=order.forfeited_amount
+        )
+        return order
+
+    # --- fulfilment -----------------------------------------------------------------------
+
+    async def ship(
+        self,
+        session: AsyncSession,
+        principal: Principal,
+        order_id: uuid.UUID,
+        carrier: str,
+        tracking: str,
+    ) -> OrderRow:
+        order = await self.staff_order(session, principal, order_id, lock=True)
+        if order.status != "paid":
+            raise OrderStateConflict(f"only a paid order ships (this one is {order.status})")
+        return await repo.update_order(
+            session,
+            order.id,
+            {
+                "status": "shipped",
+                "carrier": carrier,
+                "tracking_number": tracking,
+                "shipped_at": now_utc(),
+            },
+        )
+
+    async def deliver(
+        self, session: AsyncSession, principal: Principal, order_id: uuid.UUID
+    ) -> OrderRow:
+        order = await self.staff_order(session, principal, order_id, lock=True)
+        if order.status != "shipped":
+            raise OrderStateConflict(
+                f"only a shipped order is delivered (this one is {order.status})"
+            )
+        campaign = await campaigns.get_campaign(session, order.campaign_id)
+        assert campaign is not None
+        now = now_utc()
+        order = await repo.update_order(
+            session, order.id, {"status": "delivered", "delivered_at": now}
+        )
+        await schedule(
+            session,
+            self.platform,
+            kind=COMPLETE_JOB,
+            key=str(order.id),
+            run_at=now + timedelta(days=campaign.return_window_days),
+        )
+        return order
+
+    async def complete(self, session: AsyncSession, job: Job) -> None:
+        """The return window has passed: the order is complete (commissions can settle)."""
+        order_id = uuid.UUID(job.key)
+        found = await repo.get_order(session, order_id)
+        if found is None:
+            return
+        await campaigns.get_campaign(session, found.campaign_id, lock=True)
+        order = await repo.get_order(session, order_id, lock=True)
+        if order is None or order.status != "delivered":
+            return
+        order = await repo.update_order(
+            session, order.id, {"status": "completed", "completed_at": now_utc()}
+        )
+        await self.publish(session, OrderCompleted, order)
+
+
+def _early_bird_applies(campaign: CampaignRow, quantity: int, now: datetime) -> bool:
+    """Early-bird holds until its time or its units run out, whichever comes first; an order
+    is early-bird when all its units fit in what was left of the early-bird units."""
+    if campaign.early_bird_price is None:
+        return False
+    if campaign.early_bird_until is not None and now >= campaign.early_bird_until:
+        return False
+    before = campaign.reserved_quantity - quantity
+    return campaign.early_bird_units is None or before + quantity <= campaign.early_bird_units

@@ -1,0 +1,256 @@
+"""SQL of pre-sale campaigns and their variants (and the counters that capacity is held by)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.orders.models import customer_order, presale_campaign, presale_variant
+from services.orders.presales.pricing import DepositType, Tier
+
+c = presale_campaign
+v = presale_variant
+
+# Orders that hold units of a campaign (paid or waiting for their first payment).
+LIVE_ORDER_STATUSES = ("pending_payment", "deposit_paid", "balance_due", "paid")
+# Orders whose buyer has paid something that still stands.
+COMMITTED_ORDER_STATUSES = (
+    "deposit_paid",
+    "balance_due",
+    "paid",
+    "shipped",
+    "delivered",
+    "completed",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignRow:
+    id: uuid.UUID
+    merchant_id: str
+    title: str
+    description: str
+    image_urls: list[str]
+    currency: str
+    tiers: list[Tier]
+    min_quantity: int
+    capacity: int | None
+    per_customer_limit: int | None
+    opens_at: datetime
+    closes_at: datetime
+    balance_window_hours: int
+    ships_on: date | None
+    return_window_days: int
+    deposit_type: DepositType
+    unit_deposit: int
+    unit_deposit_credit: int
+    early_bird_price: int | None
+    early_bird_until: datetime | None
+    early_bird_units: int | None
+    status: str
+    paused: bool
+    reserved_quantity: int
+    committed_quantity: int
+    terms_locked_at: datetime | None
+    final_unit_price: int | None
+    closed_at: datetime | None
+    balance_due_by: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, row: Row[Any]) -> CampaignRow:
+        m = dict(row._mapping)
+        tiers = [Tier(**t) for t in m.pop("price_tiers")]
+        return cls(tiers=tiers, **m)
+
+
+@dataclass(frozen=True, slots=True)
+class VariantRow:
+    campaign_id: uuid.UUID
+    sku: str
+    name: str
+    position: int
+    capacity: int | None
+    reserved_quantity: int
+    committed_quantity: int
+
+
+def tiers_json(tiers: Sequence[Tier]) -> list[dict[str, int]]:
+    return [{"min_quantity": t.min_quantity, "unit_price": t.unit_price} for t in tiers]
+
+
+async def insert_campaign(
+    session: AsyncSession, values: Mapping[str, Any], variants: Sequence[Mapping[str, Any]]
+) -> None:
+    await session.execute(c.insert().values(**values))
+    await session.execute(v.insert(), [dict(x, campaign_id=values["id"]) for x in variants])
+
+
+async def get_campaign(
+    session: AsyncSession, campaign_id: uuid.UUID, *, lock: bool = False
+) -> CampaignRow | None:
+    stmt = select(c).where(c.c.id == campaign_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    row = (await session.execute(stmt)).first()
+    return None if row is None else CampaignRow.of(row)
+
+
+async def get_variants(session: AsyncSession, campaign_id: uuid.UUID) -> list[VariantRow]:
+    rows = await session.execute(
+        select(v).where(v.c.campaign_id == campaign_id).order_by(v.c.position)
+    )
+    return [VariantRow(**r._mapping) for r in rows]
+
+
+async def update_campaign(
+    session: AsyncSession, campaign_id: uuid.UUID, values: Mapping[str, Any]
+) -> CampaignRow:
+    row = (
+        await session.execute(
+            update(c)
+            .where(c.c.id == campaign_id)
+            .values(**values, updated_at=func.now())
+            .returning(c)
+        )
+    ).one()
+    return CampaignRow.of(row)
+
+
+async def replace_variants(
+    session: AsyncSession, campaign_id: uuid.UUID, variants: Sequence[Mapping[str, Any]]
+) -> None:
+    """A draft's variants, all replaced (nothing is reserved on a draft)."""
+    await session.execute(v.delete().where(v.c.campaign_id == campaign_id))
+    await session.execute(v.insert(), [dict(x, campaign_id=campaign_id) for x in variants])
+
+
+async def set_variant_capacity(
+    session: AsyncSession, campaign_id: uuid.UUID, sku: str, capacity: int | None
+) -> None:
+    await session.execute(
+        update(v).where(v.c.campaign_id == campaign_id, v.c.sku == sku).values(capacity=capacity)
+    )
+
+
+def campaigns_query() -> Select[Any]:
+    return select(c)
+
+
+def campaign_columns() -> tuple[Any, Any, Any]:
+    """(merchant column, sort column, key column) for scoped, paged lists."""
+    return c.c.merchant_id, c.c.created_at, c.c.id
+
+
+async def reserve_units(
+    session: AsyncSession, campaign_id: uuid.UUID, quantity: int, now: datetime
+) -> CampaignRow | None:
+    """Takes ``quantity`` units of an open, running campaign's capacity in one statement.
+
+    The row lock it takes serialises every reservation of this campaign until the caller's
+    transaction ends, which is what makes the per-customer and per-variant checks that follow
+    it race-free. None: closed, paused, not open or not enough left (the caller reads why)."""
+    row = (
+        await session.execute(
+            update(c)
+            .where(
+                c.c.id == campaign_id,
+                c.c.status == "open",
+                c.c.paused.is_(False),
+                c.c.opens_at <= now,
+                c.c.closes_at > now,
+                or_(c.c.capacity.is_(None), c.c.reserved_quantity + quantity <= c.c.capacity),
+            )
+            .values(reserved_quantity=c.c.reserved_quantity + quantity)
+            .returning(c)
+        )
+    ).first()
+    return None if row is None else CampaignRow.of(row)
+
+
+async def reserve_variant_units(
+    session: AsyncSession, campaign_id: uuid.UUID, sku: str, quantity: int
+) -> bool:
+    result = await session.execute(
+        update(v)
+        .where(
+            v.c.campaign_id == campaign_id,
+            v.c.sku == sku,
+            or_(v.c.capacity.is_(None), v.c.reserved_quantity + quantity <= v.c.capacity),
+        )
+        .values(reserved_quantity=v.c.reserved_quantity + quantity)
+        .returning(v.c.sku)
+    )
+    return result.first() is not None
+
+
+async def variant_exists(session: AsyncSession, campaign_id: uuid.UUID, sku: str) -> bool:
+    found = await session.scalar(
+        select(v.c.sku).where(v.c.campaign_id == campaign_id, v.c.sku == sku)
+    )
+    return found is not None
+
+
+async def customer_units(session: AsyncSession, campaign_id: uuid.UUID, customer_id: str) -> int:
+    """Units this customer holds in live orders of the campaign."""
+    o = customer_order
+    total = await session.scalar(
+        select(func.coalesce(func.sum(o.c.quantity), 0)).where(
+            o.c.campaign_id == campaign_id,
+            o.c.customer_id == customer_id,
+            o.c.status.in_(LIVE_ORDER_STATUSES),
+        )
+    )
+    return int(total or 0)
+
+
+async def release_units(
+    session: AsyncSession, campaign_id: uuid.UUID, sku: str, quantity: int, *, committed: bool
+) -> None:
+    """Gives back ``quantity`` reserved units (and committed ones, when they were paid)."""
+    campaign_values: dict[str, Any] = {"reserved_quantity": c.c.reserved_quantity - quantity}
+    variant_values: dict[str, Any] = {"reserved_quantity": v.c.reserved_quantity - quantity}
+    if committed:
+        campaign_values["committed_quantity"] = c.c.committed_quantity - quantity
+        variant_values["committed_quantity"] = v.c.committed_quantity - quantity
+    await session.execute(update(c).where(c.c.id == campaign_id).values(**campaign_values))
+    await session.execute(
+        update(v).where(v.c.campaign_id == campaign_id, v.c.sku == sku).values(**variant_values)
+    )
+
+
+async def commit_units(
+    session: AsyncSession, campaign_id: uuid.UUID, sku: str, quantity: int
+) -> None:
+    """Reserved units became paid ones; the first paid order locks the campaign's terms."""
+    await session.execute(
+        update(c)
+        .where(c.c.id == campaign_id)
+        .values(
+            committed_quantity=c.c.committed_quantity + quantity,
+            terms_locked_at=func.coalesce(c.c.terms_locked_at, func.now()),
+        )
+    )
+    await session.execute(
+        update(v)
+        .where(v.c.campaign_id == campaign_id, v.c.sku == sku)
+        .values(committed_quantity=v.c.committed_quantity + quantity)
+    )
+
+
+async def buyers(session: AsyncSession, campaign_id: uuid.UUID) -> int:
+    o = customer_order
+    count = await session.scalar(
+        select(func.count(func.distinct(o.c.customer_id))).where(
+            o.c.campaign_id == campaign_id, o.c.status.in_(COMMITTED_ORDER_STATUSES)
+        )
+    )
+    return int(count or 0)
