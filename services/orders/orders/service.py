@@ -701,6 +701,9 @@ class Orders:
         order = await self.staff_order(session, principal, order_id, lock=True)
         if order.status != "paid":
             raise OrderStateConflict(f"only a paid order ships (this one is {order.status})")
+        campaign = await campaigns.get_campaign(session, order.campaign_id)
+        if campaign is None or campaign.status not in ("succeeded", "fulfilled"):
+            raise OrderStateConflict("orders ship once their campaign has succeeded")
         return await repo.update_order(
             session,
             order.id,
