@@ -369,13 +369,17 @@ async def test_orders_ship_deliver_and_complete_after_the_return_window(
     )
     buyer = auth("customer")
     order_id = (await order(sim_orders, buyer, campaign_id)).json()["id"]
+    ship = {"carrier": "SF", "tracking_number": "SF1"}
+    before_close = await sim_orders.client.post(
+        f"/v1/orders/{order_id}/ship", json=ship, headers=staff
+    )
+    assert before_close.json()["code"] == "order_state_conflict"
+    await make_due(sim_orders, campaign_id, what="close")
+    await run_jobs(sim_orders)
     early = await sim_orders.client.post(f"/v1/orders/{order_id}/deliver", headers=staff)
     assert early.json()["code"] == "order_state_conflict"
-    shipped = await sim_orders.client.post(
-        f"/v1/orders/{order_id}/ship",
-        json={"carrier": "SF", "tracking_number": "SF1"},
-        headers=staff,
-    )
+    shipped = await sim_orders.client.post(f"/v1/orders/{order_id}/ship", json=ship, headers=staff)
+    assert shipped.status_code == 200, shipped.text
     assert shipped.json()["status"] == "shipped"
     other = auth("staff", merchant_id=new_merchant())
     hidden = await sim_orders.client.post(f"/v1/orders/{order_id}/deliver", headers=other)
