@@ -41,8 +41,8 @@ async def gw(platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
     ],
 )
 async def test_routes_by_resource(gw: httpx.AsyncClient, prefix: str, service: str) -> None:
-    response = await gw.get(f"{prefix}/{uuid.uuid4().hex}")
-    # No feature serves these yet: the owning service itself answers 404 problem+json.
+    response = await gw.get(f"{prefix}/{uuid.uuid4().hex}/no/such/thing")
+    # No endpoint serves this path: the owning service itself answers 404 problem+json.
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
     assert response.headers.get_list("x-served-by") == [service, "gateway"]
