@@ -173,3 +173,74 @@ async def update_refund_decision(
 async def refund_decisions(session: AsyncSession, order_id: uuid.UUID) -> list[RefundDecisionRow]:
     rows = await session.execute(select(r).where(r.c.order_id == order_id).order_by(r.c.created_at))
     return [RefundDecisionRow(**x._mapping) for x in rows]
+
+
+# --- reports ------------------------------------------------------------------------------
+
+PAID_STATUSES = ("deposit_paid", "balance_due", "paid", "shipped", "delivered", "completed")
+
+
+async def campaign_totals(session: AsyncSession, campaign_id: uuid.UUID) -> dict[str, int]:
+    """Sums over the campaign's orders (every state): what the stats endpoint reports."""
+    paid = o.c.first_paid > 0
+    row = (
+        await session.execute(
+            select(
+                func.count().label("orders_placed"),
+                func.count().filter(paid).label("orders_paid"),
+                func.count(func.distinct(o.c.customer_id)).filter(paid).label("buyers"),
+                func.coalesce(func.sum(o.c.first_paid).filter(o.c.deposit_type != "full"), 0).label(
+                    "deposits_paid"
+                ),
+                func.coalesce(func.sum(o.c.first_paid).filter(o.c.deposit_type == "full"), 0).label(
+                    "prepayments_paid"
+                ),
+                func.coalesce(func.sum(o.c.balance_paid), 0).label("balances_paid"),
+                func.coalesce(func.sum(o.c.refunded_amount), 0).label("refunded"),
+                func.coalesce(func.sum(o.c.forfeited_amount), 0).label("forfeited"),
+                func.count().filter(o.c.status == "cancelled").label("orders_cancelled"),
+            ).where(o.c.campaign_id == campaign_id)
+        )
+    ).one()
+    return {k: int(v) for k, v in row._mapping.items()}
+
+
+async def campaign_daily(
+    session: AsyncSession, campaign_id: uuid.UUID, tz: str
+) -> list[dict[str, Any]]:
+    """Per local day of ordering: orders placed, orders paid, money paid (all payments)."""
+    day = func.date(func.timezone(tz, o.c.created_at)).label("day")
+    rows = await session.execute(
+        select(
+            day,
+            func.count().label("orders_placed"),
+            func.count().filter(o.c.first_paid > 0).label("orders_paid"),
+            func.coalesce(func.sum(o.c.first_paid + o.c.balance_paid), 0).label("paid"),
+        )
+        .where(o.c.campaign_id == campaign_id)
+        .group_by(day)
+        .order_by(day)
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def demand_by_variant(session: AsyncSession, campaign_id: uuid.UUID) -> list[dict[str, Any]]:
+    """Units to make per SKU: paid in full, and still awaiting their balance."""
+    rows = await session.execute(
+        select(
+            o.c.sku,
+            func.coalesce(func.sum(o.c.quantity).filter(o.c.status != "balance_due"), 0).label(
+                "units_paid"
+            ),
+            func.coalesce(func.sum(o.c.quantity).filter(o.c.status == "balance_due"), 0).label(
+                "units_awaiting_balance"
+            ),
+            func.count().label("orders"),
+        )
+        .where(
+            o.c.campaign_id == campaign_id,
+            o.c.status.in_(("balance_due", "paid", "shipped", "delivered", "completed")),
+        )
+        .group_by(o.c.sku)
+    )
+    return [dict(r._mapping) for r in rows]

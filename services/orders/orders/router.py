@@ -5,13 +5,15 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi.responses import Response, StreamingResponse
 
+from services.orders.orders import reports, settlement
 from services.orders.orders import repository as repo
 from services.orders.orders import service as rules
-from services.orders.orders import settlement
 from services.orders.orders.repository import OrderRow
 from services.orders.orders.schemas import (
+    CampaignStats,
     DecisionIn,
     OrderCreate,
     OrderFilters,
@@ -44,7 +46,7 @@ from shared.auth import CurrentUser, Principal, require_roles
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
 from shared.idempotency import IDEMPOTENCY_ERRORS, IdempotencyKeyRequired
-from shared.pagination import InvalidCursor, Page, PageDep, fetch_page, scope_to_merchant
+from shared.pagination import InvalidCursor, Page, PageDep, fetch_page
 from shared.payments import (
     PaymentAmountAboveMaximum,
     PaymentMethodUnavailable,
@@ -126,26 +128,32 @@ def orders_router() -> APIRouter:
         page: PageDep,
         filters: Annotated[OrderFilters, Depends()],
     ) -> Page[OrderOut]:
+        stmt = rules.visible_orders(principal, filters)
         cols = repo.order_columns()
-        stmt = repo.orders_query()
-        if principal.is_admin or principal.has("staff"):
-            stmt = scope_to_merchant(stmt, principal, cols.merchant_id)
-            if filters.customer_id is not None:
-                stmt = stmt.where(cols.customer_id == filters.customer_id)
-        else:
-            stmt = stmt.where(cols.customer_id == principal.sub)
-        if filters.status is not None:
-            stmt = stmt.where(cols.status == filters.status)
-        if filters.campaign_id is not None:
-            stmt = stmt.where(cols.campaign_id == filters.campaign_id)
-        if filters.created_from is not None:
-            stmt = stmt.where(cols.created_at >= filters.created_from)
-        if filters.created_to is not None:
-            stmt = stmt.where(cols.created_at < filters.created_to)
         rows, cursor = await fetch_page(
             session, stmt, sort=cols.created_at, key=cols.id, params=page
         )
         return Page(items=[OrderOut.of(OrderRow(**r._mapping)) for r in rows], next_cursor=cursor)
+
+    @router.get(
+        "/v1/orders/export.csv",
+        response_class=StreamingResponse,
+        summary="The merchant's orders as CSV, with the list's filters (staff)",
+        responses={
+            200: {"content": {"text/csv": {}}, "description": "One row per order."},
+            **responses(*_AUTH),
+        },
+    )
+    async def export(
+        principal: Staff, request: Request, filters: Annotated[OrderFilters, Depends()]
+    ) -> StreamingResponse:
+        cols = repo.order_columns()
+        stmt = rules.visible_orders(principal, filters).order_by(cols.created_at, cols.id)
+        return StreamingResponse(
+            reports.export_csv(request.app.state.sessionmaker, stmt),
+            media_type="text/csv; charset=utf-8",
+            headers={"content-disposition": 'attachment; filename="orders.csv"'},
+        )
 
     @router.get(
         "/v1/orders/{order_id}",
@@ -291,6 +299,39 @@ def orders_router() -> APIRouter:
             session, principal, order_id, refund_id, approve=False, note=body.note
         )
         return RefundDecisionOut.of(decision)
+
+    @router.get(
+        "/v1/presales/{campaign_id}/stats",
+        response_model=CampaignStats,
+        summary="Units, buyers, money in and out, conversion and a daily series (staff)",
+        responses=responses(*_AUTH, CampaignNotFound, reports.UnknownTimezone),
+    )
+    async def stats(
+        principal: Staff,
+        campaign_id: uuid.UUID,
+        session: SessionDep,
+        tz: Annotated[
+            str, Query(max_length=64, description="The days of the daily series are this zone's.")
+        ] = "Asia/Shanghai",
+    ) -> CampaignStats:
+        return await reports.campaign_stats(session, principal, campaign_id, tz)
+
+    @router.get(
+        "/v1/presales/{campaign_id}/demand.csv",
+        response_class=Response,
+        summary="Units to produce per variant, once the campaign has succeeded (staff)",
+        responses={
+            200: {"content": {"text/csv": {}}, "description": "One row per variant."},
+            **responses(*_AUTH, CampaignNotFound, CampaignStateConflict),
+        },
+    )
+    async def demand(principal: Staff, campaign_id: uuid.UUID, session: SessionDep) -> Response:
+        body = await reports.demand_csv(session, principal, campaign_id)
+        return Response(
+            body,
+            media_type="text/csv; charset=utf-8",
+            headers={"content-disposition": f'attachment; filename="demand-{campaign_id}.csv"'},
+        )
 
     @router.post(
         "/v1/presales/{campaign_id}/cancel",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
@@ -201,3 +201,30 @@ class OrderFilters(BaseModel):
     customer_id: SafeStr | None = Field(None, max_length=100)
     created_from: AwareDatetime | None = None
     created_to: AwareDatetime | None = None
+
+
+class DailyPoint(BaseModel):
+    day: date
+    orders_placed: int
+    orders_paid: int
+    paid: int = Field(description="Minor units paid on the orders placed that day.")
+
+
+class CampaignStats(BaseModel):
+    campaign_id: uuid.UUID
+    currency: str
+    status: str
+    units_committed: int
+    buyers: int
+    orders_placed: int
+    orders_paid: int
+    orders_cancelled: int
+    conversion_bps: int = Field(description="Orders paid / orders placed, in basis points.")
+    deposits_paid: int
+    prepayments_paid: int
+    balances_paid: int
+    refunded: int
+    forfeited: int = Field(description="定金 kept after unpaid balances.")
+    gmv: int = Field(description="Money paid and not refunded, in minor units.")
+    timezone: str
+    daily: list[DailyPoint]

@@ -16,11 +16,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
+from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.orders.orders import repository as repo
 from services.orders.orders.repository import OrderRow, RefundDecisionRow
-from services.orders.orders.schemas import OrderCreate, PayIn
+from services.orders.orders.schemas import OrderCreate, OrderFilters, PayIn
 from services.orders.presales import repository as campaigns
 from services.orders.presales.pricing import first_payment
 from services.orders.presales.repository import CampaignRow
@@ -35,6 +36,7 @@ from shared.events.contracts import (
     OrderPaid,
     OrderRefunded,
 )
+from shared.pagination import scope_to_merchant
 from shared.payments import (
     PaymentChange,
     PaymentContext,
@@ -752,6 +754,28 @@ class Orders:
             session, order.id, {"status": "completed", "completed_at": now_utc()}
         )
         await self.publish(session, OrderCompleted, order)
+
+
+def visible_orders(principal: Principal, filters: OrderFilters) -> Select[Any]:
+    """The orders ``principal`` may list: customers their own, staff their merchant's (and a
+    customer's, by filter), admins all; narrowed by ``filters``."""
+    cols = repo.order_columns()
+    stmt = repo.orders_query()
+    if principal.is_admin or principal.has("staff"):
+        stmt = scope_to_merchant(stmt, principal, cols.merchant_id)
+        if filters.customer_id is not None:
+            stmt = stmt.where(cols.customer_id == filters.customer_id)
+    else:
+        stmt = stmt.where(cols.customer_id == principal.sub)
+    if filters.status is not None:
+        stmt = stmt.where(cols.status == filters.status)
+    if filters.campaign_id is not None:
+        stmt = stmt.where(cols.campaign_id == filters.campaign_id)
+    if filters.created_from is not None:
+        stmt = stmt.where(cols.created_at >= filters.created_from)
+    if filters.created_to is not None:
+        stmt = stmt.where(cols.created_at < filters.created_to)
+    return stmt
 
 
 def _early_bird_applies(campaign: CampaignRow, quantity: int, now: datetime) -> bool:
