@@ -4,6 +4,7 @@ service's failure never charged to another client."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -66,6 +67,21 @@ async def gateway(lone_gateway: Callable[..., Process]) -> AsyncIterator[tuple[s
             BODY_IDLE_TIMEOUT_SECONDS="1",
         )
         yield process.url, process
+
+
+@pytest.fixture
+async def one_connection_gateway(lone_gateway: Callable[..., Process]) -> AsyncIterator[str]:
+    """The stand-in behind a gateway holding a single connection to it: a request that arrives
+    while it is in use waits, and takes it the moment an answer on it is read."""
+    async with serve(stand_in, free_port()) as url:
+        process = await asyncio.to_thread(
+            lone_gateway,
+            ORDERS_URL=url,
+            CROWDFUND_URL=url,
+            REFERRALS_URL=url,
+            UPSTREAM_POOL_SIZE="1",
+        )
+        yield process.url
 
 
 def read_answer(sock: socket.socket) -> bytes:
@@ -227,10 +243,37 @@ class TestSomeoneElsesFailure:
                 statuses += [r.status_code for r in answers[5:]]
         assert statuses == [200] * 400
 
+    async def test_the_keyed_post_waiting_for_the_connection_a_crash_closed_is_sent_again(
+        self, one_connection_gateway: str
+    ) -> None:
+        # The stand-in closes the connection once its 500 is sent; with one connection to it,
+        # the request waiting behind the crash goes out on that connection before the gateway
+        # has read the close. A keyed POST is then sent once more on a new connection (GETs
+        # too; aiohttp alone resends only those).
+        async with httpx.AsyncClient(base_url=one_connection_gateway, timeout=10) as client:
+            statuses: list[int] = []
+            for i in range(10):
+                crashed, *rest = await asyncio.gather(
+                    client.get("/v1/orders/crash"),
+                    *(
+                        client.post(
+                            "/v1/orders/echo",
+                            json={"i": i},
+                            headers={"Idempotency-Key": f"one-{i}-{j}"},
+                        )
+                        for j in range(5)
+                    ),
+                )
+                assert crashed.status_code == 500, crashed.text
+                statuses += [r.status_code for r in rest]
+        assert statuses == [200] * 50
 
-@pytest.fixture
-async def failing_service(
-    service_env: Callable[..., dict[str, str]], lone_gateway: Callable[..., Process]
+
+@contextlib.asynccontextmanager
+async def _failing_service(
+    service_env: Callable[..., dict[str, str]],
+    lone_gateway: Callable[..., Process],
+    **gateway_env: str,
 ) -> AsyncIterator[str]:
     """A real service app (our frame) with an endpoint that fails, behind a gateway."""
     from services.orders.app import create_app
@@ -249,9 +292,28 @@ async def failing_service(
     app.include_router(router)
     async with serve(app, free_port()) as url:
         process = await asyncio.to_thread(
-            lone_gateway, ORDERS_URL=url, CROWDFUND_URL=url, REFERRALS_URL=url
+            lone_gateway, ORDERS_URL=url, CROWDFUND_URL=url, REFERRALS_URL=url, **gateway_env
         )
         yield process.url
+
+
+@pytest.fixture
+async def failing_service(
+    service_env: Callable[..., dict[str, str]], lone_gateway: Callable[..., Process]
+) -> AsyncIterator[str]:
+    async with _failing_service(service_env, lone_gateway) as url:
+        yield url
+
+
+@pytest.fixture
+async def failing_service_one_connection(
+    service_env: Callable[..., dict[str, str]], lone_gateway: Callable[..., Process]
+) -> AsyncIterator[str]:
+    """The same, with the gateway holding a single connection to the service: a request that
+    arrives while it is in use waits for it, and takes it the moment an answer on it is read
+    (what every request does at a gateway whose whole pool is busy)."""
+    async with _failing_service(service_env, lone_gateway, UPSTREAM_POOL_SIZE="1") as url:
+        yield url
 
 
 async def test_after_a_service_500_thirty_innocent_posts_all_succeed(failing_service: str) -> None:
@@ -269,3 +331,32 @@ async def test_after_a_service_500_thirty_innocent_posts_all_succeed(failing_ser
             assert [r.status_code for r in answers[:5]] == [500] * 5
             innocent += [r.status_code for r in answers[5:]]
     assert innocent == [200] * 600
+
+
+async def test_the_request_waiting_for_the_connection_a_500_came_back_on_succeeds(
+    failing_service_one_connection: str,
+) -> None:
+    # The gateway holds one connection to the service, so each round's requests wait for it;
+    # the one behind the failing request takes it as soon as the 500 on it has been read,
+    # before the gateway can have read a close that follows. A service that closes the
+    # connection after its 500 (uvicorn does when the app re-raises the error after answering,
+    # as Starlette's ServerErrorMiddleware does) has by then been sent that innocent POST: it
+    # came back 502, about one a round. With connections to spare a request seldom takes one
+    # that fast, which is why the test above hardly ever saw it. Our services keep the
+    # connection after a 500.
+    async with httpx.AsyncClient(base_url=failing_service_one_connection, timeout=10) as client:
+        crashed: list[httpx.Response] = []
+        innocent: list[tuple[int, Any]] = []
+        for i in range(10):
+            failing, *answers = await asyncio.gather(
+                client.post("/v1/orders/crash"),
+                *(client.post("/v1/orders/fine", json={"i": i}) for _ in range(5)),
+            )
+            crashed.append(failing)
+            innocent += [(r.status_code, r.json()) for r in answers]
+    assert innocent == [(200, {"status": "fine"})] * 50
+    for response in crashed:
+        assert response.status_code == 500, response.text
+        assert response.headers["content-type"] == PROBLEM_JSON
+        assert response.json()["code"] == "internal_error"
+        assert response.json()["request_id"] == response.headers["x-request-id"]
