@@ -101,8 +101,11 @@ class UpstreamPool:
         keepalive_seconds: float = 4.0,
     ) -> None:
         self.upstreams = upstreams
+        # sock_connect bounds opening a TCP connection; connect (which in aiohttp also covers
+        # waiting for a free pooled connection) gets the read timeout: under a burst larger
+        # than the pool, requests queue for a connection instead of failing after 2 s.
         self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=connect_timeout, sock_read=read_timeout
+            total=None, connect=read_timeout, sock_connect=connect_timeout, sock_read=read_timeout
         )
         self._pool_size = pool_size
         # Below uvicorn's keep-alive (5 s): an idle connection is dropped here before the

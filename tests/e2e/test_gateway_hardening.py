@@ -46,8 +46,14 @@ async def crash(request: Request) -> JSONResponse:
     raise RuntimeError("a bug in the service")
 
 
+async def slow(request: Request) -> JSONResponse:
+    await asyncio.sleep(0.4)
+    return JSONResponse({"slow": True})
+
+
 stand_in = Starlette(
     routes=[
+        Route("/v1/orders/slow", slow, methods=["GET"]),
         Route("/v1/orders/echo", echo, methods=["GET", "POST"]),
         Route("/v1/orders/crash", crash, methods=["GET", "POST"]),
     ]
@@ -67,6 +73,26 @@ async def gateway(lone_gateway: Callable[..., Process]) -> AsyncIterator[tuple[s
             BODY_IDLE_TIMEOUT_SECONDS="1",
         )
         yield process.url, process
+
+
+async def test_a_burst_larger_than_the_pool_waits_for_a_connection_instead_of_failing(
+    lone_gateway: Callable[..., Process],
+) -> None:
+    # One connection to the stand-in, 0.5 s to open one: five slow requests at once wait
+    # about 2 s for their turn. Waiting for a pooled connection is not a connect timeout
+    # (it was, and the last three came back 504).
+    async with serve(stand_in, free_port()) as url:
+        process = await asyncio.to_thread(
+            lone_gateway,
+            ORDERS_URL=url,
+            CROWDFUND_URL=url,
+            REFERRALS_URL=url,
+            UPSTREAM_POOL_SIZE="1",
+            UPSTREAM_CONNECT_TIMEOUT="0.5",
+        )
+        async with httpx.AsyncClient(base_url=process.url, timeout=30) as client:
+            answers = await asyncio.gather(*(client.get("/v1/orders/slow") for _ in range(5)))
+    assert [r.status_code for r in answers] == [200] * 5
 
 
 @pytest.fixture

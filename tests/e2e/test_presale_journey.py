@@ -138,7 +138,7 @@ async def test_a_presale_from_publishing_to_completion(
                         )
                     )
                 ).all()
-            return rows if rows and all(r.status == "delivered" for r in rows) else None
+            return list(rows) if rows and all(r.status == "delivered" for r in rows) else None
 
         rows = await _until(delivered_events, "the relay delivers the order events")
         types = sorted(r.event_type for r in rows)

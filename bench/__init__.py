@@ -1,0 +1,1 @@
+"""Benchmarks that print figures (docs/benchmarks.md); run each as a script."""

@@ -1,0 +1,248 @@
+"""A pre-sale rush: N customers order at once from one campaign of limited capacity.
+
+    .venv/bin/python bench/presale_rush.py [--customers 1000] [--capacity 300] [--rounds 1]
+
+Starts, on a fresh database of the machine's PostgreSQL (127.0.0.1:5432), the orders service
+(simulated payments, as in the embedded mode) behind the Qunbuy gateway, creates and opens a
+campaign of ``--capacity`` units, and sends one order from each of ``--customers`` customers
+(each with its own token and Idempotency-Key, one unit, a card that succeeds) all at once
+through the gateway. It prints orders/s (answers, 201 or 409 sold out, per second of the
+whole burst), p50/p99 latency, the answers by status, peak memory of both processes, and the
+oversold count (units reserved beyond capacity, from the database: must be 0).
+
+The reference, measured in the same run: the same burst through a second gateway to a bare
+endpoint (``bench/reservation_reference.py``) that runs only the atomic reservation
+statement on another campaign of the same capacity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import text
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.gateway_proxy import free_port, peak_rss_mib, uvicorn, wait_http  # noqa: E402
+from qunbuy.pg import database_url, drop_databases, ensure_databases  # noqa: E402
+from shared.auth import TokenIssuer, public_pem  # noqa: E402
+from shared.db import make_engine  # noqa: E402
+from shared.migrations import upgrade  # noqa: E402
+
+SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def campaign(capacity: int) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {
+        "title": "Rush",
+        "currency": "CNY",
+        "variants": [{"sku": "ONE", "name": "One size"}],
+        "price_tiers": [{"min_quantity": 1, "unit_price": 12900}],
+        "min_quantity": 1,
+        "capacity": capacity,
+        "opens_at": (now - timedelta(minutes=1)).isoformat(),
+        "closes_at": (now + timedelta(hours=1)).isoformat(),
+        "deposit": {"type": "deposit", "unit_deposit": 2000},
+    }
+
+
+async def burst(gateway: str, path: str, tokens: list[str]) -> dict[str, Any]:
+    """Every customer orders once, all at once; answers and latencies."""
+    body = {"sku": "ONE", "quantity": 1, "method": "wechat_pay"}
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    connector = aiohttp.TCPConnector(limit=len(tokens))
+    async with aiohttp.ClientSession(
+        gateway, connector=connector, timeout=aiohttp.ClientTimeout(total=300)
+    ) as http:
+
+        async def one(token: str) -> None:
+            headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": uuid.uuid4().hex}
+            started = time.perf_counter()
+            async with http.post(path, json=body, headers=headers) as response:
+                await response.read()
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+            latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(t) for t in tokens))
+        wall = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "per_s": len(tokens) / wall,
+        "wall_s": wall,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "statuses": dict(sorted(statuses.items())),
+    }
+
+
+async def new_campaigns(gateway: str, staff: str, url: str, capacity: int) -> tuple[str, str]:
+    """An open campaign made through the API, and its twin for the reference endpoint."""
+    async with aiohttp.ClientSession(gateway) as http:
+        headers = {"Authorization": f"Bearer {staff}"}
+        async with http.post("/v1/presales", json=campaign(capacity), headers=headers) as r:
+            campaign_id = str((await r.json())["id"])
+        async with http.post(f"/v1/presales/{campaign_id}/publish", headers=headers) as r:
+            assert r.status == 200, await r.text()
+    reference_id = uuid.uuid4()
+    engine = make_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO presale_campaign (id, merchant_id, title, image_urls, currency,"
+                    " price_tiers, min_quantity, capacity, opens_at, closes_at,"
+                    " balance_window_hours, deposit_type, unit_deposit, unit_deposit_credit,"
+                    " status) SELECT :id, merchant_id, title, image_urls, currency, price_tiers,"
+                    " min_quantity, capacity, opens_at, closes_at, balance_window_hours,"
+                    " deposit_type, unit_deposit, unit_deposit_credit, status"
+                    " FROM presale_campaign WHERE id = :source"
+                ),
+                {"id": reference_id, "source": uuid.UUID(campaign_id)},
+            )
+    finally:
+        await engine.dispose()
+    return campaign_id, str(reference_id)
+
+
+async def reserved(url: str, campaign_id: str) -> int:
+    engine = make_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            value = await conn.scalar(
+                text("SELECT reserved_quantity FROM presale_campaign WHERE id = :id"),
+                {"id": uuid.UUID(campaign_id)},
+            )
+            return int(value or 0)
+    finally:
+        await engine.dispose()
+
+
+async def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[bytes]]) -> None:
+    name = f"qb_rush_{uuid.uuid4().hex[:8]}"
+    await ensure_databases(SERVER, [name], fresh=True)
+    url = database_url(SERVER, name)
+    try:
+        await asyncio.to_thread(upgrade, "orders", url)
+        key = ec.generate_private_key(ec.SECP256R1())
+        (tmp / "jwt.pem").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        (tmp / "jwt-public.pem").write_bytes(public_pem(key))
+        issuer = TokenIssuer(key, issuer="qunbuy-gateway", audience="qunbuy", ttl_seconds=3600)
+        ports = {n: free_port() for n in ("orders", "reference", "gateway", "gateway_ref")}
+        service_env = {
+            "QUNBUY_MODE": "production",
+            "DATABASE_URL": url,
+            "JWT_PUBLIC_KEY_FILE": str(tmp / "jwt-public.pem"),
+            "EVENT_SECRET": "bench",
+            "PAYMENT_PROVIDER": "simulated",
+            "SIMULATED_WEBHOOK_SECRET": "whsec_bench",
+            "LOG_LEVEL": "WARNING",
+        }
+        orders = uvicorn("services.orders.app:create_app", ports["orders"], service_env, True)
+        reference = uvicorn(
+            "bench.reservation_reference:app", ports["reference"], {"DATABASE_URL": url}, False
+        )
+        procs += [orders, reference]
+        gateways = {}
+        for gw, upstream in (("gateway", "orders"), ("gateway_ref", "reference")):
+            env = {
+                "QUNBUY_MODE": "production",
+                "JWT_PRIVATE_KEY_FILE": str(tmp / "jwt.pem"),
+                "ORDERS_URL": f"http://127.0.0.1:{ports[upstream]}",
+                "LOG_LEVEL": "WARNING",
+            }
+            gateways[gw] = uvicorn("gateway.app:create_app", ports[gw], env, True)
+            procs.append(gateways[gw])
+        for port in ports.values():
+            wait_http(f"http://127.0.0.1:{port}/healthz", timeout=120)
+        print(f"orders pid {orders.pid}, gateway pid {gateways['gateway'].pid}")
+        staff = issuer.issue("bench-staff", ["staff"], merchant_id="m_bench")
+        gateway_url = f"http://127.0.0.1:{ports['gateway']}"
+        print(
+            f"{args.customers} customers, capacity {args.capacity}, one unit each, "
+            f"through the gateway; {os.cpu_count()} CPUs"
+        )
+        for round_no in range(1, args.rounds + 1):
+            campaign_id, reference_id = await new_campaigns(gateway_url, staff, url, args.capacity)
+            tokens = [
+                issuer.issue(f"bench-{round_no}-{i}", ["customer"]) for i in range(args.customers)
+            ]
+            results = {
+                "orders (real endpoint)": (
+                    await burst(gateway_url, f"/v1/presales/{campaign_id}/orders", tokens),
+                    await reserved(url, campaign_id),
+                ),
+                "reference (reservation only)": (
+                    await burst(
+                        f"http://127.0.0.1:{ports['gateway_ref']}",
+                        f"/v1/presales/{reference_id}/orders",
+                        tokens,
+                    ),
+                    await reserved(url, reference_id),
+                ),
+            }
+            print(f"\nround {round_no}")
+            print("| target | orders/s | p50 ms | p99 ms | answers | reserved | oversold |")
+            print("|---|---:|---:|---:|---|---:|---:|")
+            for label, (r, units) in results.items():
+                print(
+                    f"| {label} | {r['per_s']:.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+                    f"{r['statuses']} | {units} | {max(0, units - args.capacity)} |"
+                )
+            real = results["orders (real endpoint)"][0]
+            ref = results["reference (reservation only)"][0]
+            print(f"real / reference throughput: {real['per_s'] / ref['per_s']:.0%}")
+        print(
+            f"\npeak RSS: orders {peak_rss_mib(orders.pid):.0f} MiB, "
+            f"gateway {peak_rss_mib(gateways['gateway'].pid):.0f} MiB"
+        )
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=20)
+        procs.clear()
+        await drop_databases(SERVER, [name])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--customers", type=int, default=1000)
+    parser.add_argument("--capacity", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=1)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="qb-rush-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        asyncio.run(run(args, tmp, procs))
+    finally:
+        for proc in procs:
+            proc.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
