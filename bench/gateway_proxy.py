@@ -23,6 +23,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from qunbuy.platform import APPS, SERVER_OPTIONS  # noqa: E402
 
 
 def free_port() -> int:
@@ -46,8 +49,17 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
 
 
 def uvicorn(app: str, port: int, env: dict[str, str], factory: bool) -> subprocess.Popen[bytes]:
+    """The stand-in upstream, quiet."""
     argv = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
     argv += ["--no-access-log", "--log-level", "warning"] + (["--factory"] if factory else [])
+    return subprocess.Popen(argv, env={**os.environ, **env}, cwd=ROOT)
+
+
+def production_gateway(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The gateway started as production starts it (deploy/, Dockerfile): the same options,
+    the default log levels; only the host and port differ."""
+    argv = [sys.executable, "-m", "uvicorn", APPS["gateway"], "--factory"]
+    argv += ["--host", "127.0.0.1", "--port", str(port), *SERVER_OPTIONS["gateway"]]
     return subprocess.Popen(argv, env={**os.environ, **env}, cwd=ROOT)
 
 
@@ -125,9 +137,8 @@ def main() -> int:
             "QUNBUY_MODE": "embedded",
             "JWT_PRIVATE_KEY_FILE": str(tmp / "jwt.pem"),
             "ORDERS_URL": f"http://127.0.0.1:{ports['upstream']}",
-            "LOG_LEVEL": "WARNING",
         }
-        gateway = uvicorn("gateway.app:create_app", ports["gateway"], gateway_env, factory=True)
+        gateway = production_gateway(ports["gateway"], gateway_env)
         procs.append(gateway)
         targets = {
             "direct (uvicorn upstream)": f"http://127.0.0.1:{ports['upstream']}/v1/orders/o1",

@@ -66,18 +66,18 @@ _HOP_BY_HOP = frozenset(
 )
 _RESPONSE_DROP = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "x-request-id",
-        "server",
-        "date",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"x-request-id",
+        b"server",
+        b"date",
     }
 )
 _VALID_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
@@ -126,6 +126,9 @@ class UpstreamPool:
                 timeout=self._timeout,
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+                # A proxy keeps no cookies: one client's Set-Cookie must never go out with
+                # another client's request (and an empty jar is still filtered per request).
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
 
     async def close(self) -> None:
@@ -238,6 +241,7 @@ class Gateway:
         status = 500
 
         async def send_own(message: Message) -> None:
+            # The gateway's own answers (problems); a relayed answer adds ``own`` itself.
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
@@ -245,7 +249,10 @@ class Gateway:
             await send(message)
 
         try:
-            await self._forward(scope, receive, send_own, target, request_id)
+            upstream = await self._forward(scope, receive, send_own, target, request_id)
+            if upstream is not None:
+                status = upstream.status
+                await _relay_response(scope, send, send_own, target.service, upstream, own)
         finally:
             elapsed = time.perf_counter() - started
             self._metrics.observe(scope["method"], target.route, status, elapsed)
@@ -262,9 +269,10 @@ class Gateway:
 
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, target: Target, request_id: str
-    ) -> None:
+    ) -> aiohttp.ClientResponse | None:
+        """The service's response, or None when the gateway has answered itself."""
         if not await preflight(scope, receive, send, self.limits):
-            return
+            return None
         try:
             headers, keyed = _forward_headers(scope, request_id)
         except _InvalidHeader:
@@ -275,7 +283,7 @@ class Gateway:
                 code="invalid_header",
                 title="A request header is not valid UTF-8",
             )
-            return
+            return None
         method: str = scope["method"]
         length = next((int(v) for k, v in scope["headers"] if k == b"content-length"), None)
         chunked = any(k == b"transfer-encoding" for k, _ in scope["headers"])
@@ -285,7 +293,7 @@ class Gateway:
             if length is not None and length <= _WHOLE:
                 data = await read_body(body_receive)
                 if data is None:
-                    return  # the client went away
+                    return None  # the client went away
                 headers["content-length"] = str(len(data))
             elif length is not None or chunked:
                 data = _stream(body_receive)
@@ -296,10 +304,10 @@ class Gateway:
         except BodyTooLarge:
             await drain(receive)
             await send_too_large(scope, send, self.limits)
-            return
+            return None
         except BodyTimeout:
             await send_body_timeout(scope, send)
-            return
+            return None
         except (TimeoutError, aiohttp.ClientError) as exc:
             # A body that broke a limit while it streamed reaches us wrapped by the client.
             cause = _limit_cause(exc)
@@ -310,8 +318,8 @@ class Gateway:
                 await send_body_timeout(scope, send)
             else:
                 await _upstream_error(scope, send, target.service, exc)
-            return
-        await _relay_response(scope, send, target.service, upstream)
+            return None
+        return upstream
 
     async def _send_upstream(
         self,
@@ -324,9 +332,14 @@ class Gateway:
     ) -> aiohttp.ClientResponse:
         session = self.pool.sessions[target.service]
         query: bytes = scope.get("query_string", b"")
-        # encoded=True: the path goes out byte for byte as the client sent it (no re-encoding,
-        # no dot-segment folding by the URL library).
-        url = URL(target.path + (f"?{query.decode('latin-1')}" if query else ""), encoded=True)
+        # Absolute, and encoded=True: the path goes out byte for byte as the client sent it (no
+        # re-encoding, no dot-segment folding by a join with the session's base URL).
+        url = URL(
+            self.pool.upstreams[target.service]
+            + target.path
+            + (f"?{query.decode('latin-1')}" if query else ""),
+            encoded=True,
+        )
         for attempt in (1, 2):
             try:
                 return await session.request(
@@ -384,21 +397,35 @@ async def _stream(receive: Receive) -> AsyncIterator[bytes]:
 
 
 def _response_headers(upstream: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
-    named = {
-        t.strip().lower() for v in upstream.headers.getall("connection", []) for t in v.split(",")
-    }
-    # aiohttp keeps undecodable bytes as surrogates: they go back out exactly as they came.
-    return [
-        (k.lower().encode("latin-1"), v.encode("utf-8", "surrogateescape"))
-        for k, v in upstream.headers.items()
-        if k.lower() not in _RESPONSE_DROP and k.lower() not in named
-    ]
+    """The upstream's headers as it sent them (its raw bytes, names lower-cased), without
+    hop-by-hop ones and those named in its ``Connection``."""
+    headers: list[tuple[bytes, bytes]] = []
+    named: set[bytes] | None = None
+    for name, value in upstream.raw_headers:
+        lower = name.lower()
+        if lower in _RESPONSE_DROP:
+            if lower == b"connection":
+                named = named or set()
+                named.update(t.strip().lower() for t in value.split(b","))
+            continue
+        headers.append((lower, value))
+    if named:
+        headers = [(k, v) for k, v in headers if k not in named]
+    return headers
 
 
 async def _relay_response(
-    scope: Scope, send: Send, service: str, upstream: aiohttp.ClientResponse
+    scope: Scope,
+    send: Send,
+    send_own: Send,
+    service: str,
+    upstream: aiohttp.ClientResponse,
+    own: list[tuple[bytes, bytes]],
 ) -> None:
+    """Sends the service's answer (with the gateway's ``own`` headers) to ``send``; a failure
+    before anything went out is answered through ``send_own``."""
     headers = _response_headers(upstream)
+    headers += own
     if scope["method"] == "HEAD":
         # No body follows; the length is the one a GET would have had.
         upstream.release()
@@ -412,7 +439,7 @@ async def _relay_response(
         try:
             raw = await upstream.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
-            await _upstream_error(scope, send, service, exc)
+            await _upstream_error(scope, send_own, service, exc)
             return
         finally:
             upstream.release()

@@ -17,7 +17,14 @@ from pathlib import Path
 from types import FrameType
 
 from qunbuy.commands import prepare_databases
-from qunbuy.platform import APPS, PORTS, SUBSCRIBERS, PlatformError, open_databases
+from qunbuy.platform import (
+    APPS,
+    PORTS,
+    SERVER_OPTIONS,
+    SUBSCRIBERS,
+    PlatformError,
+    open_databases,
+)
 from shared.auth import load_or_create_private_key, public_pem
 
 STARTUP_TIMEOUT = 60.0
@@ -165,6 +172,7 @@ def run_platform(*, data_dir: Path, host: str, port_base: int | None = None) -> 
                     host,
                     "--port",
                     str(ports[name]),
+                    *SERVER_OPTIONS[name],
                     "--no-access-log",
                     "--log-level",
                     "warning",

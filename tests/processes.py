@@ -10,7 +10,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qunbuy.platform import APPS
+from qunbuy.platform import APPS, SERVER_OPTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,6 +40,7 @@ class Process:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
+                *SERVER_OPTIONS[self.name],
                 "--no-access-log",
             ],
             env={**os.environ, **self.env},

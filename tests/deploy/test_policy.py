@@ -7,7 +7,7 @@ import ast
 
 import pytest
 
-from qunbuy.platform import APPS, PORTS
+from qunbuy.platform import APPS, PORTS, SERVER_OPTIONS
 from tests.deploy.kube import (
     ROOT,
     TREES,
@@ -153,6 +153,7 @@ def test_processes_run_the_apps_on_their_ports(tree: str) -> None:
             "0.0.0.0",
             "--port",
             str(port),
+            *SERVER_OPTIONS[process],
         ], name_of(deployment)
         assert "args" not in container, name_of(deployment)
         assert container["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
