@@ -46,6 +46,12 @@ async def crash(request: Request) -> JSONResponse:
     raise RuntimeError("a bug in the service")
 
 
+async def set_cookie(request: Request) -> JSONResponse:
+    response = JSONResponse({"cookie": "set"})
+    response.set_cookie("session", "first-clients-secret")
+    return response
+
+
 async def slow(request: Request) -> JSONResponse:
     await asyncio.sleep(0.4)
     return JSONResponse({"slow": True})
@@ -54,6 +60,7 @@ async def slow(request: Request) -> JSONResponse:
 stand_in = Starlette(
     routes=[
         Route("/v1/orders/slow", slow, methods=["GET"]),
+        Route("/v1/orders/set-cookie", set_cookie, methods=["GET"]),
         Route("/v1/orders/echo", echo, methods=["GET", "POST"]),
         Route("/v1/orders/crash", crash, methods=["GET", "POST"]),
     ]
@@ -93,6 +100,25 @@ async def test_a_burst_larger_than_the_pool_waits_for_a_connection_instead_of_fa
         async with httpx.AsyncClient(base_url=process.url, timeout=30) as client:
             answers = await asyncio.gather(*(client.get("/v1/orders/slow") for _ in range(5)))
     assert [r.status_code for r in answers] == [200] * 5
+
+
+async def test_a_cookie_one_client_was_given_never_goes_out_with_anothers_request(
+    lone_gateway: Callable[..., Process],
+) -> None:
+    # The service is named by host name, as in Kubernetes (a client's cookie jar keeps no
+    # cookies for bare IP addresses, which would hide the leak).
+    async with serve(stand_in, free_port()) as url:
+        by_name = url.replace("127.0.0.1", "localhost")
+        process = await asyncio.to_thread(
+            lone_gateway, ORDERS_URL=by_name, CROWDFUND_URL=by_name, REFERRALS_URL=by_name
+        )
+        async with httpx.AsyncClient(base_url=process.url) as first:
+            given = await first.get("/v1/orders/set-cookie")
+        assert "first-clients-secret" in given.headers["set-cookie"]  # relayed to its client
+        async with httpx.AsyncClient(base_url=process.url) as second:
+            response = await second.get("/v1/orders/echo")
+    names = {k for k, _ in response.json()["headers"]}
+    assert "cookie" not in names
 
 
 @pytest.fixture
