@@ -55,11 +55,11 @@ def uvicorn(app: str, port: int, env: dict[str, str], factory: bool) -> subproce
     return subprocess.Popen(argv, env={**os.environ, **env}, cwd=ROOT)
 
 
-def production_gateway(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """The gateway started as production starts it (deploy/, Dockerfile): the same options,
-    the default log levels; only the host and port differ."""
-    argv = [sys.executable, "-m", "uvicorn", APPS["gateway"], "--factory"]
-    argv += ["--host", "127.0.0.1", "--port", str(port), *SERVER_OPTIONS["gateway"]]
+def production(name: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A process (``gateway``, ``orders``...) started as production starts it (deploy/,
+    Dockerfile): the same options, the default log levels; only the host and port differ."""
+    argv = [sys.executable, "-m", "uvicorn", APPS[name], "--factory"]
+    argv += ["--host", "127.0.0.1", "--port", str(port), *SERVER_OPTIONS[name]]
     return subprocess.Popen(argv, env={**os.environ, **env}, cwd=ROOT)
 
 
@@ -138,7 +138,7 @@ def main() -> int:
             "JWT_PRIVATE_KEY_FILE": str(tmp / "jwt.pem"),
             "ORDERS_URL": f"http://127.0.0.1:{ports['upstream']}",
         }
-        gateway = production_gateway(ports["gateway"], gateway_env)
+        gateway = production("gateway", ports["gateway"], gateway_env)
         procs.append(gateway)
         targets = {
             "direct (uvicorn upstream)": f"http://127.0.0.1:{ports['upstream']}/v1/orders/o1",

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import text
@@ -38,7 +39,7 @@ from sqlalchemy import text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway_proxy import free_port, peak_rss_mib, uvicorn, wait_http  # noqa: E402
+from bench.gateway_proxy import free_port, peak_rss_mib, production, uvicorn, wait_http  # noqa: E402
 from qunbuy.pg import database_url, drop_databases, ensure_databases  # noqa: E402
 from shared.auth import TokenIssuer, public_pem  # noqa: E402
 from shared.db import make_engine  # noqa: E402
@@ -62,8 +63,18 @@ def campaign(capacity: int) -> dict[str, Any]:
     }
 
 
-async def burst(gateway: str, path: str, tokens: list[str]) -> dict[str, Any]:
-    """Every customer orders once, all at once; answers and latencies."""
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU time so far of each named process (PostgreSQL's backends come and go with the
+    pools, so theirs is not counted)."""
+    out = {}
+    for label, pid in pids.items():
+        times = psutil.Process(pid).cpu_times()
+        out[label] = times.user + times.system
+    return out
+
+
+async def burst(gateway: str, path: str, tokens: list[str], pids: dict[str, int]) -> dict[str, Any]:
+    """Every customer orders once, all at once; answers, latencies, CPU used per process."""
     body = {"sku": "ONE", "quantity": 1, "method": "wechat_pay"}
     latencies: list[float] = []
     statuses: dict[int, int] = {}
@@ -80,9 +91,11 @@ async def burst(gateway: str, path: str, tokens: list[str]) -> dict[str, Any]:
                 statuses[response.status] = statuses.get(response.status, 0) + 1
             latencies.append(time.perf_counter() - started)
 
+        cpu_before = cpu_seconds(pids)
         started = time.perf_counter()
         await asyncio.gather(*(one(t) for t in tokens))
         wall = time.perf_counter() - started
+        cpu_after = cpu_seconds(pids)
     latencies.sort()
     return {
         "per_s": len(tokens) / wall,
@@ -90,6 +103,7 @@ async def burst(gateway: str, path: str, tokens: list[str]) -> dict[str, Any]:
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
         "statuses": dict(sorted(statuses.items())),
+        "cpu": {k: cpu_after[k] - cpu_before[k] for k in cpu_after},
     }
 
 
@@ -161,7 +175,7 @@ async def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[
             "SIMULATED_WEBHOOK_SECRET": "whsec_bench",
             "LOG_LEVEL": "WARNING",
         }
-        orders = uvicorn("services.orders.app:create_app", ports["orders"], service_env, True)
+        orders = production("orders", ports["orders"], service_env)
         reference = uvicorn(
             "bench.reservation_reference:app", ports["reference"], {"DATABASE_URL": url}, False
         )
@@ -174,7 +188,7 @@ async def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[
                 "ORDERS_URL": f"http://127.0.0.1:{ports[upstream]}",
                 "LOG_LEVEL": "WARNING",
             }
-            gateways[gw] = uvicorn("gateway.app:create_app", ports[gw], env, True)
+            gateways[gw] = production("gateway", ports[gw], env)
             procs.append(gateways[gw])
         for port in ports.values():
             wait_http(f"http://127.0.0.1:{port}/healthz", timeout=120)
@@ -192,7 +206,16 @@ async def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[
             ]
             results = {
                 "orders (real endpoint)": (
-                    await burst(gateway_url, f"/v1/presales/{campaign_id}/orders", tokens),
+                    await burst(
+                        gateway_url,
+                        f"/v1/presales/{campaign_id}/orders",
+                        tokens,
+                        {
+                            "service": orders.pid,
+                            "gateway": gateways["gateway"].pid,
+                            "load": os.getpid(),
+                        },
+                    ),
                     await reserved(url, campaign_id),
                 ),
                 "reference (reservation only)": (
@@ -200,17 +223,26 @@ async def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[
                         f"http://127.0.0.1:{ports['gateway_ref']}",
                         f"/v1/presales/{reference_id}/orders",
                         tokens,
+                        {
+                            "service": reference.pid,
+                            "gateway": gateways["gateway_ref"].pid,
+                            "load": os.getpid(),
+                        },
                     ),
                     await reserved(url, reference_id),
                 ),
             }
             print(f"\nround {round_no}")
-            print("| target | orders/s | p50 ms | p99 ms | answers | reserved | oversold |")
-            print("|---|---:|---:|---:|---|---:|---:|")
+            print(
+                "| target | orders/s | p50 ms | p99 ms | answers | reserved | oversold "
+                "| CPU s: service / gateway / load |"
+            )
+            print("|---|---:|---:|---:|---|---:|---:|---|")
             for label, (r, units) in results.items():
+                cpu = " / ".join(f"{r['cpu'][k]:.1f}" for k in ("service", "gateway", "load"))
                 print(
                     f"| {label} | {r['per_s']:.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
-                    f"{r['statuses']} | {units} | {max(0, units - args.capacity)} |"
+                    f"{r['statuses']} | {units} | {max(0, units - args.capacity)} | {cpu} |"
                 )
             real = results["orders (real endpoint)"][0]
             ref = results["reference (reservation only)"][0]

@@ -21,16 +21,12 @@ APPS = {
 }
 # uvicorn's options after host and port, the same wherever the process runs: the deploy
 # manifests and the Dockerfile's CMD (tests/deploy checks them), `qunbuy up`, and
-# bench/gateway_proxy.py. The gateway logs a proxied request only when it is a 5xx or slow
+# bench/gateway_proxy.py. Every process logs a request only when it is a 5xx or slow
 # (docs/architecture.md): uvicorn's access log wrote a plain-text line for every one, which
 # was neither JSON nor cheap. uvloop and httptools are named so that a missing one fails the
 # start instead of silently serving on the slower pure-Python pair.
-SERVER_OPTIONS: dict[str, tuple[str, ...]] = {
-    "gateway": ("--loop", "uvloop", "--http", "httptools", "--no-access-log"),
-    "orders": (),
-    "crowdfund": (),
-    "referrals": (),
-}
+_SERVE = ("--loop", "uvloop", "--http", "httptools", "--no-access-log")
+SERVER_OPTIONS: dict[str, tuple[str, ...]] = {name: _SERVE for name in PORTS}
 # Who receives whose events (the relay of each publisher POSTs to these).
 SUBSCRIBERS = {"orders": ["referrals"], "crowdfund": ["referrals"], "referrals": []}
 
