@@ -26,7 +26,7 @@ APPS = {
 # was neither JSON nor cheap. uvloop and httptools are named so that a missing one fails the
 # start instead of silently serving on the slower pure-Python pair.
 _SERVE = ("--loop", "uvloop", "--http", "httptools", "--no-access-log")
-SERVER_OPTIONS: dict[str, tuple[str, ...]] = {name: _SERVE for name in PORTS}
+SERVER_OPTIONS: dict[str, tuple[str, ...]] = dict.fromkeys(PORTS, _SERVE)
 # Who receives whose events (the relay of each publisher POSTs to these).
 SUBSCRIBERS = {"orders": ["referrals"], "crowdfund": ["referrals"], "referrals": []}
 

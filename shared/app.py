@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
 from shared.auth import TokenVerifier
-from shared.db import make_engine, sessionmaker_for
+from shared.db import autocommit_sessionmaker_for, make_engine, sessionmaker_for
 from shared.errors import install_error_handlers, problem_response
 from shared.events import EventHandlers, OutboxRelay, inbox_router
 from shared.events._relay import RelayPolicy
@@ -125,14 +125,15 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
         app.state.engine = engine
         # Readiness asks whether the database answers, not whether the request pool has a
         # connection free: under a burst the pool queues, and the pod must not leave rotation.
-        probe_engine = make_engine(settings.database_url, pool_size=1)
+        probe_engine = make_engine(settings.database_url, pool_size=1, pre_ping=True)
         app.state.probe_engine = probe_engine
         app.state.sessionmaker = sessionmaker_for(engine)
+        app.state.autocommit_sessionmaker = autocommit_sessionmaker_for(engine)
         for hook in spec.on_startup:
             await hook(app)
         stop = asyncio.Event()
         # Its own connection for LISTEN: never one of the request pool's.
-        listener_engine = make_engine(settings.database_url, pool_size=1)
+        listener_engine = make_engine(settings.database_url, pool_size=1, pre_ping=True)
         app.state.work_signal = WorkSignal(listener_engine)
         worker = (
             asyncio.create_task(_worker(app, spec, app.state.work_signal, stop))

@@ -24,6 +24,7 @@ from sqlalchemy.orm import registry
 __all__ = [
     "NAMING_CONVENTION",
     "SessionDep",
+    "autocommit_sessionmaker_for",
     "make_engine",
     "make_registry",
     "session_dependency",
@@ -52,18 +53,32 @@ def to_async_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def make_engine(url: str, *, pool_size: int = 10, pre_ping: bool = False) -> AsyncEngine:
+    """An engine and its pool. No ping before each checkout by default: it is a round trip
+    and a good part of the CPU of every transaction on the hot paths (docs/benchmarks.md).
+    A connection the server has dropped (a restart, a failover) fails its first statement
+    instead; SQLAlchemy then invalidates the whole pool, and that one request is answered 503
+    ``database_unavailable`` (a retry with its Idempotency-Key is safe). ``pre_ping`` is for
+    the few connections that must not fail that way (the readiness probe, LISTEN)."""
     return create_async_engine(
         to_async_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_recycle=1800,
     )
 
 
 def sessionmaker_for(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def autocommit_sessionmaker_for(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions whose every statement commits on its own (no BEGIN/COMMIT round trips), on
+    the same pool: for work that is a single statement."""
+    return async_sessionmaker(
+        engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+    )
 
 
 async def session_dependency(request: Request) -> AsyncIterator[AsyncSession]:

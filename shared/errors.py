@@ -43,9 +43,11 @@ __all__ = [
     "Unauthorized",
     "install_error_handlers",
     "is_data_error",
+    "is_disconnect",
     "problem_body",
     "problem_response",
     "responses",
+    "send_database_unavailable",
     "send_problem",
 ]
 
@@ -244,6 +246,23 @@ def is_data_error(exc: BaseException) -> bool:
     return False
 
 
+def is_disconnect(exc: BaseException) -> bool:
+    """True when the database connection was lost under the statement (a server restart or
+    failover): the pool has been invalidated, and a retry gets a fresh connection."""
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+async def send_database_unavailable(scope: Scope, send: Send) -> None:
+    await send_problem(
+        scope,
+        send,
+        status=503,
+        code="database_unavailable",
+        title="The database connection was lost; retry the request",
+        headers=[(b"retry-after", b"1")],
+    )
+
+
 _STATUS_CODES = {
     400: ("bad_request", "Bad request"),
     401: ("unauthorized", "Authentication required"),
@@ -308,6 +327,15 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if is_disconnect(exc):
+        _log.warning("database_connection_lost", path=request.url.path)
+        return problem_response(
+            request,
+            status=503,
+            code="database_unavailable",
+            title="The database connection was lost; retry the request",
+            headers={"Retry-After": "1"},
+        )
     if not is_data_error(exc):
         raise exc  # a bug: answered as a 500 by the request-context middleware
     # The message names the column or the value: it is logged, never sent.

@@ -141,6 +141,7 @@ class IdempotencyMiddleware:
         path = _printable_target(scope)
         claim = _Claim(
             sessionmaker=cast(async_sessionmaker[AsyncSession], state.sessionmaker),
+            single=cast(async_sessionmaker[AsyncSession], state.autocommit_sessionmaker),
             table=cast(PlatformTables, state.tables).idempotency_key,
             caller=_caller(
                 authorization,
@@ -253,6 +254,8 @@ class _Claim:
     one's that took over a stale lock, so neither can release or overwrite the other's."""
 
     sessionmaker: async_sessionmaker[AsyncSession]
+    # Single statements (the usual claim, renewals, completion, release) commit on their own.
+    single: async_sessionmaker[AsyncSession]
     table: Any
     caller: str
     key: str
@@ -276,17 +279,21 @@ class _Claim:
             "created_at": func.now(),
             "expires_at": func.now() + KEY_TTL,
         }
+        claim = (
+            insert(t)
+            .values(scope=self.caller, key=self.key, method="POST", **fresh)
+            .on_conflict_do_nothing()
+            .returning(t.c.key)
+        )
+        # The common case, a new key, is one statement.
+        async with self.single() as session:
+            if (await session.execute(claim)).first() is not None:
+                return "run", None
         # The row can vanish between the INSERT and the SELECT (released or purged by
         # another transaction): then the INSERT is simply tried again.
         for _ in range(3):
             async with self.sessionmaker() as session, session.begin():
-                inserted = await session.execute(
-                    insert(t)
-                    .values(scope=self.caller, key=self.key, method="POST", **fresh)
-                    .on_conflict_do_nothing()
-                    .returning(t.c.key)
-                )
-                if inserted.first() is not None:
+                if (await session.execute(claim)).first() is not None:
                     return "run", None
                 row = (
                     await session.execute(
@@ -325,7 +332,7 @@ class _Claim:
         """Renews the lock while the request runs, so a slow request is never taken over."""
         while True:
             await asyncio.sleep(LOCK_TIMEOUT.total_seconds() / 3)
-            async with self.sessionmaker() as session, session.begin():
+            async with self.single() as session:
                 await session.execute(
                     update(self.table)
                     .where(self._mine(), self.table.c.status == "started")
@@ -333,7 +340,7 @@ class _Claim:
                 )
 
     async def complete(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-        async with self.sessionmaker() as session, session.begin():
+        async with self.single() as session:
             await session.execute(
                 update(self.table)
                 .where(self._mine())
@@ -346,7 +353,7 @@ class _Claim:
             )
 
     async def release(self) -> None:
-        async with self.sessionmaker() as session, session.begin():
+        async with self.single() as session:
             await session.execute(
                 delete(self.table).where(self._mine(), self.table.c.status == "started")
             )

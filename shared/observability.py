@@ -143,9 +143,13 @@ class RequestContextMiddleware:
             # reuses the connection then fails an innocent request).
             if started_response:
                 raise
-            self.log.exception("unhandled_error", path=scope["path"], error=type(exc).__name__)
-            from shared.errors import send_problem
+            from shared.errors import is_disconnect, send_database_unavailable, send_problem
 
+            if is_disconnect(exc):
+                self.log.warning("database_connection_lost", path=scope["path"])
+                await send_database_unavailable(scope, send_with_id)
+                return
+            self.log.exception("unhandled_error", path=scope["path"], error=type(exc).__name__)
             await send_problem(
                 scope,
                 send_with_id,

@@ -14,7 +14,6 @@ from services.orders.orders import settlement
 from services.orders.orders.router import orders_router
 from services.orders.orders.service import (
     COMPLETE_JOB,
-    EXPIRE_JOB,
     REFERENCE_PREFIX,
     REFUND_JOB,
     Orders,
@@ -64,6 +63,11 @@ def create_app(settings: OrdersSettings | None = None) -> FastAPI:
     async def balance_deadline(session: AsyncSession, job: Job) -> None:
         await settlement.balance_deadline(orders, session, job)
 
+    async def expiry_sweep(_: FastAPI) -> float | None:
+        while await orders.expire_due() > 0:
+            pass
+        return await orders.next_expiry_in()
+
     routers = [presales_router(), orders_router(), payments_router(), webhook_router()]
     if settings.payment_provider == "simulated":
         routers.append(simulated_router())
@@ -74,12 +78,11 @@ def create_app(settings: OrdersSettings | None = None) -> FastAPI:
         routers=routers,
         on_startup=[startup],
         on_shutdown=[close_payments],
-        periodic=[run_simulated_provider],
+        periodic=[expiry_sweep, run_simulated_provider],
         jobs={
             presales.OPEN_JOB: open_campaign,
             presales.CLOSE_JOB: close_campaign,
             settlement.BALANCE_DEADLINE_JOB: balance_deadline,
-            EXPIRE_JOB: orders.expire,
             COMPLETE_JOB: orders.complete,
             REFUND_JOB: Detached(orders.run_refund),
         },

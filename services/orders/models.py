@@ -163,6 +163,12 @@ customer_order = Table(
         name="refunds_within_paid",
     ),
     Index("ix_customer_order_campaign_status", "campaign_id", "status"),
+    # The expiry sweep's: unpaid orders by expiry.
+    Index(
+        "ix_customer_order_unpaid_expiry",
+        "expires_at",
+        postgresql_where=text("status = 'pending_payment'"),
+    ),
     Index("ix_customer_order_customer", "customer_id", "created_at"),
     Index("ix_customer_order_merchant", "merchant_id", "created_at"),
 )

@@ -51,7 +51,9 @@ from shared.payments._payments import (
     confirm_payment,
     create_payment,
     get_payment_view,
+    record_payment,
     refund_payment,
+    start_payment,
 )
 from shared.payments._provider import (
     PaymentProvider,
@@ -166,9 +168,11 @@ __all__ = [
     "payment_context",
     "payments_router",
     "reconcile",
+    "record_payment",
     "refund_payment",
     "run_simulated_provider",
     "simulated_router",
+    "start_payment",
     "verify_signature",
     "webhook_router",
 ]

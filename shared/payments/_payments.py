@@ -72,38 +72,81 @@ async def create_payment(
     a crash between the steps) resumes where the first run stopped, and the provider returns
     the objects it made the first time, so nothing is paid twice.
     """
+    async with ctx.transaction() as session:
+        row = await record_payment(
+            session,
+            ctx,
+            payment_id=payment_id,
+            reference=reference,
+            merchant_id=merchant_id,
+            customer_id=customer_id,
+            amount=amount,
+            currency=currency,
+            method=method,
+            capture_method=capture_method,
+            payment_method=payment_method,
+        )
+    return await start_payment(ctx, row, payment_method=payment_method)
+
+
+async def record_payment(
+    session: AsyncSession,
+    ctx: PaymentContext,
+    *,
+    payment_id: uuid.UUID,
+    reference: str,
+    merchant_id: str,
+    customer_id: str,
+    amount: int,
+    currency: str,
+    method: Method = "card",
+    capture_method: CaptureMethod = "automatic",
+    payment_method: str | None = None,
+) -> PaymentRow:
+    """The first step of :func:`create_payment`, in the caller's transaction: a domain that
+    records its own change (an order's reservation) records the payment's intent with it, and
+    calls :func:`start_payment` once that transaction has committed. Returns the payment as
+    recorded (the existing one when ``payment_id`` was recorded before)."""
     code = _check_amount(ctx, amount, currency)
     if capture_method == "manual" and method != "card":
         raise CaptureMethodUnsupported(f"{method} payments are captured when they succeed")
-    async with ctx.transaction() as session:
-        row = await repo.get_payment(session, ctx.tables, payment_id)
-        if row is None:
-            if payment_method is not None:
-                await _check_method_owner(session, ctx, customer_id, payment_method)
-            row = await _record_intent(
-                session,
-                ctx,
-                payment_id=payment_id,
-                reference=reference,
-                merchant_id=merchant_id,
-                customer_id=customer_id,
-                amount=amount,
-                currency=code,
-                method=method,
-                capture_method=capture_method,
-            )
+    row = await repo.get_payment(session, ctx.tables, payment_id)
+    if row is not None:
+        return row
+    if payment_method is not None:
+        await _check_method_owner(session, ctx, customer_id, payment_method)
+    return await _record_intent(
+        session,
+        ctx,
+        payment_id=payment_id,
+        reference=reference,
+        merchant_id=merchant_id,
+        customer_id=customer_id,
+        amount=amount,
+        currency=code,
+        method=method,
+        capture_method=capture_method,
+    )
+
+
+async def start_payment(
+    ctx: PaymentContext, row: PaymentRow, *, payment_method: str | None = None
+) -> PaymentRow:
+    """The provider's steps of :func:`create_payment` for a recorded payment (outside any
+    transaction): create the PaymentIntent, and confirm it when a payment method is given."""
+    payment_id = row.id
     if row.provider_payment_id is None:
         request = PaymentRequest(
-            amount=amount,
-            currency=code,
-            method=method,
-            capture_method=capture_method,
+            amount=row.amount,
+            currency=row.currency,
+            method=row.method,  # type: ignore[arg-type]
+            capture_method=row.capture_method,  # type: ignore[arg-type]
             metadata=_metadata(
                 ctx,
                 payment_id,
-                reference=reference,
-                merchant_id=merchant_id,
-                customer_id=customer_id,
+                reference=row.reference,
+                merchant_id=row.merchant_id,
+                customer_id=row.customer_id,
             ),
             payment_method=payment_method,
         )

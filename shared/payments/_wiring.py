@@ -53,8 +53,9 @@ def build_provider(settings: PaymentSettings, *, tables: PaymentTables) -> Payme
         )
     if settings.payment_provider == "simulated":
         # Its own small pool: it stands for a remote provider, and its calls must never wait
-        # for a connection of the pool that the service's requests use.
-        engine = make_engine(settings.database_url, pool_size=_SIMULATED_POOL_SIZE)
+        # for a connection of the pool that the service's requests use. Pinged before use: a
+        # database restart must not surface as a failure of the provider it stands for.
+        engine = make_engine(settings.database_url, pool_size=_SIMULATED_POOL_SIZE, pre_ping=True)
         return SimulatedProvider(
             sessionmaker=sessionmaker_for(engine),
             engine=engine,

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from services.orders.models import customer_order, presale_campaign
+from services.orders.orders.service import Orders
 from shared.scheduler import JobRunner
 from tests.conftest import TokenFactory
 from tests.shared.payments.support import PaymentsApp, new_merchant
@@ -72,14 +73,16 @@ async def order(
 
 
 async def run_jobs(app: PaymentsApp) -> int:
-    """Runs every due job the way the worker does; returns how many ran."""
+    """Runs every due job and the expiry sweep the way the worker does; returns how much
+    ran."""
     runner = JobRunner(
         sessionmaker=app.app.state.sessionmaker,
         tables=app.app.state.tables,
         handlers=app.app.state.job_handlers,
     )
+    orders: Orders = app.app.state.orders
     total = 0
-    while ran := await runner.run_due():
+    while ran := await runner.run_due() + await orders.expire_due():
         total += ran
     return total
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from services.orders.models import customer_order
 from services.orders.orders.service import Orders
 from tests.conftest import TokenFactory
 from tests.orders.presale_support import (
@@ -148,12 +149,16 @@ async def test_an_unpaid_order_expires_and_gives_its_units_back(
     assert placed.json()["status"] == "pending_payment"
     sold_out = await order(sim_orders, auth("customer"), campaign_id)
     assert sold_out.json()["code"] == "presale_sold_out"
-    j = sim_orders.app.state.tables.scheduled_job
+    await run_jobs(sim_orders)
+    assert (await _get(sim_orders, f"/v1/orders/{placed.json()['id']}", buyer))["status"] == (
+        "pending_payment"
+    )
+    o = customer_order
     async with sim_orders.app.state.sessionmaker() as session, session.begin():
         await session.execute(
-            j.update()
-            .where(j.c.kind == "order.expire", j.c.key == placed.json()["id"])
-            .values(run_at=datetime.now(UTC) - timedelta(seconds=1))
+            o.update()
+            .where(o.c.id == uuid.UUID(placed.json()["id"]))
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
         )
     await run_jobs(sim_orders)
     expired = await _get(sim_orders, f"/v1/orders/{placed.json()['id']}", buyer)

@@ -131,6 +131,26 @@ async def campaign_orders(
     return [OrderRow(**x._mapping) for x in rows]
 
 
+async def expired_order_ids(session: AsyncSession, limit: int) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """(order, campaign) of unpaid orders past their expiry, oldest first."""
+    rows = await session.execute(
+        select(o.c.id, o.c.campaign_id)
+        .where(o.c.status == "pending_payment", o.c.expires_at <= func.now())
+        .order_by(o.c.expires_at)
+        .limit(limit)
+    )
+    return [(r.id, r.campaign_id) for r in rows]
+
+
+async def seconds_to_next_expiry(session: AsyncSession) -> float | None:
+    seconds = await session.scalar(
+        select(func.extract("epoch", func.min(o.c.expires_at) - func.now())).where(
+            o.c.status == "pending_payment"
+        )
+    )
+    return None if seconds is None else max(0.0, float(seconds))
+
+
 def orders_query() -> Select[Any]:
     return select(o)
 

@@ -46,14 +46,15 @@ from shared.payments import (
     create_payment,
     get_payment_view,
     new_payment_id,
+    record_payment,
     refund_payment,
+    start_payment,
 )
-from shared.scheduler import Job, cancel, schedule
+from shared.scheduler import Job, schedule
 from shared.tables import PlatformTables
 
 _log = structlog.get_logger("qunbuy.orders")
 
-EXPIRE_JOB = "order.expire"
 REFUND_JOB = "order.refund"
 COMPLETE_JOB = "order.complete"
 REFERENCE_PREFIX = "order:"
@@ -203,23 +204,29 @@ class Orders:
             order = await repo.get_order(session, order_id)
             if order is None:
                 order = await self._reserve(session, principal, campaign_id, order_id, body)
-        if order.campaign_id != campaign_id:
-            raise OrderInFlight("this Idempotency-Key placed an order on another campaign")
-        payment = await create_payment(
-            ctx,
-            payment_id=self.payment_id(order.id, FIRST),
-            reference=payment_reference(order.id, FIRST),
-            merchant_id=order.merchant_id,
-            customer_id=order.customer_id,
-            amount=order.first_amount,
-            currency=order.currency,
-            method=body.method,
-            payment_method=body.payment_method,
-        )
+            if order.campaign_id != campaign_id:
+                raise OrderInFlight("this Idempotency-Key placed an order on another campaign")
+            # The payment's intent is recorded with the reservation: one transaction fewer,
+            # and an order never exists without the payment that completes it.
+            payment = await record_payment(
+                session,
+                ctx,
+                payment_id=self.payment_id(order.id, FIRST),
+                reference=payment_reference(order.id, FIRST),
+                merchant_id=order.merchant_id,
+                customer_id=order.customer_id,
+                amount=order.first_amount,
+                currency=order.currency,
+                method=body.method,
+                payment_method=body.payment_method,
+            )
+        payment = await start_payment(ctx, payment, payment_method=body.payment_method)
+        if payment.status != "succeeded":
+            return order, payment  # the payment hook changed nothing: the order is as reserved
         async with self.db()() as session:
-            fresh = await repo.get_order(session, order.id)
-        assert fresh is not None
-        return fresh, payment
+            paid = await repo.get_order(session, order.id)
+        assert paid is not None
+        return paid, payment
 
     async def _reserve(
         self,
@@ -277,9 +284,6 @@ class Orders:
         )
         if order is None:
             raise OrderInFlight()
-        await schedule(
-            session, self.platform, kind=EXPIRE_JOB, key=str(order_id), run_at=order.expires_at
-        )
         return order
 
     async def _refuse(
@@ -426,7 +430,6 @@ class Orders:
                 },
             )
             await campaigns.commit_units(session, order.campaign_id, order.sku, order.quantity)
-            await cancel(session, self.platform, kind=EXPIRE_JOB, key=str(order.id))
             await self.publish(
                 session,
                 OrderPaid,
@@ -655,17 +658,27 @@ class Orders:
 
     # --- expiry ---------------------------------------------------------------------------
 
-    async def expire(self, session: AsyncSession, job: Job) -> None:
-        """An unpaid order gives its units back at its expiry (run twice: no change)."""
-        order_id = uuid.UUID(job.key)
-        found = await repo.get_order(session, order_id)
-        if found is None:
-            return
-        await campaigns.get_campaign(session, found.campaign_id, lock=True)
-        order = await repo.get_order(session, order_id, lock=True)
-        if order is None or order.status != "pending_payment":
-            return
-        await self.cancel_order(session, order, reason="expired")
+    async def expire_due(self, limit: int = 200) -> int:
+        """Unpaid orders past their expiry give their units back; returns how many ended.
+
+        A sweep (the worker runs it, see ``expiry_sweep``) rather than a scheduled job per
+        order: placing an order then writes nothing more while it holds the campaign's lock,
+        and one query finds every order due. Each order ends in its own short transaction
+        under the campaign's and the order's locks; run twice, or on two workers, nothing
+        ends twice."""
+        async with self.db()() as session:
+            due = await repo.expired_order_ids(session, limit)
+        for order_id, campaign_id in due:
+            async with self.db()() as session, session.begin():
+                await campaigns.get_campaign(session, campaign_id, lock=True)
+                order = await repo.get_order(session, order_id, lock=True)
+                if order is not None and order.status == "pending_payment":
+                    await self.cancel_order(session, order, reason="expired")
+        return len(due)
+
+    async def next_expiry_in(self) -> float | None:
+        async with self.db()() as session:
+            return await repo.seconds_to_next_expiry(session)
 
     async def cancel_order(
         self, session: AsyncSession, order: OrderRow, *, reason: str
@@ -684,7 +697,6 @@ class Orders:
             order.id,
             {"status": "cancelled", "cancel_reason": reason, "cancelled_at": now_utc()},
         )
-        await cancel(session, self.platform, kind=EXPIRE_JOB, key=str(order.id))
         await self.publish(
             session, OrderCancelled, order, reason=reason, forfeited_amount=order.forfeited_amount
         )

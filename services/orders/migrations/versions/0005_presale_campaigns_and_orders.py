@@ -2,7 +2,7 @@
 
 Revision ID: 0005
 Revises: 0004
-Create Date: 2026-12-01 21:18:18.692688
+Create Date: 2026-12-01 21:43:20.693520
 """
 
 from collections.abc import Sequence
@@ -99,6 +99,7 @@ def upgrade() -> None:
     op.create_index('ix_customer_order_campaign_status', 'customer_order', ['campaign_id', 'status'], unique=False)
     op.create_index('ix_customer_order_customer', 'customer_order', ['customer_id', 'created_at'], unique=False)
     op.create_index('ix_customer_order_merchant', 'customer_order', ['merchant_id', 'created_at'], unique=False)
+    op.create_index('ix_customer_order_unpaid_expiry', 'customer_order', ['expires_at'], unique=False, postgresql_where=sa.text("status = 'pending_payment'"))
     op.create_table('presale_variant',
     sa.Column('campaign_id', sa.Uuid(), nullable=False),
     sa.Column('sku', sa.String(length=64), nullable=False),
@@ -140,6 +141,7 @@ def downgrade() -> None:
     op.drop_index('ix_order_refund_order', table_name='order_refund')
     op.drop_table('order_refund')
     op.drop_table('presale_variant')
+    op.drop_index('ix_customer_order_unpaid_expiry', table_name='customer_order', postgresql_where=sa.text("status = 'pending_payment'"))
     op.drop_index('ix_customer_order_merchant', table_name='customer_order')
     op.drop_index('ix_customer_order_customer', table_name='customer_order')
     op.drop_index('ix_customer_order_campaign_status', table_name='customer_order')

@@ -1,0 +1,58 @@
+"""The database drops every connection (a restart, a failover): the request that meets a dead
+connection is answered 503 database_unavailable (never 500), and the next one works."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+from shared.db import make_engine
+from tests.conftest import TokenFactory
+from tests.orders.presale_support import open_campaign, order
+from tests.shared.payments.support import PaymentsApp
+
+
+async def _drop_every_connection(app: PaymentsApp) -> int:
+    url = app.app.state.settings.database_url
+    killer = make_engine(url, pool_size=1)
+    try:
+        async with killer.connect() as conn:
+            killed = await conn.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+    finally:
+        await killer.dispose()
+    return int(killed or 0)
+
+
+async def test_a_dropped_connection_is_a_503_and_the_retry_succeeds(
+    sim_orders: PaymentsApp, auth: TokenFactory
+) -> None:
+    campaign_id, _ = await open_campaign(sim_orders, auth)
+    assert (await sim_orders.client.get(f"/v1/presales/{campaign_id}/public")).status_code == 200
+    assert await _drop_every_connection(sim_orders) > 0
+
+    first = await sim_orders.client.get(f"/v1/presales/{campaign_id}/public")
+    assert first.status_code == 503, first.text
+    assert first.json()["code"] == "database_unavailable"
+    assert first.headers["retry-after"] == "1"
+    again = await sim_orders.client.get(f"/v1/presales/{campaign_id}/public")
+    assert again.status_code == 200
+
+
+async def test_a_keyed_post_on_a_dropped_connection_is_a_503_and_its_retry_orders_once(
+    sim_orders: PaymentsApp, auth: TokenFactory
+) -> None:
+    campaign_id, staff = await open_campaign(sim_orders, auth)
+    await order(sim_orders, auth("customer"), campaign_id)  # the pool holds live connections
+    assert await _drop_every_connection(sim_orders) > 0
+    buyer = auth("customer")
+    first = await order(sim_orders, buyer, campaign_id, key="restart-1")
+    assert first.status_code == 503, first.text
+    assert first.json()["code"] == "database_unavailable"
+    retried = await order(sim_orders, buyer, campaign_id, key="restart-1")
+    assert retried.status_code == 201, retried.text
+    campaign = await sim_orders.client.get(f"/v1/presales/{campaign_id}", headers=staff)
+    assert campaign.json()["reserved_quantity"] == 2
