@@ -46,6 +46,14 @@ from shared.db import make_engine  # noqa: E402
 from shared.migrations import upgrade  # noqa: E402
 
 SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+_COLUMNS = (
+    "merchant_id, title, image_urls, currency, price_tiers, min_quantity, capacity, opens_at,"
+    " closes_at, balance_window_hours, deposit_type, unit_deposit, unit_deposit_credit, status"
+)
+_COPY_CAMPAIGN = text(
+    f"INSERT INTO presale_campaign (id, {_COLUMNS}) SELECT :id, {_COLUMNS}"
+    " FROM presale_campaign WHERE id = :source"
+)
 
 
 def campaign(capacity: int) -> dict[str, Any]:
@@ -107,33 +115,26 @@ async def burst(gateway: str, path: str, tokens: list[str], pids: dict[str, int]
     }
 
 
-async def new_campaigns(gateway: str, staff: str, url: str, capacity: int) -> tuple[str, str]:
-    """An open campaign made through the API, and its twin for the reference endpoint."""
+async def new_campaigns(gateway: str, staff: str, url: str, capacity: int, twins: int) -> list[str]:
+    """An open campaign made through the API, and ``twins`` copies for the references."""
     async with aiohttp.ClientSession(gateway) as http:
         headers = {"Authorization": f"Bearer {staff}"}
         async with http.post("/v1/presales", json=campaign(capacity), headers=headers) as r:
             campaign_id = str((await r.json())["id"])
         async with http.post(f"/v1/presales/{campaign_id}/publish", headers=headers) as r:
             assert r.status == 200, await r.text()
-    reference_id = uuid.uuid4()
+    ids = [campaign_id]
     engine = make_engine(url, pool_size=1)
     try:
         async with engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "INSERT INTO presale_campaign (id, merchant_id, title, image_urls, currency,"
-                    " price_tiers, min_quantity, capacity, opens_at, closes_at,"
-                    " balance_window_hours, deposit_type, unit_deposit, unit_deposit_credit,"
-                    " status) SELECT :id, merchant_id, title, image_urls, currency, price_tiers,"
-                    " min_quantity, capacity, opens_at, closes_at, balance_window_hours,"
-                    " deposit_type, unit_deposit, unit_deposit_credit, status"
-                    " FROM presale_campaign WHERE id = :source"
-                ),
-                {"id": reference_id, "source": uuid.UUID(campaign_id)},
-            )
+            for _ in range(twins):
+                ids.append(str(uuid.uuid4()))
+                await conn.execute(
+                    _COPY_CAMPAIGN, {"id": uuid.UUID(ids[-1]), "source": uuid.UUID(campaign_id)}
+                )
     finally:
         await engine.dispose()
-    return campaign_id, str(reference_id)
+    return ids
 
 
 async def reserved(url: str, campaign_id: str) -> int:
@@ -165,7 +166,10 @@ async def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[
         )
         (tmp / "jwt-public.pem").write_bytes(public_pem(key))
         issuer = TokenIssuer(key, issuer="qunbuy-gateway", audience="qunbuy", ttl_seconds=3600)
-        ports = {n: free_port() for n in ("orders", "reference", "gateway", "gateway_ref")}
+        ports = {
+            n: free_port()
+            for n in ("orders", "reference", "framed", "gateway", "gateway_ref", "gateway_framed")
+        }
         service_env = {
             "QUNBUY_MODE": "production",
             "DATABASE_URL": url,
@@ -179,9 +183,16 @@ async def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[
         reference = uvicorn(
             "bench.reservation_reference:app", ports["reference"], {"DATABASE_URL": url}, False
         )
-        procs += [orders, reference]
+        framed = uvicorn(
+            "bench.reservation_reference:framed", ports["framed"], service_env, factory=True
+        )
+        procs += [orders, reference, framed]
         gateways = {}
-        for gw, upstream in (("gateway", "orders"), ("gateway_ref", "reference")):
+        for gw, upstream in (
+            ("gateway", "orders"),
+            ("gateway_ref", "reference"),
+            ("gateway_framed", "framed"),
+        ):
             env = {
                 "QUNBUY_MODE": "production",
                 "JWT_PRIVATE_KEY_FILE": str(tmp / "jwt.pem"),
@@ -195,43 +206,30 @@ async def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[
         print(f"orders pid {orders.pid}, gateway pid {gateways['gateway'].pid}")
         staff = issuer.issue("bench-staff", ["staff"], merchant_id="m_bench")
         gateway_url = f"http://127.0.0.1:{ports['gateway']}"
+        targets = [
+            ("orders (real endpoint)", "gateway", orders),
+            ("reference (reservation only)", "gateway_ref", reference),
+            ("reference in the service frame", "gateway_framed", framed),
+        ]
         print(
             f"{args.customers} customers, capacity {args.capacity}, one unit each, "
             f"through the gateway; {os.cpu_count()} CPUs"
         )
         for round_no in range(1, args.rounds + 1):
-            campaign_id, reference_id = await new_campaigns(gateway_url, staff, url, args.capacity)
+            ids = await new_campaigns(gateway_url, staff, url, args.capacity, len(targets) - 1)
             tokens = [
                 issuer.issue(f"bench-{round_no}-{i}", ["customer"]) for i in range(args.customers)
             ]
-            results = {
-                "orders (real endpoint)": (
-                    await burst(
-                        gateway_url,
-                        f"/v1/presales/{campaign_id}/orders",
-                        tokens,
-                        {
-                            "service": orders.pid,
-                            "gateway": gateways["gateway"].pid,
-                            "load": os.getpid(),
-                        },
-                    ),
-                    await reserved(url, campaign_id),
-                ),
-                "reference (reservation only)": (
-                    await burst(
-                        f"http://127.0.0.1:{ports['gateway_ref']}",
-                        f"/v1/presales/{reference_id}/orders",
-                        tokens,
-                        {
-                            "service": reference.pid,
-                            "gateway": gateways["gateway_ref"].pid,
-                            "load": os.getpid(),
-                        },
-                    ),
-                    await reserved(url, reference_id),
-                ),
-            }
+            results = {}
+            for (label, gw, service), campaign_id in zip(targets, ids, strict=True):
+                pids = {"service": service.pid, "gateway": gateways[gw].pid, "load": os.getpid()}
+                outcome = await burst(
+                    f"http://127.0.0.1:{ports[gw]}",
+                    f"/v1/presales/{campaign_id}/orders",
+                    tokens,
+                    pids,
+                )
+                results[label] = (outcome, await reserved(url, campaign_id))
             print(f"\nround {round_no}")
             print(
                 "| target | orders/s | p50 ms | p99 ms | answers | reserved | oversold "
@@ -244,9 +242,9 @@ async def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[
                     f"| {label} | {r['per_s']:.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
                     f"{r['statuses']} | {units} | {max(0, units - args.capacity)} | {cpu} |"
                 )
-            real = results["orders (real endpoint)"][0]
-            ref = results["reference (reservation only)"][0]
-            print(f"real / reference throughput: {real['per_s'] / ref['per_s']:.0%}")
+            real = results[targets[0][0]][0]["per_s"]
+            for label, _, _ in targets[1:]:
+                print(f"real / {label}: {real / results[label][0]['per_s']:.0%}")
         print(
             f"\npeak RSS: orders {peak_rss_mib(orders.pid):.0f} MiB, "
             f"gateway {peak_rss_mib(gateways['gateway'].pid):.0f} MiB"
