@@ -95,6 +95,16 @@ presale_campaign = Table(
     Index("ix_presale_campaign_merchant", "merchant_id", "created_at"),
 )
 
+merchant_policy = Table(
+    "merchant_policy",
+    metadata,
+    # A merchant's defaults for new campaigns (a campaign keeps the terms it was made with).
+    Column("merchant_id", String(100), primary_key=True),
+    Column("return_window_days", Integer, nullable=False),
+    Column("updated_by", String(100), nullable=False),
+    *_timestamps(),
+)
+
 presale_variant = Table(
     "presale_variant",
     metadata,

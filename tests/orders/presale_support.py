@@ -146,3 +146,15 @@ def terms_body(**overrides: Any) -> dict[str, Any]:
     body = campaign_body(**overrides)
     body.pop("currency")
     return body
+
+
+async def order_events(app: PaymentsApp, order_id: str) -> list[dict[str, Any]]:
+    """The payloads of the outbox events published about one order, in order."""
+    outbox = app.app.state.tables.outbox
+    async with app.app.state.sessionmaker() as session:
+        rows = await session.scalars(
+            select(outbox.c.envelope)
+            .where(outbox.c.envelope["payload"]["order_id"].as_string() == order_id)
+            .order_by(outbox.c.id)
+        )
+        return [dict(envelope["payload"]) for envelope in rows]

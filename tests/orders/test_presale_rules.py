@@ -3,6 +3,7 @@ the terms lock, the kill switch, cancellation, an interrupted close and fulfilme
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 
 from services.orders.models import customer_order
 from services.orders.orders.service import Orders
+from shared.scheduler import JobRunner
 from tests.conftest import TokenFactory
 from tests.orders.presale_support import (
     campaign_body,
@@ -397,3 +399,146 @@ async def test_orders_ship_deliver_and_complete_after_the_return_window(
     assert (await order_event_types(sim_orders, order_id))[-1] == "order.completed"
     stranger = await sim_orders.client.get(f"/v1/orders/{order_id}", headers=auth("customer"))
     assert stranger.status_code == 404
+
+
+async def test_new_campaigns_take_the_merchants_return_window_and_keep_it(
+    sim_orders: PaymentsApp, auth: TokenFactory
+) -> None:
+    merchant = new_merchant()
+    staff = auth("staff", merchant_id=merchant)
+    default = await _get(sim_orders, "/v1/presales/merchant-policy", staff)
+    assert default["return_window_days"] == 7
+    body = campaign_body()
+    body.pop("return_window_days", None)
+    first = await sim_orders.client.post("/v1/presales", json=body, headers=staff)
+    assert first.json()["return_window_days"] == 7
+    put = await sim_orders.client.put(
+        "/v1/presales/merchant-policy", json={"return_window_days": 15}, headers=staff
+    )
+    assert put.status_code == 200, put.text
+    second = await sim_orders.client.post("/v1/presales", json=body, headers=staff)
+    assert second.json()["return_window_days"] == 15
+    kept = await _get(sim_orders, f"/v1/presales/{first.json()['id']}", staff)
+    assert kept["return_window_days"] == 7  # a campaign keeps the terms it was made with
+    other = auth("staff", merchant_id=new_merchant())
+    assert (await _get(sim_orders, "/v1/presales/merchant-policy", other))[
+        "return_window_days"
+    ] == 7
+    refused = await sim_orders.client.put(
+        "/v1/presales/merchant-policy",
+        params={"merchant_id": merchant},
+        json={"return_window_days": 0},
+        headers=other,
+    )
+    assert refused.status_code == 403
+
+
+async def test_a_refund_request_can_be_rejected_and_nothing_moves(
+    sim_orders: PaymentsApp, auth: TokenFactory
+) -> None:
+    campaign_id, staff = await open_campaign(sim_orders, auth)
+    buyer = auth("customer")
+    order_id = (await order(sim_orders, buyer, campaign_id, quantity=2)).json()["id"]
+    stranger = await sim_orders.post(
+        f"/v1/orders/{order_id}/refund-requests", {"reason": "mine?"}, auth("customer")
+    )
+    assert stranger.status_code == 404
+    asked = await sim_orders.post(
+        f"/v1/orders/{order_id}/refund-requests", {"reason": "changed my mind"}, buyer
+    )
+    assert asked.json()["amount"] == 4000
+    rejected = await sim_orders.post(
+        f"/v1/orders/{order_id}/refunds/{asked.json()['id']}/reject", {"note": "定金"}, staff
+    )
+    assert rejected.json()["status"] == "rejected"
+    again = await sim_orders.post(
+        f"/v1/orders/{order_id}/refunds/{asked.json()['id']}/approve", {}, staff
+    )
+    assert again.json()["code"] == "order_state_conflict"
+    await _settle(sim_orders)
+    mine = await _get(sim_orders, f"/v1/orders/{order_id}", buyer)
+    assert (mine["status"], mine["refunded_total"], mine["refund_pending"]) == (
+        "deposit_paid",
+        0,
+        0,
+    )
+    assert await order_refunds(sim_orders, order_id) == []
+
+
+async def test_two_workers_closing_at_once_close_once(
+    sim_orders: PaymentsApp, auth: TokenFactory
+) -> None:
+    campaign_id, staff = await open_campaign(sim_orders, auth, min_quantity=1)
+    buyers = [auth("customer") for _ in range(5)]
+    ids = [(await order(sim_orders, b, campaign_id)).json()["id"] for b in buyers]
+    await make_due(sim_orders, campaign_id, what="close")
+    runners = [
+        JobRunner(
+            sessionmaker=sim_orders.app.state.sessionmaker,
+            tables=sim_orders.app.state.tables,
+            handlers=sim_orders.app.state.job_handlers,
+        )
+        for _ in range(2)
+    ]
+    await asyncio.gather(*(r.run_due() for r in runners))
+    campaign = await _get(sim_orders, f"/v1/presales/{campaign_id}", staff)
+    assert campaign["status"] == "succeeded"
+    for order_id in ids:
+        assert (await order_event_types(sim_orders, order_id)).count("order.balance_due") == 1
+
+
+async def test_a_deposit_that_succeeds_later_moves_its_order_when_the_webhook_lands(
+    sim_orders: PaymentsApp, auth: TokenFactory
+) -> None:
+    campaign_id, staff = await open_campaign(sim_orders, auth)
+    buyer = auth("customer")
+    placed = await order(sim_orders, buyer, campaign_id, payment_method="pm_card_succeedLater")
+    assert placed.json()["status"] == "pending_payment"
+    assert placed.json()["payment"]["status"] == "processing"
+    await sim_orders.tick()  # the provider settles; its webhook reaches the service
+    paid = await _get(sim_orders, f"/v1/orders/{placed.json()['id']}", buyer)
+    assert paid["status"] == "deposit_paid"
+    campaign = await _get(sim_orders, f"/v1/presales/{campaign_id}", staff)
+    assert campaign["committed_quantity"] == 1
+
+
+async def test_a_variants_capacity_holds_under_concurrent_orders(
+    sim_orders: PaymentsApp, auth: TokenFactory
+) -> None:
+    campaign_id, staff = await open_campaign(
+        sim_orders,
+        auth,
+        variants=[{"sku": "S", "name": "Small", "capacity": 5}, {"sku": "M", "name": "Medium"}],
+    )
+    answers = await asyncio.gather(
+        *(order(sim_orders, auth("customer"), campaign_id, sku="S") for _ in range(20))
+    )
+    assert [r.status_code for r in answers].count(201) == 5
+    assert {r.json()["code"] for r in answers if r.status_code != 201} == {"presale_sold_out"}
+    campaign = await _get(sim_orders, f"/v1/presales/{campaign_id}", staff)
+    small = next(v for v in campaign["variants"] if v["sku"] == "S")
+    assert (small["reserved_quantity"], small["sold_out"]) == (5, True)
+    assert campaign["reserved_quantity"] == 5
+    assert (await order(sim_orders, auth("customer"), campaign_id, sku="M")).status_code == 201
+
+
+async def test_a_campaign_is_fulfilled_once_every_paid_order_has_shipped(
+    sim_orders: PaymentsApp, auth: TokenFactory
+) -> None:
+    campaign_id, staff = await open_campaign(
+        sim_orders, auth, min_quantity=1, deposit={"type": "full"}
+    )
+    order_id = (await order(sim_orders, auth("customer"), campaign_id)).json()["id"]
+    early = await sim_orders.client.post(f"/v1/presales/{campaign_id}/fulfil", headers=staff)
+    assert early.json()["code"] == "presale_state_conflict"
+    await make_due(sim_orders, campaign_id, what="close")
+    await run_jobs(sim_orders)
+    unshipped = await sim_orders.client.post(f"/v1/presales/{campaign_id}/fulfil", headers=staff)
+    assert unshipped.json()["code"] == "presale_state_conflict"
+    await sim_orders.client.post(
+        f"/v1/orders/{order_id}/ship",
+        json={"carrier": "SF", "tracking_number": "SF2"},
+        headers=staff,
+    )
+    done = await sim_orders.client.post(f"/v1/presales/{campaign_id}/fulfil", headers=staff)
+    assert done.json()["status"] == "fulfilled"

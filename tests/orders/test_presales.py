@@ -12,6 +12,7 @@ from tests.orders.presale_support import (
     open_campaign,
     order,
     order_event_types,
+    order_events,
     order_refunds,
     run_jobs,
     terms_body,
@@ -60,6 +61,13 @@ async def test_an_order_reserves_units_and_its_paid_deposit_commits_them(
     assert progress["sold_out"] is False
     types = await order_event_types(sim_orders, body["id"])
     assert types == ["order.paid"]
+    (paid_event,) = await order_events(sim_orders, body["id"])
+    assert paid_event["referral_code"] == "ALICE1"
+    assert (paid_event["stage"], paid_event["amount"], paid_event["paid_total"]) == (
+        "deposit",
+        6000,
+        6000,
+    )
 
 
 async def test_close_with_the_minimum_reached_makes_balances_due_at_the_tier_reached(

@@ -334,6 +334,18 @@ def orders_router() -> APIRouter:
         )
 
     @router.post(
+        "/v1/presales/{campaign_id}/fulfil",
+        response_model=CampaignOut,
+        summary="Mark a succeeded campaign fulfilled once every paid order has shipped (staff)",
+        responses=responses(*_AUTH, CampaignNotFound, CampaignStateConflict),
+    )
+    async def fulfil(
+        principal: Staff, campaign_id: uuid.UUID, session: SessionDep, orders: OrdersDep
+    ) -> CampaignOut:
+        await settlement.mark_fulfilled(orders, session, principal, campaign_id)
+        return await campaign_out(session, campaign_id)
+
+    @router.post(
         "/v1/presales/{campaign_id}/cancel",
         response_model=CampaignOut,
         summary="Cancel a campaign: every order ends and everything paid is refunded (staff)",

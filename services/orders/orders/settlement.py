@@ -185,3 +185,19 @@ async def cancel_campaign(
     )
     for kind in (OPEN_JOB, CLOSE_JOB, BALANCE_DEADLINE_JOB):
         await cancel(session, orders.platform, kind=kind, key=str(campaign.id))
+
+
+async def mark_fulfilled(
+    orders: Orders, session: AsyncSession, principal: Principal, campaign_id: uuid.UUID
+) -> None:
+    """Staff close the books on a succeeded campaign once nothing is left to ship: no balance
+    still due and every paid order shipped (or delivered, or complete)."""
+    campaign = await staff_campaign(session, principal, campaign_id, lock=True)
+    if campaign.status != "succeeded":
+        raise CampaignStateConflict(f"a {campaign.status} campaign cannot be fulfilled")
+    waiting = await repo.campaign_orders(session, campaign.id, ("balance_due", "paid"))
+    if waiting:
+        raise CampaignStateConflict(
+            f"{len(waiting)} orders still await their balance or shipping", waiting=len(waiting)
+        )
+    await campaigns.update_campaign(session, campaign.id, {"status": "fulfilled"})

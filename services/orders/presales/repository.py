@@ -9,10 +9,16 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.orders.models import customer_order, presale_campaign, presale_variant
+from services.orders.models import (
+    customer_order,
+    merchant_policy,
+    presale_campaign,
+    presale_variant,
+)
 from services.orders.presales.pricing import DepositType, Tier
 
 c = presale_campaign
@@ -254,3 +260,30 @@ async def buyers(session: AsyncSession, campaign_id: uuid.UUID) -> int:
         )
     )
     return int(count or 0)
+
+
+async def get_policy(session: AsyncSession, merchant_id: str) -> Row[Any] | None:
+    p = merchant_policy
+    return (await session.execute(select(p).where(p.c.merchant_id == merchant_id))).first()
+
+
+async def put_policy(
+    session: AsyncSession, merchant_id: str, return_window_days: int, by: str
+) -> Row[Any]:
+    p = merchant_policy
+    stmt = insert(p).values(
+        merchant_id=merchant_id, return_window_days=return_window_days, updated_by=by
+    )
+    row: Row[Any] = (
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[p.c.merchant_id],
+                set_={
+                    "return_window_days": stmt.excluded.return_window_days,
+                    "updated_by": stmt.excluded.updated_by,
+                    "updated_at": func.now(),
+                },
+            ).returning(p)
+        )
+    ).one()
+    return row

@@ -14,6 +14,8 @@ from services.orders.presales.schemas import (
     CampaignOut,
     CampaignStatus,
     CampaignTerms,
+    MerchantPolicyIn,
+    MerchantPolicyOut,
     PublicProgress,
 )
 from services.orders.presales.service import (
@@ -93,6 +95,34 @@ def presales_router() -> APIRouter:
             campaign = repo.CampaignRow.of(row)
             items.append(CampaignOut.of(campaign, await repo.get_variants(session, campaign.id)))
         return Page(items=items, next_cursor=cursor)
+
+    @router.get(
+        "/merchant-policy",
+        response_model=MerchantPolicyOut,
+        summary="The merchant's defaults for new campaigns (staff; admins name the merchant)",
+        responses=responses(*_AUTH, MerchantRequired),
+    )
+    async def get_policy(
+        principal: Staff,
+        session: SessionDep,
+        merchant_id: Annotated[str | None, Query(max_length=100)] = None,
+    ) -> MerchantPolicyOut:
+        return await service.get_policy(session, service.policy_merchant(principal, merchant_id))
+
+    @router.put(
+        "/merchant-policy",
+        response_model=MerchantPolicyOut,
+        summary="Set the return window of new campaigns (campaigns keep theirs)",
+        responses=responses(*_AUTH, MerchantRequired),
+    )
+    async def put_policy(
+        principal: Staff,
+        body: MerchantPolicyIn,
+        session: SessionDep,
+        merchant_id: Annotated[str | None, Query(max_length=100)] = None,
+    ) -> MerchantPolicyOut:
+        merchant = service.policy_merchant(principal, merchant_id)
+        return await service.put_policy(session, principal, merchant, body)
 
     @router.get(
         "/{campaign_id}",

@@ -85,7 +85,12 @@ class CampaignTerms(BaseModel):
     closes_at: AwareDatetime
     balance_window_hours: StrictInt = Field(72, ge=1, le=24 * 30)
     ships_on: date | None = None
-    return_window_days: StrictInt = Field(7, ge=0, le=90, description="七天无理由退货")
+    return_window_days: StrictInt | None = Field(
+        None,
+        ge=0,
+        le=90,
+        description="七天无理由退货 days; omitted: the merchant's policy (7), or unchanged.",
+    )
     deposit: DepositIn
     early_bird: EarlyBirdIn | None = None
 
@@ -240,3 +245,17 @@ class Action(BaseModel):
     model_config = _STRICT
 
     reason: SafeStr | None = Field(None, max_length=500)
+
+
+class MerchantPolicyIn(BaseModel):
+    model_config = _STRICT
+
+    return_window_days: StrictInt = Field(
+        ge=0, le=90, description="The return window of new campaigns (七天无理由退货: 7)."
+    )
+
+
+class MerchantPolicyOut(BaseModel):
+    merchant_id: str
+    return_window_days: int
+    updated_at: datetime | None

@@ -23,6 +23,8 @@ from services.orders.presales.schemas import (
     CampaignTerms,
     DepositOut,
     EarlyBirdOut,
+    MerchantPolicyIn,
+    MerchantPolicyOut,
     PublicProgress,
     TierOut,
     VariantOut,
@@ -197,7 +199,6 @@ def _columns(terms: CampaignTerms) -> dict[str, Any]:
         "closes_at": terms.closes_at,
         "balance_window_hours": terms.balance_window_hours,
         "ships_on": terms.ships_on,
-        "return_window_days": terms.return_window_days,
         "deposit_type": deposit.type,
         "unit_deposit": deposit.unit_deposit,
         "unit_deposit_credit": deposit.unit_deposit
@@ -253,7 +254,7 @@ def check_favourable(old: CampaignRow, variants: list[VariantRow], new: Campaign
             "the balance window may only grow",
         ),
         (
-            new.return_window_days < old.return_window_days,
+            new.return_window_days is not None and new.return_window_days < old.return_window_days,
             "return_window_days",
             "the return window may only grow",
         ),
@@ -318,9 +319,51 @@ async def create_campaign(
         "id": campaign_id,
         "merchant_id": merchant_id,
         "currency": normalize_currency(body.currency),
+        "return_window_days": body.return_window_days
+        if body.return_window_days is not None
+        else await return_window_default(session, merchant_id),
     }
     await repo.insert_campaign(session, values, _variant_columns(body))
     return campaign_id
+
+
+DEFAULT_RETURN_WINDOW_DAYS = 7  # 七天无理由退货
+
+
+async def return_window_default(session: AsyncSession, merchant_id: str) -> int:
+    policy = await repo.get_policy(session, merchant_id)
+    return DEFAULT_RETURN_WINDOW_DAYS if policy is None else int(policy.return_window_days)
+
+
+def policy_merchant(principal: Principal, requested: str | None) -> str:
+    """Whose policy: staff their merchant's, admins the one they name."""
+    if principal.is_admin and requested is not None:
+        return requested
+    if principal.is_admin:
+        raise MerchantRequired(field="merchant_id")
+    ensure_staff_of(principal, requested or principal.merchant_id or "")
+    assert principal.merchant_id is not None
+    return principal.merchant_id
+
+
+async def get_policy(session: AsyncSession, merchant_id: str) -> MerchantPolicyOut:
+    row = await repo.get_policy(session, merchant_id)
+    return MerchantPolicyOut(
+        merchant_id=merchant_id,
+        return_window_days=DEFAULT_RETURN_WINDOW_DAYS if row is None else row.return_window_days,
+        updated_at=None if row is None else row.updated_at,
+    )
+
+
+async def put_policy(
+    session: AsyncSession, principal: Principal, merchant_id: str, body: MerchantPolicyIn
+) -> MerchantPolicyOut:
+    row = await repo.put_policy(session, merchant_id, body.return_window_days, principal.sub)
+    return MerchantPolicyOut(
+        merchant_id=merchant_id,
+        return_window_days=row.return_window_days,
+        updated_at=row.updated_at,
+    )
 
 
 async def staff_campaign(
@@ -354,7 +397,10 @@ async def update_terms(
         raise TermsLocked("opens_at: the campaign is open already", field="opens_at")
     if body.capacity is not None and body.capacity < campaign.reserved_quantity:
         raise TermsLocked("capacity: below the units already reserved", field="capacity")
-    await repo.update_campaign(session, campaign_id, _columns(body))
+    columns = _columns(body)
+    if body.return_window_days is not None:
+        columns["return_window_days"] = body.return_window_days
+    await repo.update_campaign(session, campaign_id, columns)
     if campaign.status == "draft":
         await repo.replace_variants(session, campaign_id, _variant_columns(body))
     else:
