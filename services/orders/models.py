@@ -126,6 +126,13 @@ presale_variant = Table(
     ),
 )
 
+# An order's states (the ``status`` column of ``customer_order``; docs/orders.md):
+# the ones that hold units of their campaign (paid, or waiting for the first payment),
+PENDING = "pending_payment"
+HOLDING_UNITS = (PENDING, "deposit_paid", "balance_due", "paid")
+# and the ones whose buyer has paid something that still stands.
+PAID = ("deposit_paid", "balance_due", "paid", "shipped", "delivered", "completed")
+
 customer_order = Table(
     "customer_order",
     metadata,

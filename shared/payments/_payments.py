@@ -110,11 +110,9 @@ async def record_payment(
     code = _check_amount(ctx, amount, currency)
     if capture_method == "manual" and method != "card":
         raise CaptureMethodUnsupported(f"{method} payments are captured when they succeed")
-    row = await repo.get_payment(session, ctx.tables, payment_id)
-    if row is not None:
-        return row
     if payment_method is not None:
         await _check_method_owner(session, ctx, customer_id, payment_method)
+    # Inserted, or (a retry) the row recorded the first time.
     return await _record_intent(
         session,
         ctx,

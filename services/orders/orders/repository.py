@@ -197,8 +197,6 @@ async def refund_decisions(session: AsyncSession, order_id: uuid.UUID) -> list[R
 
 # --- reports ------------------------------------------------------------------------------
 
-PAID_STATUSES = ("deposit_paid", "balance_due", "paid", "shipped", "delivered", "completed")
-
 
 async def campaign_totals(session: AsyncSession, campaign_id: uuid.UUID) -> dict[str, int]:
     """Sums over the campaign's orders (every state): what the stats endpoint reports."""

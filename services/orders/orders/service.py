@@ -19,6 +19,7 @@ import structlog
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.orders.models import HOLDING_UNITS, PAID
 from services.orders.orders import repository as repo
 from services.orders.orders.repository import OrderRow, RefundDecisionRow
 from services.orders.orders.schemas import OrderCreate, OrderFilters, PayIn
@@ -59,8 +60,6 @@ REFUND_JOB = "order.refund"
 COMPLETE_JOB = "order.complete"
 REFERENCE_PREFIX = "order:"
 FIRST, BALANCE = "first", "balance"
-# States in which an order holds units and may be paid.
-PAID_STATES = ("deposit_paid", "balance_due", "paid", "shipped", "delivered", "completed")
 
 
 class OrderNotFound(NotFound):
@@ -547,7 +546,7 @@ class Orders:
     ) -> RefundDecisionRow:
         """The buyer asks; nothing is promised until staff approve."""
         order = await self.own_order(session, principal, order_id)
-        if order.status not in PAID_STATES or order.refundable < 1:
+        if order.status not in PAID or order.refundable < 1:
             raise OrderStateConflict("there is nothing paid to refund on this order")
         wanted = order.refundable if amount is None else amount
         if wanted > order.refundable:
@@ -632,7 +631,7 @@ class Orders:
         """Everything paid is promised back: the order ends (a completed one stays completed)."""
         order = await repo.get_order(session, order_id)
         assert order is not None
-        if order.refundable == 0 and order.status in PAID_STATES and order.status != "completed":
+        if order.refundable == 0 and order.status in PAID and order.status != "completed":
             await self.cancel_order(session, order, reason="refunded")
 
     async def run_refund(self, job: Job) -> None:
@@ -685,8 +684,8 @@ class Orders:
     ) -> OrderRow:
         """Ends an order (caller holds campaign and order locks): its units go back while the
         campaign still counts them, and the event tells the rest. Refunds are the caller's."""
-        committed = order.status in PAID_STATES
-        if order.status in ("pending_payment", "deposit_paid", "paid", "balance_due"):
+        committed = order.status in PAID
+        if order.status in HOLDING_UNITS:
             campaign = await campaigns.get_campaign(session, order.campaign_id)
             if campaign is not None and campaign.status in ("draft", "published", "open"):
                 await campaigns.release_units(

@@ -16,6 +16,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.orders.models import PAID, PENDING
 from services.orders.orders import repository as repo
 from services.orders.orders.repository import OrderRow
 from services.orders.orders.service import Orders, now_utc
@@ -166,16 +167,7 @@ async def cancel_campaign(
     campaign = await staff_campaign(session, principal, campaign_id, lock=True)
     if campaign.status not in CANCELLABLE:
         raise CampaignStateConflict(f"a {campaign.status} campaign cannot be cancelled")
-    live = (
-        "pending_payment",
-        "deposit_paid",
-        "balance_due",
-        "paid",
-        "shipped",
-        "delivered",
-        "completed",
-    )
-    for held in await repo.campaign_orders(session, campaign.id, live):
+    for held in await repo.campaign_orders(session, campaign.id, (PENDING, *PAID)):
         ended = await orders.cancel_order(session, held, reason="campaign_cancelled")
         await orders.refund_everything(
             session, ended, reason="the merchant cancelled the campaign", kind="campaign_cancelled"

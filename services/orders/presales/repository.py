@@ -14,6 +14,8 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.orders.models import (
+    HOLDING_UNITS,
+    PAID,
     customer_order,
     merchant_policy,
     presale_campaign,
@@ -23,18 +25,6 @@ from services.orders.presales.pricing import DepositType, Tier
 
 c = presale_campaign
 v = presale_variant
-
-# Orders that hold units of a campaign (paid or waiting for their first payment).
-LIVE_ORDER_STATUSES = ("pending_payment", "deposit_paid", "balance_due", "paid")
-# Orders whose buyer has paid something that still stands.
-COMMITTED_ORDER_STATUSES = (
-    "deposit_paid",
-    "balance_due",
-    "paid",
-    "shipped",
-    "delivered",
-    "completed",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +202,7 @@ async def customer_units(session: AsyncSession, campaign_id: uuid.UUID, customer
         select(func.coalesce(func.sum(o.c.quantity), 0)).where(
             o.c.campaign_id == campaign_id,
             o.c.customer_id == customer_id,
-            o.c.status.in_(LIVE_ORDER_STATUSES),
+            o.c.status.in_(HOLDING_UNITS),
         )
     )
     return int(total or 0)
@@ -256,7 +246,7 @@ async def buyers(session: AsyncSession, campaign_id: uuid.UUID) -> int:
     o = customer_order
     count = await session.scalar(
         select(func.count(func.distinct(o.c.customer_id))).where(
-            o.c.campaign_id == campaign_id, o.c.status.in_(COMMITTED_ORDER_STATUSES)
+            o.c.campaign_id == campaign_id, o.c.status.in_(PAID)
         )
     )
     return int(count or 0)
