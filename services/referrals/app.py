@@ -4,15 +4,25 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from services.referrals.commissions.router import commissions_router
+from services.referrals.commissions.service import on_order_event
 from services.referrals.config import ReferralsSettings, get_settings
 from services.referrals.models import platform
+from services.referrals.programs.router import programs_router
 from shared.app import ServiceSpec, create_service_app
+from shared.events import EventHandlers
+from shared.events.contracts import OrderCancelled, OrderCompleted, OrderPaid, OrderRefunded
 
 
 def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
+    handlers = EventHandlers()
+    for contract in (OrderPaid, OrderRefunded, OrderCompleted, OrderCancelled):
+        handlers.on(contract)(on_order_event)
     spec = ServiceSpec(
         name="referrals",
         title="Qunbuy referrals: links, attribution, commissions, withdrawals",
         tables=platform,
+        routers=[programs_router(), commissions_router()],
+        event_handlers=handlers,
     )
     return create_service_app(spec, settings or get_settings())

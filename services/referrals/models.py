@@ -1,7 +1,30 @@
-"""Tables of the referrals service's own database."""
+"""Tables of the referrals service's own database.
+
+The platform tables come from the shared package; the domain tables of programs,
+distributors, attribution, commissions and the ledger are defined here, in one metadata.
+Only each domain's ``repository.py`` queries them.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Table,
+    UniqueConstraint,
+    Uuid,
+    func,
+)
 from sqlmodel import SQLModel
 
 from shared.db import make_registry
@@ -14,3 +37,134 @@ platform = define_platform_tables(metadata)
 
 class Base(SQLModel, registry=registry):
     """Base of this service's SQLModel tables (its own metadata, its own database)."""
+
+
+def _timestamps() -> list[Column[Any]]:
+    return [
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    ]
+
+
+referral_program = Table(
+    "referral_program",
+    metadata,
+    # One program per merchant, with its commission rules (docs/referrals.md).
+    Column("merchant_id", String(100), primary_key=True),
+    Column("enrollment", String(16), nullable=False),  # open | approval
+    Column("attribution", String(16), nullable=False),  # first_touch | last_touch
+    Column("binding_days", Integer, nullable=False),
+    Column("level1_bps", Integer, nullable=False),
+    Column("level2_bps", Integer, nullable=False),
+    Column("leader_bps", Integer, nullable=False),
+    Column("max_total_bps", Integer, nullable=False),
+    Column("min_withdrawal", BigInteger, nullable=False),
+    Column("withdrawal_fee", BigInteger, nullable=False),
+    *_timestamps(),
+    CheckConstraint(
+        "level1_bps >= 0 AND level2_bps >= 0 AND leader_bps >= 0"
+        " AND level1_bps + level2_bps + leader_bps <= max_total_bps AND max_total_bps <= 10000",
+        name="rates_within_cap",
+    ),
+)
+
+distributor = Table(
+    "distributor",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("merchant_id", String(100), nullable=False),
+    Column("user_id", String(100), nullable=False),
+    # The short code customers give at checkout and links carry.
+    Column("code", String(16), nullable=False, unique=True),
+    # Who recruited them (set once, at joining: a later distributor can never be an upline
+    # of an earlier one, so no loop can form).
+    Column("upline_id", Uuid, ForeignKey("distributor.id")),
+    Column("status", String(16), nullable=False),  # pending | active | suspended | rejected
+    Column("real_name", String(100), nullable=False),
+    Column("phone", String(32), nullable=False),
+    Column("added_by", String(100)),  # staff who added an employee directly
+    Column("decided_by", String(100)),
+    Column("kyc_verified_by", String(100)),
+    Column("kyc_verified_at", DateTime(timezone=True)),
+    *_timestamps(),
+    UniqueConstraint("merchant_id", "user_id"),
+    CheckConstraint("upline_id IS NULL OR upline_id <> id", name="not_own_upline"),
+    Index("ix_distributor_merchant", "merchant_id", "created_at"),
+)
+
+customer_binding = Table(
+    "customer_binding",
+    metadata,
+    # 锁客: which distributor a customer of a merchant is bound to, until when.
+    Column("merchant_id", String(100), primary_key=True),
+    Column("customer_id", String(100), primary_key=True),
+    Column("distributor_id", Uuid, ForeignKey("distributor.id"), nullable=False),
+    Column("bound_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+attribution = Table(
+    "attribution",
+    metadata,
+    # The decision for one paid order (or pledge), made once, at its first paid event: who
+    # brought it (level 1) and their upline (level 2), or nobody.
+    Column("source_type", String(16), primary_key=True),  # order | pledge
+    Column("source_id", Uuid, primary_key=True),
+    Column("merchant_id", String(100), nullable=False),
+    Column("customer_id", String(100), nullable=False),
+    Column("distributor_id", Uuid, ForeignKey("distributor.id")),
+    Column("upline_id", Uuid, ForeignKey("distributor.id")),
+    Column("self_referral", Boolean, nullable=False),
+    # The highest totals any event about the source has told (events may arrive in any
+    # order; totals only grow, so the highest are the newest).
+    Column("paid_total", BigInteger, nullable=False),
+    Column("refunded_total", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("completed", Boolean, nullable=False),
+    *_timestamps(),
+)
+
+commission = Table(
+    "commission",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("source_type", String(16), nullable=False),
+    Column("source_id", Uuid, nullable=False),
+    Column("merchant_id", String(100), nullable=False),
+    Column("distributor_id", Uuid, ForeignKey("distributor.id"), nullable=False),
+    Column("level", SmallInteger, nullable=False),  # 1 or 2: never deeper
+    Column("rate_bps", Integer, nullable=False),
+    Column("currency", String(3), nullable=False),
+    # What the ledger holds for it now: floor((paid - refunded) * rate / 10000).
+    Column("amount", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),  # pending | available
+    *_timestamps(),
+    UniqueConstraint("source_type", "source_id", "level"),
+    CheckConstraint("level IN (1, 2)", name="two_levels_at_most"),
+    CheckConstraint("amount >= 0", name="amount_not_negative"),
+    Index("ix_commission_distributor", "distributor_id", "created_at"),
+)
+
+ledger_entry = Table(
+    "ledger_entry",
+    metadata,
+    # One balanced movement: ``amount`` leaves ``debit_account`` and enters
+    # ``credit_account`` (debits = credits by construction). Accounts are named
+    # ``distributor:<id>:<pending|available|withdrawn|owed>`` and
+    # ``merchant:<id>:commission_expense``.
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("merchant_id", String(100), nullable=False),
+    Column("commission_id", Uuid, ForeignKey("commission.id")),
+    Column("source_event", String(255), nullable=False),
+    Column("kind", String(16), nullable=False),  # accrue | reverse | release
+    Column("debit_account", String(150), nullable=False),
+    Column("credit_account", String(150), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint("debit_account <> credit_account", name="two_accounts"),
+    UniqueConstraint("source_event", "commission_id", "kind", "debit_account"),
+    Index("ix_ledger_entry_debit", "debit_account"),
+    Index("ix_ledger_entry_credit", "credit_account"),
+)

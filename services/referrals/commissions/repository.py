@@ -1,0 +1,212 @@
+"""SQL of attribution, bindings, commissions and the ledger."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, case, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.referrals.models import (
+    attribution,
+    commission,
+    customer_binding,
+    distributor,
+    ledger_entry,
+)
+
+a = attribution
+b = customer_binding
+c = commission
+e = ledger_entry
+
+
+@dataclass(frozen=True, slots=True)
+class AttributionRow:
+    source_type: str
+    source_id: uuid.UUID
+    merchant_id: str
+    customer_id: str
+    distributor_id: uuid.UUID | None
+    upline_id: uuid.UUID | None
+    self_referral: bool
+    paid_total: int
+    refunded_total: int
+    currency: str
+    completed: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CommissionRow:
+    id: uuid.UUID
+    source_type: str
+    source_id: uuid.UUID
+    merchant_id: str
+    distributor_id: uuid.UUID
+    level: int
+    rate_bps: int
+    currency: str
+    amount: int
+    state: str
+    created_at: datetime
+    updated_at: datetime
+
+
+async def get_attribution(
+    session: AsyncSession, source_type: str, source_id: uuid.UUID, *, lock: bool = False
+) -> AttributionRow | None:
+    stmt = select(a).where(a.c.source_type == source_type, a.c.source_id == source_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    row = (await session.execute(stmt)).first()
+    return None if row is None else AttributionRow(**row._mapping)
+
+
+async def insert_attribution(session: AsyncSession, values: Mapping[str, Any]) -> bool:
+    """False when a concurrent delivery recorded it first (the caller reads and locks it)."""
+    result = await session.execute(
+        insert(a).values(**values).on_conflict_do_nothing().returning(a.c.source_id)
+    )
+    return result.first() is not None
+
+
+async def update_attribution(
+    session: AsyncSession, source_type: str, source_id: uuid.UUID, values: Mapping[str, Any]
+) -> AttributionRow:
+    row = (
+        await session.execute(
+            update(a)
+            .where(a.c.source_type == source_type, a.c.source_id == source_id)
+            .values(**values, updated_at=func.now())
+            .returning(a)
+        )
+    ).one()
+    return AttributionRow(**row._mapping)
+
+
+async def binding(
+    session: AsyncSession, merchant_id: str, customer_id: str, now: datetime
+) -> uuid.UUID | None:
+    """The distributor this customer is bound to, while the binding lasts."""
+    found = await session.scalar(
+        select(b.c.distributor_id).where(
+            b.c.merchant_id == merchant_id, b.c.customer_id == customer_id, b.c.expires_at > now
+        )
+    )
+    return found
+
+
+async def bind(
+    session: AsyncSession,
+    merchant_id: str,
+    customer_id: str,
+    distributor_id: uuid.UUID,
+    now: datetime,
+    expires_at: datetime,
+) -> None:
+    stmt = insert(b).values(
+        merchant_id=merchant_id,
+        customer_id=customer_id,
+        distributor_id=distributor_id,
+        bound_at=now,
+        expires_at=expires_at,
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[b.c.merchant_id, b.c.customer_id],
+            set_={
+                "distributor_id": stmt.excluded.distributor_id,
+                "bound_at": stmt.excluded.bound_at,
+                "expires_at": stmt.excluded.expires_at,
+            },
+        )
+    )
+
+
+async def insert_commission(session: AsyncSession, values: Mapping[str, Any]) -> None:
+    await session.execute(insert(c).values(**values).on_conflict_do_nothing())
+
+
+async def commissions_of(
+    session: AsyncSession, source_type: str, source_id: uuid.UUID
+) -> list[CommissionRow]:
+    rows = await session.execute(
+        select(c)
+        .where(c.c.source_type == source_type, c.c.source_id == source_id)
+        .order_by(c.c.level)
+        .with_for_update()
+    )
+    return [CommissionRow(**r._mapping) for r in rows]
+
+
+async def update_commission(
+    session: AsyncSession, commission_id: uuid.UUID, values: Mapping[str, Any]
+) -> None:
+    await session.execute(
+        update(c).where(c.c.id == commission_id).values(**values, updated_at=func.now())
+    )
+
+
+async def post(session: AsyncSession, values: Mapping[str, Any]) -> None:
+    """One ledger entry; the same (event, commission, kind, debit account) twice is once."""
+    await session.execute(insert(e).values(**values).on_conflict_do_nothing())
+
+
+def account_balance(account: str) -> Any:
+    """Credits minus debits of ``account``: a scalar subquery."""
+    return select(
+        func.coalesce(
+            func.sum(
+                case((e.c.credit_account == account, e.c.amount), else_=0)
+                - case((e.c.debit_account == account, e.c.amount), else_=0)
+            ),
+            0,
+        )
+    ).where((e.c.credit_account == account) | (e.c.debit_account == account))
+
+
+async def balance(session: AsyncSession, account: str) -> int:
+    return int(await session.scalar(account_balance(account)) or 0)
+
+
+async def unreconciled(session: AsyncSession) -> list[dict[str, Any]]:
+    """Commissions whose amount is not what their ledger entries add up to (none, ever)."""
+    net = (
+        select(
+            e.c.commission_id,
+            func.sum(
+                case(
+                    (e.c.kind == "accrue", e.c.amount),
+                    (e.c.kind == "reverse", -e.c.amount),
+                    else_=0,
+                )
+            ).label("net"),
+        )
+        .group_by(e.c.commission_id)
+        .subquery()
+    )
+    rows = await session.execute(
+        select(c.c.id, c.c.amount, func.coalesce(net.c.net, 0).label("ledger"))
+        .select_from(c.outerjoin(net, net.c.commission_id == c.c.id))
+        .where(c.c.amount != func.coalesce(net.c.net, 0))
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+def commissions_query() -> Select[Any]:
+    return select(c).join(distributor, distributor.c.id == c.c.distributor_id)
+
+
+def commission_columns() -> Any:
+    return c.c
+
+
+def distributor_user_column() -> Any:
+    return distributor.c.user_id

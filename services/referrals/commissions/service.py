@@ -1,0 +1,229 @@
+"""Commissions from order events, on a double-entry ledger.
+
+Attribution happens once per order, at the first event that shows money paid: the referral
+code given at checkout and the customer's binding (锁客) decide the level-1 distributor under
+the merchant's rule (first or last touch); their upline is level 2. Never a third level: the
+upline's upline is never read. A self-referral (the buyer is the distributor, or their
+upline) earns nothing and is flagged; a suspended distributor earns nothing new.
+
+Amounts are cumulative, which makes events order-free: every order event carries the order's
+paid and refunded totals, both only ever grow, so the attribution keeps the highest of each
+seen, and each commission is brought to
+
+    floor((paid_total - refunded_total) * rate_bps / 10000)
+
+by posting the difference. Rounding: down, per level, on the cumulative net amount (never
+per refund), so any sequence of partial refunds reverses exactly what was paid on the fen,
+a full refund leaves exactly zero, and no level ever holds more than its rate. An event that
+arrives late (a paid event after its refund), twice, or replayed changes nothing.
+
+Ledger accounts: ``merchant:<m>:commission_expense`` pays ``distributor:<d>:pending``
+(accrue); ``pending`` moves to ``available`` when the order completes (release); a refund
+takes back from where the commission is (reverse), and what the distributor has already
+withdrawn becomes ``owed`` (to be taken from the next withdrawal).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.referrals.commissions import repository as repo
+from services.referrals.commissions.repository import AttributionRow, CommissionRow
+from services.referrals.programs import repository as programs
+from services.referrals.programs.repository import ProgramRow
+from shared.events import Envelope
+from shared.events.contracts import OrderCompleted, OrderEvent
+
+ORDER = "order"
+BPS = 10_000
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def target_amount(paid_total: int, refunded_total: int, rate_bps: int) -> int:
+    """The commission a level holds: rounded down on the cumulative net amount."""
+    return max(0, paid_total - refunded_total) * rate_bps // BPS
+
+
+def expense_account(merchant_id: str) -> str:
+    return f"merchant:{merchant_id}:commission_expense"
+
+
+def account(distributor_id: uuid.UUID, name: str) -> str:
+    return f"distributor:{distributor_id}:{name}"
+
+
+async def on_order_event(session: AsyncSession, event: OrderEvent, envelope: Envelope) -> None:
+    """Any order event: attribute (once), take its totals, settle every level; a completed
+    order's commissions become available."""
+    rules = await programs.get_program(session, event.merchant_id)
+    if rules is None:
+        return  # the merchant runs no program
+    attr = await repo.get_attribution(session, ORDER, event.order_id, lock=True)
+    if attr is None:
+        if event.paid_total == 0:
+            return  # nothing was paid (an unpaid order cancelled): nothing to earn
+        attr = await _attribute(session, rules, event)
+    attr = await repo.update_attribution(
+        session,
+        ORDER,
+        event.order_id,
+        {
+            "paid_total": max(attr.paid_total, event.paid_total),
+            "refunded_total": max(attr.refunded_total, event.refunded_total),
+            "completed": attr.completed or isinstance(event, OrderCompleted),
+        },
+    )
+    for level in await repo.commissions_of(session, ORDER, event.order_id):
+        await _settle(session, attr, level, str(envelope.id))
+
+
+async def _attribute(session: AsyncSession, rules: ProgramRow, event: OrderEvent) -> AttributionRow:
+    now = now_utc()
+    coded = None
+    if event.referral_code:
+        found = await programs.distributor_by_code(session, event.referral_code)
+        if found is not None and found.merchant_id == event.merchant_id:
+            coded = found
+    bound_id = await repo.binding(session, event.merchant_id, event.customer_id, now)
+    chosen_id = (
+        (coded.id if coded else bound_id)
+        if rules.attribution == "last_touch"
+        else (bound_id or (coded.id if coded else None))
+    )
+    if coded is not None and (rules.attribution == "last_touch" or bound_id is None):
+        await repo.bind(
+            session,
+            event.merchant_id,
+            event.customer_id,
+            coded.id,
+            now,
+            now + timedelta(days=rules.binding_days),
+        )
+    seller = None if chosen_id is None else await programs.get_distributor(session, chosen_id)
+    upline = (
+        None
+        if seller is None or seller.upline_id is None
+        else await programs.get_distributor(session, seller.upline_id)
+    )
+    self_referral = seller is not None and event.customer_id in (
+        seller.user_id,
+        upline.user_id if upline else None,
+    )
+    values = {
+        "source_type": ORDER,
+        "source_id": event.order_id,
+        "merchant_id": event.merchant_id,
+        "customer_id": event.customer_id,
+        "distributor_id": seller.id if seller else None,
+        "upline_id": upline.id if upline else None,
+        "self_referral": self_referral,
+        "paid_total": 0,
+        "refunded_total": 0,
+        "currency": event.currency,
+        "completed": False,
+    }
+    if await repo.insert_attribution(session, values) and not self_referral:
+        for level, who, rate in ((1, seller, rules.level1_bps), (2, upline, rules.level2_bps)):
+            if who is not None and who.status == "active" and rate > 0:
+                await repo.insert_commission(
+                    session,
+                    {
+                        "id": uuid.uuid4(),
+                        "source_type": ORDER,
+                        "source_id": event.order_id,
+                        "merchant_id": event.merchant_id,
+                        "distributor_id": who.id,
+                        "level": level,
+                        "rate_bps": rate,
+                        "currency": event.currency,
+                        "amount": 0,
+                        "state": "pending",
+                    },
+                )
+    # Inserted now, or by a concurrent delivery a moment ago: either way, locked from here.
+    decided = await repo.get_attribution(session, ORDER, event.order_id, lock=True)
+    assert decided is not None
+    return decided
+
+
+async def _settle(
+    session: AsyncSession, attr: AttributionRow, level: CommissionRow, event_id: str
+) -> None:
+    target = target_amount(attr.paid_total, attr.refunded_total, level.rate_bps)
+    delta = target - level.amount
+    state = level.state
+    base = {
+        "merchant_id": level.merchant_id,
+        "commission_id": level.id,
+        "source_event": event_id,
+        "currency": level.currency,
+    }
+    expense = expense_account(level.merchant_id)
+    if delta > 0:
+        held = account(level.distributor_id, state)
+        await repo.post(
+            session,
+            {
+                **base,
+                "kind": "accrue",
+                "debit_account": expense,
+                "credit_account": held,
+                "amount": delta,
+            },
+        )
+    elif delta < 0:
+        await _reverse(session, level, -delta, base, expense)
+    if attr.completed and state == "pending":
+        # The order completed: what the level holds becomes available.
+        if target > 0:
+            await repo.post(
+                session,
+                {
+                    **base,
+                    "kind": "release",
+                    "debit_account": account(level.distributor_id, "pending"),
+                    "credit_account": account(level.distributor_id, "available"),
+                    "amount": target,
+                },
+            )
+        state = "available"
+    if target != level.amount or state != level.state:
+        await repo.update_commission(session, level.id, {"amount": target, "state": state})
+
+
+async def _reverse(
+    session: AsyncSession,
+    level: CommissionRow,
+    amount: int,
+    base: dict[str, object],
+    expense: str,
+) -> None:
+    """Takes ``amount`` back from where the commission is; what was withdrawn meanwhile
+    becomes owed by the distributor (taken from their next withdrawal)."""
+    if level.state == "pending":
+        parts = [(account(level.distributor_id, "pending"), amount)]
+    else:
+        available = await repo.balance(session, account(level.distributor_id, "available"))
+        from_available = min(amount, max(0, available))
+        parts = [
+            (account(level.distributor_id, "available"), from_available),
+            (account(level.distributor_id, "owed"), amount - from_available),
+        ]
+    for debit, part in parts:
+        if part > 0:
+            await repo.post(
+                session,
+                {
+                    **base,
+                    "kind": "reverse",
+                    "debit_account": debit,
+                    "credit_account": expense,
+                    "amount": part,
+                },
+            )

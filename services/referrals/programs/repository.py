@@ -1,0 +1,129 @@
+"""SQL of referral programs and distributors."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.referrals.models import distributor, referral_program
+
+p = referral_program
+d = distributor
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramRow:
+    merchant_id: str
+    enrollment: str
+    attribution: str
+    binding_days: int
+    level1_bps: int
+    level2_bps: int
+    leader_bps: int
+    max_total_bps: int
+    min_withdrawal: int
+    withdrawal_fee: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DistributorRow:
+    id: uuid.UUID
+    merchant_id: str
+    user_id: str
+    code: str
+    upline_id: uuid.UUID | None
+    status: str
+    real_name: str
+    phone: str
+    added_by: str | None
+    decided_by: str | None
+    kyc_verified_by: str | None
+    kyc_verified_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+async def get_program(session: AsyncSession, merchant_id: str) -> ProgramRow | None:
+    row = (await session.execute(select(p).where(p.c.merchant_id == merchant_id))).first()
+    return None if row is None else ProgramRow(**row._mapping)
+
+
+async def put_program(
+    session: AsyncSession, merchant_id: str, values: Mapping[str, Any]
+) -> ProgramRow:
+    stmt = insert(p).values(merchant_id=merchant_id, **values)
+    row = (
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[p.c.merchant_id], set_={**values, "updated_at": func.now()}
+            ).returning(p)
+        )
+    ).one()
+    return ProgramRow(**row._mapping)
+
+
+async def insert_distributor(
+    session: AsyncSession, values: Mapping[str, Any]
+) -> DistributorRow | None:
+    """None when this user is a distributor of this merchant already (or the code is taken)."""
+    row = (
+        await session.execute(insert(d).values(**values).on_conflict_do_nothing().returning(d))
+    ).first()
+    return None if row is None else DistributorRow(**row._mapping)
+
+
+async def get_distributor(
+    session: AsyncSession, distributor_id: uuid.UUID, *, lock: bool = False
+) -> DistributorRow | None:
+    stmt = select(d).where(d.c.id == distributor_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    row = (await session.execute(stmt)).first()
+    return None if row is None else DistributorRow(**row._mapping)
+
+
+async def distributor_by_code(session: AsyncSession, code: str) -> DistributorRow | None:
+    row = (await session.execute(select(d).where(d.c.code == code))).first()
+    return None if row is None else DistributorRow(**row._mapping)
+
+
+async def distributor_of(
+    session: AsyncSession, merchant_id: str, user_id: str
+) -> DistributorRow | None:
+    row = (
+        await session.execute(
+            select(d).where(d.c.merchant_id == merchant_id, d.c.user_id == user_id)
+        )
+    ).first()
+    return None if row is None else DistributorRow(**row._mapping)
+
+
+async def update_distributor(
+    session: AsyncSession, distributor_id: uuid.UUID, values: Mapping[str, Any]
+) -> DistributorRow:
+    row = (
+        await session.execute(
+            update(d)
+            .where(d.c.id == distributor_id)
+            .values(**values, updated_at=func.now())
+            .returning(d)
+        )
+    ).one()
+    return DistributorRow(**row._mapping)
+
+
+def distributors_query() -> Select[Any]:
+    return select(d)
+
+
+def distributor_columns() -> Any:
+    return d.c

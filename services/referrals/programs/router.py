@@ -1,0 +1,200 @@
+"""Endpoints of referral programs (commission rules) and distributors."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, status
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.referrals.commissions import repository as ledger
+from services.referrals.commissions.service import account
+from services.referrals.programs import repository as repo
+from services.referrals.programs import service
+from services.referrals.programs.repository import DistributorRow
+from services.referrals.programs.schemas import (
+    AddIn,
+    ApplyIn,
+    Balances,
+    DistributorOut,
+    ProgramIn,
+    ProgramOut,
+)
+from services.referrals.programs.service import (
+    AlreadyDistributor,
+    DistributorNotFound,
+    DistributorStateConflict,
+    InviteCodeInvalid,
+    ProgramNotFound,
+    RatesOverCap,
+)
+from shared.auth import CurrentUser, Principal, require_roles
+from shared.db import SessionDep
+from shared.errors import DomainError, Forbidden, Unauthorized, responses
+from shared.pagination import InvalidCursor, Page, PageDep, fetch_page, scope_to_merchant
+
+Staff = Annotated[Principal, require_roles("staff")]
+Customer = Annotated[Principal, require_roles("customer")]
+MerchantQuery = Annotated[
+    str | None, Query(max_length=100, description="Admins name the merchant.")
+]
+_AUTH = (Unauthorized, Forbidden)
+
+
+class MerchantRequired(DomainError):
+    status = 422
+    code = "merchant_required"
+    title = "Admins name the merchant"
+
+
+def _merchant(principal: Principal, requested: str | None) -> str:
+    if principal.is_admin:
+        if requested is None:
+            raise MerchantRequired(field="merchant_id")
+        return requested
+    return requested or principal.merchant_id or ""
+
+
+async def balances(session: AsyncSession, distributor_id: uuid.UUID) -> Balances:
+    async def of(name: str) -> int:
+        return await ledger.balance(session, account(distributor_id, name))
+
+    return Balances(
+        pending=await of("pending"),
+        available=await of("available"),
+        withdrawn=await of("withdrawn"),
+        owed=-await of("owed"),
+    )
+
+
+async def _out(session: AsyncSession, row: DistributorRow) -> DistributorOut:
+    return DistributorOut.of(row, await balances(session, row.id))
+
+
+def programs_router() -> APIRouter:
+    router = APIRouter(tags=["referrals"])
+
+    @router.put(
+        "/v1/commission-rules",
+        response_model=ProgramOut,
+        summary="The merchant's program and commission rules (staff)",
+        responses=responses(*_AUTH, RatesOverCap, MerchantRequired),
+    )
+    async def put_rules(
+        principal: Staff, body: ProgramIn, session: SessionDep, merchant_id: MerchantQuery = None
+    ) -> ProgramOut:
+        merchant = _merchant(principal, merchant_id)
+        return ProgramOut.of(await service.put_rules(session, principal, merchant, body))
+
+    @router.get(
+        "/v1/commission-rules",
+        response_model=ProgramOut,
+        summary="A merchant's program rules (anyone: distributors read what they earn)",
+        responses=responses(*_AUTH, ProgramNotFound),
+    )
+    async def get_rules(
+        principal: CurrentUser,
+        session: SessionDep,
+        merchant_id: Annotated[str, Query(min_length=1, max_length=100)],
+    ) -> ProgramOut:
+        return ProgramOut.of(await service.program(session, merchant_id))
+
+    @router.post(
+        "/v1/distributors",
+        status_code=status.HTTP_201_CREATED,
+        response_model=DistributorOut,
+        summary="Join a merchant's program (at once when open, else pending approval)",
+        responses=responses(*_AUTH, ProgramNotFound, AlreadyDistributor, InviteCodeInvalid),
+    )
+    async def join(principal: Customer, body: ApplyIn, session: SessionDep) -> DistributorOut:
+        return await _out(session, await service.apply(session, principal, body))
+
+    @router.post(
+        "/v1/distributors/direct",
+        status_code=status.HTTP_201_CREATED,
+        response_model=DistributorOut,
+        summary="Add one of the merchant's own people as a distributor (staff, 全员分销)",
+        responses=responses(*_AUTH, ProgramNotFound, AlreadyDistributor, MerchantRequired),
+    )
+    async def add(
+        principal: Staff, body: AddIn, session: SessionDep, merchant_id: MerchantQuery = None
+    ) -> DistributorOut:
+        merchant = _merchant(principal, merchant_id)
+        return await _out(session, await service.add(session, principal, merchant, body))
+
+    @router.get(
+        "/v1/distributors",
+        response_model=Page[DistributorOut],
+        summary="The merchant's distributors, newest first (staff)",
+        responses=responses(*_AUTH, InvalidCursor),
+    )
+    async def list_distributors(
+        principal: Staff,
+        session: SessionDep,
+        page: PageDep,
+        status_is: Annotated[
+            Literal["pending", "active", "suspended", "rejected"] | None, Query(alias="status")
+        ] = None,
+    ) -> Page[DistributorOut]:
+        cols = repo.distributor_columns()
+        stmt = scope_to_merchant(repo.distributors_query(), principal, cols.merchant_id)
+        if status_is is not None:
+            stmt = stmt.where(cols.status == status_is)
+        rows, cursor = await fetch_page(
+            session, stmt, sort=cols.created_at, key=cols.id, params=page
+        )
+        items = [await _out(session, DistributorRow(**r._mapping)) for r in rows]
+        return Page(items=items, next_cursor=cursor)
+
+    @router.get(
+        "/v1/distributors/{distributor_id}",
+        response_model=DistributorOut,
+        summary="A distributor with their balances (themselves, or their merchant's staff)",
+        responses=responses(*_AUTH, DistributorNotFound),
+    )
+    async def get(
+        principal: CurrentUser, distributor_id: uuid.UUID, session: SessionDep
+    ) -> DistributorOut:
+        return await _out(
+            session, await service.visible_distributor(session, principal, distributor_id)
+        )
+
+    for action, summary in (
+        ("approve", "Approve an application (审核)"),
+        ("reject", "Reject an application"),
+        ("suspend", "Suspend: nothing new is earned; what was earned stays"),
+        ("reinstate", "Reinstate a suspended distributor"),
+    ):
+        router.add_api_route(
+            f"/v1/distributors/{{distributor_id}}/{action}",
+            _decision(action),
+            methods=["POST"],
+            response_model=DistributorOut,
+            summary=f"{summary} (staff)",
+            responses=responses(*_AUTH, DistributorNotFound, DistributorStateConflict),
+            name=f"{action}_distributor",
+        )
+
+    @router.post(
+        "/v1/distributors/{distributor_id}/verify",
+        response_model=DistributorOut,
+        summary="Record the KYC check (who, when): withdrawals need it (staff)",
+        responses=responses(*_AUTH, DistributorNotFound),
+    )
+    async def verify(
+        principal: Staff, distributor_id: uuid.UUID, session: SessionDep
+    ) -> DistributorOut:
+        return await _out(session, await service.verify(session, principal, distributor_id))
+
+    return router
+
+
+def _decision(action: str) -> Callable[..., Awaitable[DistributorOut]]:
+    async def endpoint(
+        principal: Staff, distributor_id: uuid.UUID, session: SessionDep
+    ) -> DistributorOut:
+        return await _out(session, await service.decide(session, principal, distributor_id, action))
+
+    return endpoint

@@ -1,0 +1,295 @@
+"""Commissions from order events on the double-entry ledger, on real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import httpx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select
+
+from services.referrals.commissions import repository as ledger
+from services.referrals.models import ledger_entry
+from shared.events.contracts import OrderCancelled, OrderCompleted, OrderPaid, OrderRefunded
+from tests.conftest import TokenFactory
+from tests.referrals.commission_support import Order, Program, deliver
+
+
+async def _chain(program: Program) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Level 2 recruited level 1 through their code."""
+    upline = await program.join(f"u_{uuid.uuid4().hex[:8]}")
+    seller = await program.join(f"u_{uuid.uuid4().hex[:8]}", via=upline["code"])
+    assert seller["upline_id"] == upline["id"]
+    return seller, upline
+
+
+async def _paid(client: httpx.AsyncClient, order: Order, amount: int) -> None:
+    order.paid += amount
+    response = await deliver(
+        client, order.event(OrderPaid, stage="full", amount=amount, fully_paid=True)
+    )
+    assert response.status_code == 200, response.text
+
+
+async def _refunded(client: httpx.AsyncClient, order: Order, amount: int) -> None:
+    order.refunded += amount
+    response = await deliver(client, order.event(OrderRefunded, amount=amount))
+    assert response.status_code == 200, response.text
+
+
+async def test_a_paid_order_accrues_both_levels_and_completion_makes_them_available(
+    referrals_client: httpx.AsyncClient, auth: TokenFactory
+) -> None:
+    program = Program(referrals_client, auth)
+    assert (await program.rules()).status_code == 200
+    seller, upline = await _chain(program)
+    order = Order(program.merchant_id, "buyer-1", seller["code"])
+    await _paid(referrals_client, order, 30000)
+    assert await program.balances(seller["id"]) == {
+        "pending": 3000,
+        "available": 0,
+        "withdrawn": 0,
+        "owed": 0,
+    }
+    assert (await program.balances(upline["id"]))["pending"] == 1500
+    done = await deliver(referrals_client, order.event(OrderCompleted))
+    assert done.status_code == 200
+    assert (await program.balances(seller["id"]))["available"] == 3000
+    assert (await program.balances(upline["id"]))["available"] == 1500
+    listed = await referrals_client.get(
+        "/v1/commissions", headers=auth("customer", sub=seller["user_id"])
+    )
+    assert [(c["level"], c["amount"], c["state"]) for c in listed.json()["items"]] == [
+        (1, 3000, "available")
+    ]
+
+
+async def test_refunds_of_100_then_200_on_300_reverse_to_exactly_zero(
+    referrals_client: httpx.AsyncClient, auth: TokenFactory
+) -> None:
+    # The worked example of docs/referrals.md: an order of ¥300 at 10 % and 5 %.
+    program = Program(referrals_client, auth)
+    await program.rules(level1_bps=1000, level2_bps=500)
+    seller, upline = await _chain(program)
+    order = Order(program.merchant_id, "buyer-2", seller["code"])
+    await _paid(referrals_client, order, 30000)
+    await _refunded(referrals_client, order, 10000)
+    assert (await program.balances(seller["id"]))["pending"] == 2000
+    assert (await program.balances(upline["id"]))["pending"] == 1000
+    await _refunded(referrals_client, order, 20000)
+    assert (await program.balances(seller["id"]))["pending"] == 0
+    assert (await program.balances(upline["id"]))["pending"] == 0
+
+
+async def test_partial_refunds_round_on_the_cumulative_amount(
+    referrals_client: httpx.AsyncClient, auth: TokenFactory
+) -> None:
+    program = Program(referrals_client, auth)
+    await program.rules(level1_bps=333, level2_bps=0)
+    seller = await program.join(f"u_{uuid.uuid4().hex[:8]}")
+    order = Order(program.merchant_id, "buyer-3", seller["code"])
+    await _paid(referrals_client, order, 1001)  # 33.33 -> 33
+    assert (await program.balances(seller["id"]))["pending"] == 33
+    for _ in range(3):
+        await _refunded(referrals_client, order, 1)  # 1000 -> 33, 999 -> 33, 998 -> 33
+    assert (await program.balances(seller["id"]))["pending"] == 998 * 333 // 10000
+    await _refunded(referrals_client, order, 998)
+    assert (await program.balances(seller["id"]))["pending"] == 0
+
+
+async def test_events_twice_and_out_of_order_change_nothing_more(
+    referrals_client: httpx.AsyncClient, auth: TokenFactory
+) -> None:
+    program = Program(referrals_client, auth)
+    await program.rules()
+    seller, _ = await _chain(program)
+    order = Order(program.merchant_id, "buyer-4", seller["code"])
+    order.paid = 20000
+    paid = order.event(OrderPaid, stage="full", amount=20000, fully_paid=True)
+    order.refunded = 5000
+    refund = order.event(OrderRefunded, amount=5000)
+    # The refund arrives first, then the payment, then both again.
+    for envelope in (refund, paid, refund, paid):
+        assert (await deliver(referrals_client, envelope)).status_code == 200
+    assert (await program.balances(seller["id"]))["pending"] == 1500
+
+
+async def test_self_referral_earns_nothing_and_a_suspended_distributor_nothing_new(
+    referrals_client: httpx.AsyncClient, auth: TokenFactory
+) -> None:
+    program = Program(referrals_client, auth)
+    await program.rules()
+    seller, upline = await _chain(program)
+    own = Order(program.merchant_id, seller["user_id"], seller["code"])
+    await _paid(referrals_client, own, 10000)
+    assert (await program.balances(seller["id"]))["pending"] == 0
+    assert (await program.balances(upline["id"]))["pending"] == 0
+    earned = Order(program.merchant_id, "buyer-5", seller["code"])
+    await _paid(referrals_client, earned, 10000)
+    suspended = await referrals_client.post(
+        f"/v1/distributors/{seller['id']}/suspend", headers=program.staff
+    )
+    assert suspended.json()["status"] == "suspended"
+    later = Order(program.merchant_id, "buyer-6", seller["code"])
+    await _paid(referrals_client, later, 10000)
+    assert (await program.balances(seller["id"]))["pending"] == 1000  # the first stays theirs
+
+
+async def test_a_third_level_never_earns(
+    referrals_client: httpx.AsyncClient, auth: TokenFactory
+) -> None:
+    program = Program(referrals_client, auth)
+    await program.rules()
+    top = await program.join(f"u_{uuid.uuid4().hex[:8]}")
+    middle = await program.join(f"u_{uuid.uuid4().hex[:8]}", via=top["code"])
+    bottom = await program.join(f"u_{uuid.uuid4().hex[:8]}", via=middle["code"])
+    order = Order(program.merchant_id, "buyer-7", bottom["code"])
+    await _paid(referrals_client, order, 10000)
+    assert (await program.balances(bottom["id"]))["pending"] == 1000
+    assert (await program.balances(middle["id"]))["pending"] == 500
+    assert (await program.balances(top["id"]))["pending"] == 0
+
+
+async def test_rates_over_the_cap_are_refused_and_an_unpaid_cancel_creates_nothing(
+    referrals_client: httpx.AsyncClient, auth: TokenFactory
+) -> None:
+    program = Program(referrals_client, auth)
+    refused = await program.rules(level1_bps=2000, level2_bps=1500, max_total_bps=3000)
+    assert (refused.status_code, refused.json()["code"]) == (422, "commission_rates_over_cap")
+    over = await program.rules(max_total_bps=10001)
+    assert over.status_code == 422
+    await program.rules()
+    seller = await program.join(f"u_{uuid.uuid4().hex[:8]}")
+    order = Order(program.merchant_id, "buyer-8", seller["code"])
+    cancelled = await deliver(
+        referrals_client, order.event(OrderCancelled, reason="expired", forfeited_amount=0)
+    )
+    assert cancelled.status_code == 200
+    listed = await referrals_client.get("/v1/commissions", headers=program.staff)
+    assert listed.json()["items"] == []
+
+
+async def test_a_refund_after_withdrawal_of_available_money_becomes_owed(
+    referrals_client: httpx.AsyncClient, auth: TokenFactory
+) -> None:
+    program = Program(referrals_client, auth)
+    await program.rules(level2_bps=0)
+    seller = await program.join(f"u_{uuid.uuid4().hex[:8]}")
+    first = Order(program.merchant_id, "buyer-9", seller["code"])
+    await _paid(referrals_client, first, 10000)
+    await deliver(referrals_client, first.event(OrderCompleted))
+    # Withdrawals are not built yet: the money leaves "available" as a withdrawal would.
+    await _move(referrals_client, seller["id"], "available", "withdrawn", 1000)
+    await _refunded(referrals_client, first, 4000)
+    assert await program.balances(seller["id"]) == {
+        "pending": 0,
+        "available": 0,
+        "withdrawn": 1000,
+        "owed": 400,
+    }
+
+
+async def _move(
+    client: httpx.AsyncClient, distributor_id: str, src: str, dst: str, amount: int
+) -> None:
+    app = client._transport.app  # type: ignore[attr-defined]
+    async with app.state.sessionmaker() as session, session.begin():
+        await ledger.post(
+            session,
+            {
+                "merchant_id": "test",
+                "commission_id": None,
+                "source_event": f"test:{uuid.uuid4()}",
+                "kind": "release",
+                "debit_account": f"distributor:{distributor_id}:{src}",
+                "credit_account": f"distributor:{distributor_id}:{dst}",
+                "amount": amount,
+                "currency": "CNY",
+            },
+        )
+
+
+async def test_concurrent_deliveries_of_one_orders_events_settle_once(
+    referrals_client: httpx.AsyncClient, auth: TokenFactory
+) -> None:
+    program = Program(referrals_client, auth)
+    await program.rules()
+    seller, upline = await _chain(program)
+    order = Order(program.merchant_id, "buyer-10", seller["code"])
+    order.paid = 50000
+    envelopes = [
+        order.event(OrderPaid, stage="full", amount=50000, fully_paid=True) for _ in range(10)
+    ]
+    answers = await asyncio.gather(*(deliver(referrals_client, e) for e in envelopes))
+    assert {a.status_code for a in answers} == {200}
+    assert (await program.balances(seller["id"]))["pending"] == 5000
+    assert (await program.balances(upline["id"]))["pending"] == 2500
+    app = referrals_client._transport.app  # type: ignore[attr-defined]
+    async with app.state.sessionmaker() as session:
+        assert await ledger.unreconciled(session) == []
+
+
+_STEP = st.one_of(
+    st.tuples(st.just("pay"), st.integers(1, 50_000)),
+    st.tuples(st.just("refund"), st.integers(1, 50_000)),
+    st.tuples(st.just("complete"), st.just(0)),
+    st.tuples(st.just("replay"), st.integers(0, 100)),
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=st.lists(_STEP, min_size=1, max_size=12))
+async def test_any_sequence_of_events_keeps_the_ledger_exact(
+    referrals_client: httpx.AsyncClient, auth: TokenFactory, steps: list[tuple[str, int]]
+) -> None:
+    program = Program(referrals_client, auth)
+    await program.rules(level1_bps=1234, level2_bps=567)
+    seller, upline = await _chain(program)
+    order = Order(program.merchant_id, f"buyer-{uuid.uuid4().hex[:6]}", seller["code"])
+    sent: list[Any] = []
+    for kind, amount in steps:
+        if kind == "pay":
+            order.paid += amount
+            envelope = order.event(OrderPaid, stage="full", amount=amount, fully_paid=True)
+        elif kind == "refund":
+            back = min(amount, order.paid - order.refunded)
+            if back == 0:
+                continue
+            order.refunded += back
+            envelope = order.event(OrderRefunded, amount=back)
+        elif kind == "complete":
+            envelope = order.event(OrderCompleted)
+        else:
+            if not sent:
+                continue
+            envelope = sent[amount % len(sent)]  # an old event, again: duplicate or late
+        sent.append(envelope)
+        assert (await deliver(referrals_client, envelope)).status_code == 200
+        net = order.paid - order.refunded
+        for who, rate in ((seller, 1234), (upline, 567)):
+            held = await program.balances(who["id"])
+            assert held["pending"] + held["available"] == net * rate // 10000
+            assert held["pending"] >= 0
+            assert held["available"] >= 0
+    app = referrals_client._transport.app  # type: ignore[attr-defined]
+    async with app.state.sessionmaker() as session:
+        assert await ledger.unreconciled(session) == []
+        # No money from nothing: the merchant's expense is exactly what the distributors hold.
+        e = ledger_entry
+        expense = f"merchant:{program.merchant_id}:commission_expense"
+        paid_out = await session.scalar(
+            select(func.coalesce(func.sum(e.c.amount), 0)).where(e.c.debit_account == expense)
+        )
+        taken_back = await session.scalar(
+            select(func.coalesce(func.sum(e.c.amount), 0)).where(e.c.credit_account == expense)
+        )
+    total = sum(
+        b["pending"] + b["available"]
+        for b in [await program.balances(seller["id"]), await program.balances(upline["id"])]
+    )
+    assert int(paid_out or 0) - int(taken_back or 0) == total

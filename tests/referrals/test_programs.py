@@ -1,0 +1,98 @@
+"""Programs and distributors: joining, approval, suspension, KYC, who sees what."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+
+from tests.conftest import TokenFactory
+from tests.referrals.commission_support import Program
+
+
+async def test_applications_wait_for_approval_and_kyc_is_recorded(
+    referrals_client: httpx.AsyncClient, auth: TokenFactory
+) -> None:
+    program = Program(referrals_client, auth)
+    await program.rules(enrollment="approval")
+    applied = await program.join(f"u_{uuid.uuid4().hex[:8]}")
+    assert applied["status"] == "pending"
+    again = await referrals_client.post(
+        "/v1/distributors",
+        json={"merchant_id": program.merchant_id, "real_name": "Li", "phone": "13800000000"},
+        headers=auth("customer", sub=applied["user_id"]),
+    )
+    assert (again.status_code, again.json()["code"]) == (409, "distributor_exists")
+    pending = await referrals_client.get(
+        "/v1/distributors", params={"status": "pending"}, headers=program.staff
+    )
+    assert [d["id"] for d in pending.json()["items"]] == [applied["id"]]
+    approved = await referrals_client.post(
+        f"/v1/distributors/{applied['id']}/approve", headers=program.staff
+    )
+    assert approved.json()["status"] == "active"
+    twice = await referrals_client.post(
+        f"/v1/distributors/{applied['id']}/approve", headers=program.staff
+    )
+    assert twice.json()["code"] == "distributor_state_conflict"
+    verified = await referrals_client.post(
+        f"/v1/distributors/{applied['id']}/verify", headers=program.staff
+    )
+    assert verified.json()["kyc_verified"] is True
+    assert verified.json()["kyc_verified_by"] is not None
+
+
+async def test_invitation_codes_must_be_an_active_distributors_of_the_same_merchant(
+    referrals_client: httpx.AsyncClient, auth: TokenFactory
+) -> None:
+    program, other = Program(referrals_client, auth), Program(referrals_client, auth)
+    await program.rules()
+    await other.rules()
+    stranger = await other.join(f"u_{uuid.uuid4().hex[:8]}")
+    for code in (stranger["code"], "NOSUCH22"):
+        refused = await referrals_client.post(
+            "/v1/distributors",
+            json={
+                "merchant_id": program.merchant_id,
+                "real_name": "Han Meimei",
+                "phone": "13900000000",
+                "via_code": code,
+            },
+            headers=auth("customer"),
+        )
+        assert (refused.status_code, refused.json()["code"]) == (422, "invite_code_invalid")
+
+
+async def test_staff_add_employees_and_see_only_their_merchants_distributors(
+    referrals_client: httpx.AsyncClient, auth: TokenFactory
+) -> None:
+    program, other = Program(referrals_client, auth), Program(referrals_client, auth)
+    await program.rules()
+    added = await referrals_client.post(
+        "/v1/distributors/direct",
+        json={"user_id": "employee-1", "real_name": "Wang", "phone": "13700000000"},
+        headers=program.staff,
+    )
+    assert added.status_code == 201, added.text
+    assert added.json()["status"] == "active"
+    distributor_id = added.json()["id"]
+    assert (
+        await referrals_client.get(f"/v1/distributors/{distributor_id}", headers=other.staff)
+    ).status_code == 404
+    assert (
+        await referrals_client.get(f"/v1/distributors/{distributor_id}", headers=auth("customer"))
+    ).status_code == 404
+    mine = await referrals_client.get(
+        f"/v1/distributors/{distributor_id}", headers=auth("customer", sub="employee-1")
+    )
+    assert mine.status_code == 200
+    suspended = await referrals_client.post(
+        f"/v1/distributors/{distributor_id}/suspend", headers=other.staff
+    )
+    assert suspended.status_code == 404
+    no_program = await referrals_client.post(
+        "/v1/distributors",
+        json={"merchant_id": "m_none", "real_name": "Li", "phone": "13800000000"},
+        headers=auth("customer"),
+    )
+    assert (no_program.status_code, no_program.json()["code"]) == (404, "program_not_found")
