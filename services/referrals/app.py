@@ -9,6 +9,7 @@ from services.referrals.commissions.service import on_order_event
 from services.referrals.config import ReferralsSettings, get_settings
 from services.referrals.models import platform
 from services.referrals.programs.router import programs_router
+from services.referrals.withdrawals.router import withdrawals_router
 from shared.app import ServiceSpec, create_service_app
 from shared.events import EventHandlers
 from shared.events.contracts import OrderCancelled, OrderCompleted, OrderPaid, OrderRefunded
@@ -22,7 +23,7 @@ def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
         name="referrals",
         title="Qunbuy referrals: links, attribution, commissions, withdrawals",
         tables=platform,
-        routers=[programs_router(), commissions_router()],
+        routers=[programs_router(), commissions_router(), withdrawals_router()],
         event_handlers=handlers,
     )
     return create_service_app(spec, settings or get_settings())

@@ -58,6 +58,7 @@ referral_program = Table(
     Column("level2_bps", Integer, nullable=False),
     Column("leader_bps", Integer, nullable=False),
     Column("max_total_bps", Integer, nullable=False),
+    Column("currency", String(3), nullable=False, server_default="CNY"),
     Column("min_withdrawal", BigInteger, nullable=False),
     Column("withdrawal_fee", BigInteger, nullable=False),
     *_timestamps(),
@@ -167,4 +168,27 @@ ledger_entry = Table(
     UniqueConstraint("source_event", "commission_id", "kind", "debit_account"),
     Index("ix_ledger_entry_debit", "debit_account"),
     Index("ix_ledger_entry_credit", "credit_account"),
+)
+
+withdrawal = Table(
+    "withdrawal",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("merchant_id", String(100), nullable=False),
+    Column("distributor_id", Uuid, ForeignKey("distributor.id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),  # what the distributor receives
+    Column("fee", BigInteger, nullable=False),
+    Column("taken_back", BigInteger, nullable=False),  # owed amounts settled by this request
+    Column("currency", String(3), nullable=False),
+    # requested | approved | paid | rejected | failed
+    Column("status", String(16), nullable=False),
+    Column("requested_by", String(100), nullable=False),
+    Column("decided_by", String(100)),
+    Column("reason", String(500)),
+    Column("external_reference", String(200)),
+    Column("paid_at", DateTime(timezone=True)),
+    *_timestamps(),
+    CheckConstraint("amount > 0 AND fee >= 0 AND taken_back >= 0", name="amounts"),
+    Index("ix_withdrawal_distributor", "distributor_id", "created_at"),
+    Index("ix_withdrawal_merchant", "merchant_id", "created_at"),
 )

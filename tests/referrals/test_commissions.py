@@ -51,6 +51,7 @@ async def test_a_paid_order_accrues_both_levels_and_completion_makes_them_availa
     assert await program.balances(seller["id"]) == {
         "pending": 3000,
         "available": 0,
+        "withdrawing": 0,
         "withdrawn": 0,
         "owed": 0,
     }
@@ -170,46 +171,6 @@ async def test_rates_over_the_cap_are_refused_and_an_unpaid_cancel_creates_nothi
     assert cancelled.status_code == 200
     listed = await referrals_client.get("/v1/commissions", headers=program.staff)
     assert listed.json()["items"] == []
-
-
-async def test_a_refund_after_withdrawal_of_available_money_becomes_owed(
-    referrals_client: httpx.AsyncClient, auth: TokenFactory
-) -> None:
-    program = Program(referrals_client, auth)
-    await program.rules(level2_bps=0)
-    seller = await program.join(f"u_{uuid.uuid4().hex[:8]}")
-    first = Order(program.merchant_id, "buyer-9", seller["code"])
-    await _paid(referrals_client, first, 10000)
-    await deliver(referrals_client, first.event(OrderCompleted))
-    # Withdrawals are not built yet: the money leaves "available" as a withdrawal would.
-    await _move(referrals_client, seller["id"], "available", "withdrawn", 1000)
-    await _refunded(referrals_client, first, 4000)
-    assert await program.balances(seller["id"]) == {
-        "pending": 0,
-        "available": 0,
-        "withdrawn": 1000,
-        "owed": 400,
-    }
-
-
-async def _move(
-    client: httpx.AsyncClient, distributor_id: str, src: str, dst: str, amount: int
-) -> None:
-    app = client._transport.app  # type: ignore[attr-defined]
-    async with app.state.sessionmaker() as session, session.begin():
-        await ledger.post(
-            session,
-            {
-                "merchant_id": "test",
-                "commission_id": None,
-                "source_event": f"test:{uuid.uuid4()}",
-                "kind": "release",
-                "debit_account": f"distributor:{distributor_id}:{src}",
-                "credit_account": f"distributor:{distributor_id}:{dst}",
-                "amount": amount,
-                "currency": "CNY",
-            },
-        )
 
 
 async def test_concurrent_deliveries_of_one_orders_events_settle_once(

@@ -209,6 +209,8 @@ async def _reverse(
     if level.state == "pending":
         parts = [(account(level.distributor_id, "pending"), amount)]
     else:
+        # The distributor's lock: a withdrawal moving the same money waits, or goes first.
+        await programs.get_distributor(session, level.distributor_id, lock=True)
         available = await repo.balance(session, account(level.distributor_id, "available"))
         from_available = min(amount, max(0, available))
         parts = [

@@ -28,6 +28,7 @@ class ProgramRow:
     level2_bps: int
     leader_bps: int
     max_total_bps: int
+    currency: str
     min_withdrawal: int
     withdrawal_fee: int
     created_at: datetime

@@ -64,6 +64,7 @@ async def balances(session: AsyncSession, distributor_id: uuid.UUID) -> Balances
     return Balances(
         pending=await of("pending"),
         available=await of("available"),
+        withdrawing=await of("withdrawing"),
         withdrawn=await of("withdrawn"),
         owed=-await of("owed"),
     )

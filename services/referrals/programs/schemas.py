@@ -29,7 +29,8 @@ class ProgramIn(BaseModel):
     max_total_bps: StrictInt = Field(
         3000, ge=0, le=10_000, description="The cap on level 1 + level 2 + leader."
     )
-    min_withdrawal: StrictInt = Field(100, ge=0, le=10**10, description="Minor units.")
+    currency: str = Field("CNY", pattern=r"^[A-Z]{3}$", description="ISO 4217 of payouts.")
+    min_withdrawal: StrictInt = Field(100, ge=1, le=10**10, description="Minor units.")
     withdrawal_fee: StrictInt = Field(0, ge=0, le=10**8, description="Minor units.")
 
 
@@ -48,6 +49,7 @@ class ProgramOut(ProgramIn):
             level2_bps=p.level2_bps,
             leader_bps=p.leader_bps,
             max_total_bps=p.max_total_bps,
+            currency=p.currency,
             min_withdrawal=p.min_withdrawal,
             withdrawal_fee=p.withdrawal_fee,
             updated_at=p.updated_at,
@@ -78,6 +80,7 @@ class AddIn(BaseModel):
 class Balances(BaseModel):
     pending: int = Field(description="Earned on orders not complete yet.")
     available: int = Field(description="May be withdrawn.")
+    withdrawing: int = Field(description="Requested, not paid or rejected yet.")
     withdrawn: int
     owed: int = Field(description="Refunded after withdrawal: taken from the next withdrawal.")
 

@@ -1,8 +1,8 @@
-"""programs distributors commissions ledger
+"""programs distributors commissions ledger withdrawals
 
 Revision ID: 0004
 Revises: 0003
-Create Date: 2026-12-01 22:05:06.316437
+Create Date: 2026-12-01 22:07:14.890462
 """
 
 from collections.abc import Sequence
@@ -50,6 +50,7 @@ def upgrade() -> None:
     sa.Column('level2_bps', sa.Integer(), nullable=False),
     sa.Column('leader_bps', sa.Integer(), nullable=False),
     sa.Column('max_total_bps', sa.Integer(), nullable=False),
+    sa.Column('currency', sa.String(length=3), server_default='CNY', nullable=False),
     sa.Column('min_withdrawal', sa.BigInteger(), nullable=False),
     sa.Column('withdrawal_fee', sa.BigInteger(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
@@ -104,6 +105,28 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['distributor_id'], ['distributor.id'], name=op.f('fk_customer_binding_distributor_id_distributor')),
     sa.PrimaryKeyConstraint('merchant_id', 'customer_id', name=op.f('pk_customer_binding'))
     )
+    op.create_table('withdrawal',
+    sa.Column('id', sa.Uuid(), nullable=False),
+    sa.Column('merchant_id', sa.String(length=100), nullable=False),
+    sa.Column('distributor_id', sa.Uuid(), nullable=False),
+    sa.Column('amount', sa.BigInteger(), nullable=False),
+    sa.Column('fee', sa.BigInteger(), nullable=False),
+    sa.Column('taken_back', sa.BigInteger(), nullable=False),
+    sa.Column('currency', sa.String(length=3), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('requested_by', sa.String(length=100), nullable=False),
+    sa.Column('decided_by', sa.String(length=100), nullable=True),
+    sa.Column('reason', sa.String(length=500), nullable=True),
+    sa.Column('external_reference', sa.String(length=200), nullable=True),
+    sa.Column('paid_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.CheckConstraint('amount > 0 AND fee >= 0 AND taken_back >= 0', name=op.f('ck_withdrawal_amounts')),
+    sa.ForeignKeyConstraint(['distributor_id'], ['distributor.id'], name=op.f('fk_withdrawal_distributor_id_distributor')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_withdrawal'))
+    )
+    op.create_index('ix_withdrawal_distributor', 'withdrawal', ['distributor_id', 'created_at'], unique=False)
+    op.create_index('ix_withdrawal_merchant', 'withdrawal', ['merchant_id', 'created_at'], unique=False)
     op.create_table('ledger_entry',
     sa.Column('id', sa.BigInteger(), autoincrement=True, nullable=False),
     sa.Column('merchant_id', sa.String(length=100), nullable=False),
@@ -131,6 +154,9 @@ def downgrade() -> None:
     op.drop_index('ix_ledger_entry_debit', table_name='ledger_entry')
     op.drop_index('ix_ledger_entry_credit', table_name='ledger_entry')
     op.drop_table('ledger_entry')
+    op.drop_index('ix_withdrawal_merchant', table_name='withdrawal')
+    op.drop_index('ix_withdrawal_distributor', table_name='withdrawal')
+    op.drop_table('withdrawal')
     op.drop_table('customer_binding')
     op.drop_index('ix_commission_distributor', table_name='commission')
     op.drop_table('commission')
