@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from services.referrals.commissions.router import commissions_router
 from services.referrals.commissions.service import on_order_event
 from services.referrals.config import ReferralsSettings, get_settings
+from services.referrals.links.router import links_router
 from services.referrals.models import platform
 from services.referrals.programs.router import programs_router
 from services.referrals.withdrawals.router import withdrawals_router
@@ -23,7 +24,12 @@ def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
         name="referrals",
         title="Qunbuy referrals: links, attribution, commissions, withdrawals",
         tables=platform,
-        routers=[programs_router(), commissions_router(), withdrawals_router()],
+        routers=[
+            programs_router(),
+            links_router(),
+            commissions_router(),
+            withdrawals_router(),
+        ],
         event_handlers=handlers,
     )
     return create_service_app(spec, settings or get_settings())

@@ -9,6 +9,10 @@ from shared.settings import ServiceSettings
 
 class ReferralsSettings(ServiceSettings):
     port: int = Field(8003, alias="PORT")
+    # Where a share link points: the mini-program's landing page, given the link's code.
+    share_base_url: str = Field(
+        "https://m.qunbuy.example/r/", alias="SHARE_BASE_URL", pattern=r"^https?://\S+/$"
+    )
 
 
 @lru_cache

@@ -104,6 +104,21 @@ customer_binding = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False),
 )
 
+referral_link = Table(
+    "referral_link",
+    metadata,
+    # A distributor's share link: general, or for one campaign, group or project.
+    Column("id", Uuid, primary_key=True),
+    Column("merchant_id", String(100), nullable=False),
+    Column("distributor_id", Uuid, ForeignKey("distributor.id"), nullable=False),
+    Column("code", String(16), nullable=False, unique=True),
+    Column("target_type", String(16), nullable=False),  # general | presale | group | project
+    Column("target_id", String(100)),
+    Column("clicks", BigInteger, nullable=False, server_default="0"),
+    *_timestamps(),
+    Index("ix_referral_link_distributor", "distributor_id", "created_at"),
+)
+
 attribution = Table(
     "attribution",
     metadata,
@@ -115,6 +130,8 @@ attribution = Table(
     Column("customer_id", String(100), nullable=False),
     Column("distributor_id", Uuid, ForeignKey("distributor.id")),
     Column("upline_id", Uuid, ForeignKey("distributor.id")),
+    # The link whose code the order carried, if any (a link's conversions).
+    Column("link_id", Uuid, ForeignKey("referral_link.id")),
     Column("self_referral", Boolean, nullable=False),
     # The highest totals any event about the source has told (events may arrive in any
     # order; totals only grow, so the highest are the newest).

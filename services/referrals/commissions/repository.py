@@ -34,6 +34,7 @@ class AttributionRow:
     customer_id: str
     distributor_id: uuid.UUID | None
     upline_id: uuid.UUID | None
+    link_id: uuid.UUID | None
     self_referral: bool
     paid_total: int
     refunded_total: int

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.referrals.commissions import repository as repo
 from services.referrals.commissions.repository import AttributionRow, CommissionRow
+from services.referrals.links import repository as links
 from services.referrals.programs import repository as programs
 from services.referrals.programs.repository import ProgramRow
 from shared.events import Envelope
@@ -83,28 +84,38 @@ async def on_order_event(session: AsyncSession, event: OrderEvent, envelope: Env
         await _settle(session, attr, level, str(envelope.id))
 
 
+async def bind_by_rule(
+    session: AsyncSession,
+    rules: ProgramRow,
+    customer_id: str,
+    distributor_id: uuid.UUID,
+    now: datetime,
+) -> uuid.UUID | None:
+    """A customer arrives through a distributor (a link, a code at checkout): under
+    ``last_touch`` they are bound to that one; under ``first_touch`` a live binding stays.
+    Returns who the customer is bound to now."""
+    bound_id = await repo.binding(session, rules.merchant_id, customer_id, now)
+    if rules.attribution == "first_touch" and bound_id is not None:
+        return bound_id
+    await repo.bind(
+        session,
+        rules.merchant_id,
+        customer_id,
+        distributor_id,
+        now,
+        now + timedelta(days=rules.binding_days),
+    )
+    return distributor_id
+
+
 async def _attribute(session: AsyncSession, rules: ProgramRow, event: OrderEvent) -> AttributionRow:
     now = now_utc()
-    coded = None
-    if event.referral_code:
-        found = await programs.distributor_by_code(session, event.referral_code)
-        if found is not None and found.merchant_id == event.merchant_id:
-            coded = found
-    bound_id = await repo.binding(session, event.merchant_id, event.customer_id, now)
+    coded_id, link_id = await _code_owner(session, event.merchant_id, event.referral_code)
     chosen_id = (
-        (coded.id if coded else bound_id)
-        if rules.attribution == "last_touch"
-        else (bound_id or (coded.id if coded else None))
+        await bind_by_rule(session, rules, event.customer_id, coded_id, now)
+        if coded_id is not None
+        else await repo.binding(session, event.merchant_id, event.customer_id, now)
     )
-    if coded is not None and (rules.attribution == "last_touch" or bound_id is None):
-        await repo.bind(
-            session,
-            event.merchant_id,
-            event.customer_id,
-            coded.id,
-            now,
-            now + timedelta(days=rules.binding_days),
-        )
     seller = None if chosen_id is None else await programs.get_distributor(session, chosen_id)
     upline = (
         None
@@ -122,6 +133,7 @@ async def _attribute(session: AsyncSession, rules: ProgramRow, event: OrderEvent
         "customer_id": event.customer_id,
         "distributor_id": seller.id if seller else None,
         "upline_id": upline.id if upline else None,
+        "link_id": link_id if chosen_id == coded_id else None,
         "self_referral": self_referral,
         "paid_total": 0,
         "refunded_total": 0,
@@ -150,6 +162,21 @@ async def _attribute(session: AsyncSession, rules: ProgramRow, event: OrderEvent
     decided = await repo.get_attribution(session, ORDER, event.order_id, lock=True)
     assert decided is not None
     return decided
+
+
+async def _code_owner(
+    session: AsyncSession, merchant_id: str, code: str | None
+) -> tuple[uuid.UUID | None, uuid.UUID | None]:
+    """(distributor, link) a checkout code names: a distributor's own code or a link's."""
+    if not code:
+        return None, None
+    found = await programs.distributor_by_code(session, code)
+    if found is not None:
+        return (found.id, None) if found.merchant_id == merchant_id else (None, None)
+    link = await links.link_by_code(session, code)
+    if link is None or link.merchant_id != merchant_id:
+        return None, None
+    return link.distributor_id, link.id
 
 
 async def _settle(

@@ -59,8 +59,8 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
-def new_code() -> str:
-    return "".join(secrets.choice(_CODE_ALPHABET) for _ in range(_CODE_LENGTH))
+def new_code(length: int = _CODE_LENGTH) -> str:
+    return "".join(secrets.choice(_CODE_ALPHABET) for _ in range(length))
 
 
 async def put_rules(

@@ -1,8 +1,8 @@
-"""programs distributors commissions ledger withdrawals
+"""programs links commissions ledger withdrawals
 
 Revision ID: 0004
 Revises: 0003
-Create Date: 2026-12-01 22:07:14.890462
+Create Date: 2026-12-01 22:09:18.611138
 """
 
 from collections.abc import Sequence
@@ -58,24 +58,6 @@ def upgrade() -> None:
     sa.CheckConstraint('level1_bps >= 0 AND level2_bps >= 0 AND leader_bps >= 0 AND level1_bps + level2_bps + leader_bps <= max_total_bps AND max_total_bps <= 10000', name=op.f('ck_referral_program_rates_within_cap')),
     sa.PrimaryKeyConstraint('merchant_id', name=op.f('pk_referral_program'))
     )
-    op.create_table('attribution',
-    sa.Column('source_type', sa.String(length=16), nullable=False),
-    sa.Column('source_id', sa.Uuid(), nullable=False),
-    sa.Column('merchant_id', sa.String(length=100), nullable=False),
-    sa.Column('customer_id', sa.String(length=100), nullable=False),
-    sa.Column('distributor_id', sa.Uuid(), nullable=True),
-    sa.Column('upline_id', sa.Uuid(), nullable=True),
-    sa.Column('self_referral', sa.Boolean(), nullable=False),
-    sa.Column('paid_total', sa.BigInteger(), nullable=False),
-    sa.Column('refunded_total', sa.BigInteger(), nullable=False),
-    sa.Column('currency', sa.String(length=3), nullable=False),
-    sa.Column('completed', sa.Boolean(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-    sa.ForeignKeyConstraint(['distributor_id'], ['distributor.id'], name=op.f('fk_attribution_distributor_id_distributor')),
-    sa.ForeignKeyConstraint(['upline_id'], ['distributor.id'], name=op.f('fk_attribution_upline_id_distributor')),
-    sa.PrimaryKeyConstraint('source_type', 'source_id', name=op.f('pk_attribution'))
-    )
     op.create_table('commission',
     sa.Column('id', sa.Uuid(), nullable=False),
     sa.Column('source_type', sa.String(length=16), nullable=False),
@@ -105,6 +87,21 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['distributor_id'], ['distributor.id'], name=op.f('fk_customer_binding_distributor_id_distributor')),
     sa.PrimaryKeyConstraint('merchant_id', 'customer_id', name=op.f('pk_customer_binding'))
     )
+    op.create_table('referral_link',
+    sa.Column('id', sa.Uuid(), nullable=False),
+    sa.Column('merchant_id', sa.String(length=100), nullable=False),
+    sa.Column('distributor_id', sa.Uuid(), nullable=False),
+    sa.Column('code', sa.String(length=16), nullable=False),
+    sa.Column('target_type', sa.String(length=16), nullable=False),
+    sa.Column('target_id', sa.String(length=100), nullable=True),
+    sa.Column('clicks', sa.BigInteger(), server_default='0', nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.ForeignKeyConstraint(['distributor_id'], ['distributor.id'], name=op.f('fk_referral_link_distributor_id_distributor')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_referral_link')),
+    sa.UniqueConstraint('code', name=op.f('uq_referral_link_code'))
+    )
+    op.create_index('ix_referral_link_distributor', 'referral_link', ['distributor_id', 'created_at'], unique=False)
     op.create_table('withdrawal',
     sa.Column('id', sa.Uuid(), nullable=False),
     sa.Column('merchant_id', sa.String(length=100), nullable=False),
@@ -127,6 +124,26 @@ def upgrade() -> None:
     )
     op.create_index('ix_withdrawal_distributor', 'withdrawal', ['distributor_id', 'created_at'], unique=False)
     op.create_index('ix_withdrawal_merchant', 'withdrawal', ['merchant_id', 'created_at'], unique=False)
+    op.create_table('attribution',
+    sa.Column('source_type', sa.String(length=16), nullable=False),
+    sa.Column('source_id', sa.Uuid(), nullable=False),
+    sa.Column('merchant_id', sa.String(length=100), nullable=False),
+    sa.Column('customer_id', sa.String(length=100), nullable=False),
+    sa.Column('distributor_id', sa.Uuid(), nullable=True),
+    sa.Column('upline_id', sa.Uuid(), nullable=True),
+    sa.Column('link_id', sa.Uuid(), nullable=True),
+    sa.Column('self_referral', sa.Boolean(), nullable=False),
+    sa.Column('paid_total', sa.BigInteger(), nullable=False),
+    sa.Column('refunded_total', sa.BigInteger(), nullable=False),
+    sa.Column('currency', sa.String(length=3), nullable=False),
+    sa.Column('completed', sa.Boolean(), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.ForeignKeyConstraint(['distributor_id'], ['distributor.id'], name=op.f('fk_attribution_distributor_id_distributor')),
+    sa.ForeignKeyConstraint(['link_id'], ['referral_link.id'], name=op.f('fk_attribution_link_id_referral_link')),
+    sa.ForeignKeyConstraint(['upline_id'], ['distributor.id'], name=op.f('fk_attribution_upline_id_distributor')),
+    sa.PrimaryKeyConstraint('source_type', 'source_id', name=op.f('pk_attribution'))
+    )
     op.create_table('ledger_entry',
     sa.Column('id', sa.BigInteger(), autoincrement=True, nullable=False),
     sa.Column('merchant_id', sa.String(length=100), nullable=False),
@@ -154,13 +171,15 @@ def downgrade() -> None:
     op.drop_index('ix_ledger_entry_debit', table_name='ledger_entry')
     op.drop_index('ix_ledger_entry_credit', table_name='ledger_entry')
     op.drop_table('ledger_entry')
+    op.drop_table('attribution')
     op.drop_index('ix_withdrawal_merchant', table_name='withdrawal')
     op.drop_index('ix_withdrawal_distributor', table_name='withdrawal')
     op.drop_table('withdrawal')
+    op.drop_index('ix_referral_link_distributor', table_name='referral_link')
+    op.drop_table('referral_link')
     op.drop_table('customer_binding')
     op.drop_index('ix_commission_distributor', table_name='commission')
     op.drop_table('commission')
-    op.drop_table('attribution')
     op.drop_table('referral_program')
     op.drop_index('ix_distributor_merchant', table_name='distributor')
     op.drop_table('distributor')
