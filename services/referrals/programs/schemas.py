@@ -12,7 +12,6 @@ from services.referrals.programs.repository import DistributorRow, ProgramRow
 from shared.text import SafeStr
 
 _STRICT = ConfigDict(extra="forbid")
-Bps = Field(ge=0, le=10_000, description="Basis points: 100 = 1 %.")
 
 
 class ProgramIn(BaseModel):
@@ -23,9 +22,9 @@ class ProgramIn(BaseModel):
     )
     attribution: Literal["first_touch", "last_touch"] = "first_touch"
     binding_days: StrictInt = Field(30, ge=1, le=365, description="How long 锁客 lasts.")
-    level1_bps: StrictInt = Bps
-    level2_bps: StrictInt = Bps
-    leader_bps: StrictInt = Bps
+    level1_bps: StrictInt = Field(ge=0, le=10_000, description="Basis points: 100 = 1 %.")
+    level2_bps: StrictInt = Field(0, ge=0, le=10_000, description="The upline's (二级).")
+    leader_bps: StrictInt = Field(0, ge=0, le=10_000, description="A pickup-point leader's.")
     max_total_bps: StrictInt = Field(
         3000, ge=0, le=10_000, description="The cap on level 1 + level 2 + leader."
     )
