@@ -53,7 +53,9 @@ def to_async_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def make_engine(url: str, *, pool_size: int = 10, pre_ping: bool = False) -> AsyncEngine:
+def make_engine(
+    url: str, *, pool_size: int = 10, pre_ping: bool = False, pool_timeout: float = 30.0
+) -> AsyncEngine:
     """An engine and its pool. No ping before each checkout by default: it is a round trip
     and a good part of the CPU of every transaction on the hot paths (docs/benchmarks.md).
     A connection the server has dropped (a restart, a failover) fails its first statement
@@ -65,6 +67,7 @@ def make_engine(url: str, *, pool_size: int = 10, pre_ping: bool = False) -> Asy
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=pre_ping,
+        pool_timeout=pool_timeout,
         pool_recycle=1800,
     )
 

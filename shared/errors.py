@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope, Send
 
@@ -41,6 +42,7 @@ __all__ = [
     "NotFound",
     "Problem",
     "Unauthorized",
+    "database_unavailable",
     "install_error_handlers",
     "is_data_error",
     "is_disconnect",
@@ -246,19 +248,40 @@ def is_data_error(exc: BaseException) -> bool:
     return False
 
 
+def is_pool_timeout(exc: BaseException) -> bool:
+    """True when no pooled connection came free in time: the service is overloaded, and the
+    request did nothing (it never had a connection)."""
+    return isinstance(exc, PoolTimeout)
+
+
 def is_disconnect(exc: BaseException) -> bool:
     """True when the database connection was lost under the statement (a server restart or
     failover): the pool has been invalidated, and a retry gets a fresh connection."""
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
-async def send_database_unavailable(scope: Scope, send: Send) -> None:
+_UNAVAILABLE = {
+    "database_unavailable": "The database connection was lost; retry the request",
+    "database_busy": "The service is overloaded (no database connection came free); retry",
+}
+
+
+def database_unavailable(exc: BaseException) -> str | None:
+    """The stable code of a database failure that a retry can cure, or None."""
+    if is_disconnect(exc):
+        return "database_unavailable"
+    if is_pool_timeout(exc):
+        return "database_busy"
+    return None
+
+
+async def send_database_unavailable(scope: Scope, send: Send, code: str) -> None:
     await send_problem(
         scope,
         send,
         status=503,
-        code="database_unavailable",
-        title="The database connection was lost; retry the request",
+        code=code,
+        title=_UNAVAILABLE[code],
         headers=[(b"retry-after", b"1")],
     )
 
@@ -327,14 +350,11 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
-    if is_disconnect(exc):
-        _log.warning("database_connection_lost", path=request.url.path)
+    code = database_unavailable(exc)
+    if code is not None:
+        _log.warning(code, path=request.url.path)
         return problem_response(
-            request,
-            status=503,
-            code="database_unavailable",
-            title="The database connection was lost; retry the request",
-            headers={"Retry-After": "1"},
+            request, status=503, code=code, title=_UNAVAILABLE[code], headers={"Retry-After": "1"}
         )
     if not is_data_error(exc):
         raise exc  # a bug: answered as a 500 by the request-context middleware
@@ -378,4 +398,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(PoolTimeout, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -143,11 +143,12 @@ class RequestContextMiddleware:
             # reuses the connection then fails an innocent request).
             if started_response:
                 raise
-            from shared.errors import is_disconnect, send_database_unavailable, send_problem
+            from shared.errors import database_unavailable, send_database_unavailable, send_problem
 
-            if is_disconnect(exc):
-                self.log.warning("database_connection_lost", path=scope["path"])
-                await send_database_unavailable(scope, send_with_id)
+            code = database_unavailable(exc)
+            if code is not None:
+                self.log.warning(code, path=scope["path"])
+                await send_database_unavailable(scope, send_with_id, code)
                 return
             self.log.exception("unhandled_error", path=scope["path"], error=type(exc).__name__)
             await send_problem(

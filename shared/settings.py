@@ -41,6 +41,9 @@ class ServiceSettings(LimitSettings):
     event_backoff_max_seconds: float = Field(600.0, alias="EVENT_BACKOFF_MAX_SECONDS")
     log_level: str = Field("INFO", alias="LOG_LEVEL")
     db_pool_size: int = Field(10, alias="DB_POOL_SIZE")
+    # How long a request waits for a pooled connection before it is answered 503
+    # database_busy (a burst larger than the pool queues up to this long).
+    db_pool_timeout_seconds: float = Field(30.0, alias="DB_POOL_TIMEOUT_SECONDS", gt=0)
 
     @model_validator(mode="after")
     def _secrets(self) -> ServiceSettings:

@@ -1,14 +1,17 @@
 """The database drops every connection (a restart, a failover): the request that meets a dead
-connection is answered 503 database_unavailable (never 500), and the next one works."""
+connection is answered 503 database_unavailable (never 500), and the next one works. A burst
+that finds no free connection in time is a 503 database_busy, never a 500."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from sqlalchemy import text
 
 from shared.db import make_engine
 from tests.conftest import TokenFactory
 from tests.orders.presale_support import open_campaign, order
-from tests.shared.payments.support import PaymentsApp
+from tests.shared.payments.support import PaymentsApp, payments_app, payments_env
 
 
 async def _drop_every_connection(app: PaymentsApp) -> int:
@@ -56,3 +59,23 @@ async def test_a_keyed_post_on_a_dropped_connection_is_a_503_and_its_retry_order
     assert retried.status_code == 201, retried.text
     campaign = await sim_orders.client.get(f"/v1/presales/{campaign_id}", headers=staff)
     assert campaign.json()["reserved_quantity"] == 2
+
+
+async def test_no_free_connection_in_time_is_a_503_database_busy(
+    service_env: Callable[..., dict[str, str]], auth: TokenFactory
+) -> None:
+    env = service_env(
+        "orders", **payments_env("simulated", DB_POOL_SIZE="1", DB_POOL_TIMEOUT_SECONDS="0.5")
+    )
+    async with payments_app("orders", env) as app:
+        campaign_id, _ = await open_campaign(app, auth)
+        engine = app.app.state.engine
+        # Both connections of the pool (1, and 1 overflow) are taken by someone else.
+        async with engine.connect(), engine.connect():
+            busy = await app.client.get(f"/v1/presales/{campaign_id}/public")
+            assert busy.status_code == 503, busy.text
+            assert busy.json()["code"] == "database_busy"
+            assert busy.headers["retry-after"] == "1"
+            keyed = await order(app, auth("customer"), campaign_id)
+            assert (keyed.status_code, keyed.json()["code"]) == (503, "database_busy")
+        assert (await app.client.get(f"/v1/presales/{campaign_id}/public")).status_code == 200
