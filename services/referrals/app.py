@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from services.referrals.commissions.router import commissions_router
 from services.referrals.commissions.service import on_order_event
 from services.referrals.config import ReferralsSettings, get_settings
+from services.referrals.dashboards.router import dashboards_router
 from services.referrals.links.router import links_router
 from services.referrals.models import platform
 from services.referrals.programs.router import programs_router
@@ -24,7 +25,9 @@ def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
         name="referrals",
         title="Qunbuy referrals: links, attribution, commissions, withdrawals",
         tables=platform,
+        # The views first: their static paths must win over /v1/distributors/{id}.
         routers=[
+            dashboards_router(),
             programs_router(),
             links_router(),
             commissions_router(),

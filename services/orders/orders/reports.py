@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -25,9 +23,8 @@ from services.orders.orders.schemas import CampaignStats, DailyPoint
 from services.orders.presales import repository as campaigns
 from services.orders.presales.service import CampaignStateConflict, staff_campaign
 from shared.auth import Principal
-from shared.errors import DomainError
+from shared.timezones import check_timezone
 
-_TZ_NAME = re.compile(r"[A-Za-z0-9_+\-/]{1,64}")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 EXPORT_COLUMNS = (
     "id",
@@ -54,22 +51,6 @@ EXPORT_COLUMNS = (
     "completed_at",
 )
 _BATCH = 500
-
-
-class UnknownTimezone(DomainError):
-    status = 422
-    code = "unknown_timezone"
-    title = "Not an IANA time zone name (for example Asia/Shanghai)"
-
-
-def check_timezone(name: str) -> str:
-    if _TZ_NAME.fullmatch(name) is None:
-        raise UnknownTimezone(field="tz")
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise UnknownTimezone(field="tz") from exc
-    return name
 
 
 async def campaign_stats(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi import APIRouter, Depends, Request, status
 from fastapi.responses import Response, StreamingResponse
 
 from services.orders.orders import reports, settlement
@@ -55,6 +55,7 @@ from shared.payments import (
     PaymentRow,
     PaymentsNotConfigured,
 )
+from shared.timezones import TimezoneQuery, UnknownTimezone
 
 Customer = Annotated[Principal, require_roles("customer")]
 _AUTH = (Unauthorized, Forbidden)
@@ -304,15 +305,13 @@ def orders_router() -> APIRouter:
         "/v1/presales/{campaign_id}/stats",
         response_model=CampaignStats,
         summary="Units, buyers, money in and out, conversion and a daily series (staff)",
-        responses=responses(*_AUTH, CampaignNotFound, reports.UnknownTimezone),
+        responses=responses(*_AUTH, CampaignNotFound, UnknownTimezone),
     )
     async def stats(
         principal: Staff,
         campaign_id: uuid.UUID,
         session: SessionDep,
-        tz: Annotated[
-            str, Query(max_length=64, description="The days of the daily series are this zone's.")
-        ] = "Asia/Shanghai",
+        tz: TimezoneQuery = "Asia/Shanghai",
     ) -> CampaignStats:
         return await reports.campaign_stats(session, principal, campaign_id, tz)
 

@@ -211,3 +211,123 @@ def commission_columns() -> Any:
 
 def distributor_user_column() -> Any:
     return distributor.c.user_id
+
+
+# --- views --------------------------------------------------------------------------------
+
+
+async def daily_earnings(
+    session: AsyncSession, distributor_id: uuid.UUID, tz: str, since: datetime
+) -> list[dict[str, Any]]:
+    """Per local day: commission earned (accrued) and taken back (reversed)."""
+    mine = [f"distributor:{distributor_id}:{name}" for name in ("pending", "available", "owed")]
+    day = func.date(func.timezone(tz, e.c.created_at)).label("day")
+    rows = await session.execute(
+        select(
+            day,
+            func.coalesce(func.sum(e.c.amount).filter(e.c.kind == "accrue"), 0).label("earned"),
+            func.coalesce(func.sum(e.c.amount).filter(e.c.kind == "reverse"), 0).label("reversed"),
+        )
+        .where(
+            e.c.created_at >= since,
+            e.c.kind.in_(("accrue", "reverse")),
+            (e.c.credit_account.in_(mine)) | (e.c.debit_account.in_(mine)),
+        )
+        .group_by(day)
+        .order_by(day)
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def referred_customers(
+    session: AsyncSession, distributor_id: uuid.UUID, limit: int
+) -> list[dict[str, Any]]:
+    rows = await session.execute(
+        select(
+            a.c.customer_id,
+            func.count().label("orders"),
+            func.sum(a.c.paid_total - a.c.refunded_total).label("sales"),
+        )
+        .where(a.c.distributor_id == distributor_id, a.c.self_referral.is_(False))
+        .group_by(a.c.customer_id)
+        .order_by(func.count().desc(), a.c.customer_id)
+        .limit(limit)
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def leaderboard(
+    session: AsyncSession, merchant_id: str, since: datetime, by: str, limit: int
+) -> list[dict[str, Any]]:
+    """Distributors of a merchant ranked by commission earned (level 1 and 2) or by the
+    sales they brought (level 1), since ``since``."""
+    if by == "commission":
+        value = func.sum(c.c.amount).label("value")
+        stmt = (
+            select(c.c.distributor_id, value)
+            .where(c.c.merchant_id == merchant_id, c.c.created_at >= since)
+            .group_by(c.c.distributor_id)
+        )
+    else:
+        value = func.sum(a.c.paid_total - a.c.refunded_total).label("value")
+        stmt = (
+            select(a.c.distributor_id, value)
+            .where(
+                a.c.merchant_id == merchant_id,
+                a.c.created_at >= since,
+                a.c.distributor_id.is_not(None),
+                a.c.self_referral.is_(False),
+            )
+            .group_by(a.c.distributor_id)
+        )
+    ranked = stmt.subquery()
+    rows = await session.execute(
+        select(ranked.c.distributor_id, ranked.c.value, distributor.c.real_name)
+        .join(distributor, distributor.c.id == ranked.c.distributor_id)
+        .order_by(ranked.c.value.desc(), ranked.c.distributor_id)
+        .limit(limit)
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def program_daily(
+    session: AsyncSession, merchant_id: str, tz: str, since: datetime
+) -> list[dict[str, Any]]:
+    """Per local day: the sales brought by distributors and the commission they cost."""
+    day = func.date(func.timezone(tz, a.c.created_at)).label("day")
+    sales = await session.execute(
+        select(day, func.sum(a.c.paid_total - a.c.refunded_total).label("gmv"))
+        .where(
+            a.c.merchant_id == merchant_id,
+            a.c.created_at >= since,
+            a.c.distributor_id.is_not(None),
+            a.c.self_referral.is_(False),
+        )
+        .group_by(day)
+    )
+    cday = func.date(func.timezone(tz, c.c.created_at)).label("day")
+    cost = await session.execute(
+        select(cday, func.sum(c.c.amount).label("commission"))
+        .where(c.c.merchant_id == merchant_id, c.c.created_at >= since)
+        .group_by(cday)
+    )
+    out: dict[Any, dict[str, Any]] = {}
+    for r in sales:
+        out.setdefault(r.day, {"day": r.day, "gmv": 0, "commission": 0})["gmv"] = int(r.gmv or 0)
+    for r in cost:
+        out.setdefault(r.day, {"day": r.day, "gmv": 0, "commission": 0})["commission"] = int(
+            r.commission or 0
+        )
+    return [out[k] for k in sorted(out)]
+
+
+async def self_referrals(
+    session: AsyncSession, merchant_id: str, limit: int
+) -> list[dict[str, Any]]:
+    rows = await session.execute(
+        select(a.c.source_type, a.c.source_id, a.c.customer_id, a.c.distributor_id, a.c.created_at)
+        .where(a.c.merchant_id == merchant_id, a.c.self_referral.is_(True))
+        .order_by(a.c.created_at.desc())
+        .limit(limit)
+    )
+    return [dict(r._mapping) for r in rows]

@@ -35,6 +35,7 @@ from services.referrals.commissions.repository import AttributionRow, Commission
 from services.referrals.links import repository as links
 from services.referrals.programs import repository as programs
 from services.referrals.programs.repository import ProgramRow
+from services.referrals.programs.schemas import Balances
 from shared.events import Envelope
 from shared.events.contracts import OrderCompleted, OrderEvent
 
@@ -256,3 +257,18 @@ async def _reverse(
                     "amount": part,
                 },
             )
+
+
+async def balances(session: AsyncSession, distributor_id: uuid.UUID) -> Balances:
+    """A distributor's balances, derived from the ledger (never stored)."""
+
+    async def of(name: str) -> int:
+        return await repo.balance(session, account(distributor_id, name))
+
+    return Balances(
+        pending=await of("pending"),
+        available=await of("available"),
+        withdrawing=await of("withdrawing"),
+        withdrawn=await of("withdrawn"),
+        owed=-await of("owed"),
+    )

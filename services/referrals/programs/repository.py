@@ -128,3 +128,20 @@ def distributors_query() -> Select[Any]:
 
 def distributor_columns() -> Any:
     return d.c
+
+
+async def team(
+    session: AsyncSession, distributor_id: uuid.UUID, limit: int
+) -> list[DistributorRow]:
+    """The level-2 members: distributors who joined through this one's code."""
+    rows = await session.execute(
+        select(d).where(d.c.upline_id == distributor_id).order_by(d.c.created_at).limit(limit)
+    )
+    return [DistributorRow(**r._mapping) for r in rows]
+
+
+async def count_by_status(session: AsyncSession, merchant_id: str, status: str) -> int:
+    found = await session.scalar(
+        select(func.count()).where(d.c.merchant_id == merchant_id, d.c.status == status)
+    )
+    return int(found or 0)

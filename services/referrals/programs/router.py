@@ -9,15 +9,13 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.referrals.commissions import repository as ledger
-from services.referrals.commissions.service import account
+from services.referrals.commissions.service import balances
 from services.referrals.programs import repository as repo
 from services.referrals.programs import service
 from services.referrals.programs.repository import DistributorRow
 from services.referrals.programs.schemas import (
     AddIn,
     ApplyIn,
-    Balances,
     DistributorOut,
     ProgramIn,
     ProgramOut,
@@ -49,25 +47,12 @@ class MerchantRequired(DomainError):
     title = "Admins name the merchant"
 
 
-def _merchant(principal: Principal, requested: str | None) -> str:
+def merchant_for(principal: Principal, requested: str | None) -> str:
     if principal.is_admin:
         if requested is None:
             raise MerchantRequired(field="merchant_id")
         return requested
     return requested or principal.merchant_id or ""
-
-
-async def balances(session: AsyncSession, distributor_id: uuid.UUID) -> Balances:
-    async def of(name: str) -> int:
-        return await ledger.balance(session, account(distributor_id, name))
-
-    return Balances(
-        pending=await of("pending"),
-        available=await of("available"),
-        withdrawing=await of("withdrawing"),
-        withdrawn=await of("withdrawn"),
-        owed=-await of("owed"),
-    )
 
 
 async def _out(session: AsyncSession, row: DistributorRow) -> DistributorOut:
@@ -86,7 +71,7 @@ def programs_router() -> APIRouter:
     async def put_rules(
         principal: Staff, body: ProgramIn, session: SessionDep, merchant_id: MerchantQuery = None
     ) -> ProgramOut:
-        merchant = _merchant(principal, merchant_id)
+        merchant = merchant_for(principal, merchant_id)
         return ProgramOut.of(await service.put_rules(session, principal, merchant, body))
 
     @router.get(
@@ -122,7 +107,7 @@ def programs_router() -> APIRouter:
     async def add(
         principal: Staff, body: AddIn, session: SessionDep, merchant_id: MerchantQuery = None
     ) -> DistributorOut:
-        merchant = _merchant(principal, merchant_id)
+        merchant = merchant_for(principal, merchant_id)
         return await _out(session, await service.add(session, principal, merchant, body))
 
     @router.get(

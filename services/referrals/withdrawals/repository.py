@@ -74,3 +74,10 @@ def columns() -> Any:
 
 def distributor_user_column() -> Any:
     return distributor.c.user_id
+
+
+async def count_by_status(session: AsyncSession, merchant_id: str, status: str) -> int:
+    found = await session.scalar(
+        select(func.count()).where(w.c.merchant_id == merchant_id, w.c.status == status)
+    )
+    return int(found or 0)
