@@ -140,6 +140,8 @@ attribution = Table(
     Column("currency", String(3), nullable=False),
     Column("completed", Boolean, nullable=False),
     *_timestamps(),
+    Index("ix_attribution_distributor", "distributor_id"),
+    Index("ix_attribution_merchant", "merchant_id", "created_at"),
 )
 
 commission = Table(
@@ -161,6 +163,7 @@ commission = Table(
     CheckConstraint("level IN (1, 2)", name="two_levels_at_most"),
     CheckConstraint("amount >= 0", name="amount_not_negative"),
     Index("ix_commission_distributor", "distributor_id", "created_at"),
+    Index("ix_commission_merchant", "merchant_id", "created_at"),
 )
 
 ledger_entry = Table(

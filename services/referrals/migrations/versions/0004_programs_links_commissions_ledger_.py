@@ -2,7 +2,7 @@
 
 Revision ID: 0004
 Revises: 0003
-Create Date: 2026-12-01 22:09:18.611138
+Create Date: 2026-12-01 22:14:32.407585
 """
 
 from collections.abc import Sequence
@@ -78,6 +78,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('source_type', 'source_id', 'level', name=op.f('uq_commission_source_type_source_id_level'))
     )
     op.create_index('ix_commission_distributor', 'commission', ['distributor_id', 'created_at'], unique=False)
+    op.create_index('ix_commission_merchant', 'commission', ['merchant_id', 'created_at'], unique=False)
     op.create_table('customer_binding',
     sa.Column('merchant_id', sa.String(length=100), nullable=False),
     sa.Column('customer_id', sa.String(length=100), nullable=False),
@@ -144,6 +145,8 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['upline_id'], ['distributor.id'], name=op.f('fk_attribution_upline_id_distributor')),
     sa.PrimaryKeyConstraint('source_type', 'source_id', name=op.f('pk_attribution'))
     )
+    op.create_index('ix_attribution_distributor', 'attribution', ['distributor_id'], unique=False)
+    op.create_index('ix_attribution_merchant', 'attribution', ['merchant_id', 'created_at'], unique=False)
     op.create_table('ledger_entry',
     sa.Column('id', sa.BigInteger(), autoincrement=True, nullable=False),
     sa.Column('merchant_id', sa.String(length=100), nullable=False),
@@ -171,6 +174,8 @@ def downgrade() -> None:
     op.drop_index('ix_ledger_entry_debit', table_name='ledger_entry')
     op.drop_index('ix_ledger_entry_credit', table_name='ledger_entry')
     op.drop_table('ledger_entry')
+    op.drop_index('ix_attribution_merchant', table_name='attribution')
+    op.drop_index('ix_attribution_distributor', table_name='attribution')
     op.drop_table('attribution')
     op.drop_index('ix_withdrawal_merchant', table_name='withdrawal')
     op.drop_index('ix_withdrawal_distributor', table_name='withdrawal')
@@ -178,6 +183,7 @@ def downgrade() -> None:
     op.drop_index('ix_referral_link_distributor', table_name='referral_link')
     op.drop_table('referral_link')
     op.drop_table('customer_binding')
+    op.drop_index('ix_commission_merchant', table_name='commission')
     op.drop_index('ix_commission_distributor', table_name='commission')
     op.drop_table('commission')
     op.drop_table('referral_program')
