@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,14 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.gateway_proxy import free_port, production, wait_http  # noqa: E402
-from qunbuy.pg import database_url, drop_databases, ensure_databases  # noqa: E402
+from bench.support import fresh_database, stopped_at_exit  # noqa: E402
 from shared.auth import TokenIssuer, public_pem  # noqa: E402
 from shared.db import make_engine  # noqa: E402
 from shared.events import SIGNATURE_HEADER, Envelope, sign  # noqa: E402
 from shared.events.contracts import OrderPaid  # noqa: E402
-from shared.migrations import upgrade  # noqa: E402
 
-SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 SECRET = "bench-secret"
 
 
@@ -202,87 +199,83 @@ async def dashboard_latency(base: str, distributor: str, token: str) -> tuple[fl
     return statistics.median(latencies) * 1000, latencies[-1] * 1000
 
 
-async def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[bytes]]) -> None:
-    name = f"qb_commissions_{uuid.uuid4().hex[:8]}"
-    await ensure_databases(SERVER, [name], fresh=True)
-    url = database_url(SERVER, name)
-    try:
-        await asyncio.to_thread(upgrade, "referrals", url)
-        key = ec.generate_private_key(ec.SECP256R1())
-        (tmp / "jwt-public.pem").write_bytes(public_pem(key))
-        issuer = TokenIssuer(key, issuer="qunbuy-gateway", audience="qunbuy", ttl_seconds=3600)
-        port = free_port()
-        env = {
-            "QUNBUY_MODE": "production",
-            "DATABASE_URL": url,
-            "JWT_PUBLIC_KEY_FILE": str(tmp / "jwt-public.pem"),
-            "EVENT_SECRET": SECRET,
-            "LOG_LEVEL": "WARNING",
-        }
-        service = production("referrals", port, env)
-        procs.append(service)
-        base = f"http://127.0.0.1:{port}"
-        wait_http(f"{base}/healthz", timeout=120)
-        merchant = "m_bench"
-        staff = {
-            "Authorization": f"Bearer {issuer.issue('staff', ['staff'], merchant_id=merchant)}"
-        }
-        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-            rules = {"enrollment": "open", "level1_bps": 1000, "level2_bps": 500}
-            assert (
-                await client.put("/v1/commission-rules", json=rules, headers=staff)
-            ).status_code == 200
-            person = {"merchant_id": merchant, "real_name": "Bench", "phone": "13800000000"}
-            a_token = issuer.issue("upline", ["customer"])
-            upline = (
-                await client.post(
-                    "/v1/distributors", json=person, headers={"Authorization": f"Bearer {a_token}"}
-                )
-            ).json()
-            b_token = issuer.issue("seller", ["customer"])
-            seller = (
-                await client.post(
-                    "/v1/distributors",
-                    json={**person, "via_code": upline["code"]},
-                    headers={"Authorization": f"Bearer {b_token}"},
-                )
-            ).json()
-        bodies = [paid_event(merchant, seller["code"]) for _ in range(args.events)]
-        wall, latencies = await feed(base, bodies, args.concurrency)
-        latencies.sort()
-        engine = make_engine(url, pool_size=1)
-        async with engine.connect() as conn:
-            entries = await conn.scalar(text("SELECT count(*) FROM ledger_entry"))
-        await engine.dispose()
-        print(f"{args.events} order.paid events, {args.concurrency} clients, one referrals process")
-        print("| target | events/s | p50 ms | p99 ms | time to the ledger s |")
-        print("|---|---:|---:|---:|---:|")
-        print(
-            f"| signed inbox -> commissions | {args.events / wall:.0f} | "
-            f"{statistics.median(latencies) * 1000:.1f} | "
-            f"{latencies[int(len(latencies) * 0.99) - 1] * 1000:.1f} | {wall:.1f} |"
-        )
-        assert entries == 2 * args.events, f"{entries} entries for {args.events} events"
-        ref = await reference(
-            url, merchant, seller["id"], upline["id"], args.events, args.concurrency
-        )
-        print(f"| plain inserts of the same rows | {args.events / ref:.0f} | | | {ref:.1f} |")
-        print(f"inbox / reference: {ref / wall:.0%}")
-        token = issuer.issue("seller", ["customer"])
-        for size in (10_000, args.big):
-            await grow_ledger(url, merchant, seller["id"], size)
-            p50, worst = await dashboard_latency(base, seller["id"], token)
+async def run(args: argparse.Namespace, tmp: Path) -> None:
+    async with fresh_database("referrals") as url:
+        # Stopped before the database is dropped.
+        with stopped_at_exit() as procs:
+            key = ec.generate_private_key(ec.SECP256R1())
+            (tmp / "jwt-public.pem").write_bytes(public_pem(key))
+            issuer = TokenIssuer(key, issuer="qunbuy-gateway", audience="qunbuy", ttl_seconds=3600)
+            port = free_port()
+            env = {
+                "QUNBUY_MODE": "production",
+                "DATABASE_URL": url,
+                "JWT_PUBLIC_KEY_FILE": str(tmp / "jwt-public.pem"),
+                "EVENT_SECRET": SECRET,
+                "LOG_LEVEL": "WARNING",
+            }
+            service = production("referrals", port, env)
+            procs.append(service)
+            base = f"http://127.0.0.1:{port}"
+            wait_http(f"{base}/healthz", timeout=120)
+            merchant = "m_bench"
+            staff = {
+                "Authorization": f"Bearer {issuer.issue('staff', ['staff'], merchant_id=merchant)}"
+            }
+            async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+                rules = {"enrollment": "open", "level1_bps": 1000, "level2_bps": 500}
+                assert (
+                    await client.put("/v1/commission-rules", json=rules, headers=staff)
+                ).status_code == 200
+                person = {"merchant_id": merchant, "real_name": "Bench", "phone": "13800000000"}
+                a_token = issuer.issue("upline", ["customer"])
+                upline = (
+                    await client.post(
+                        "/v1/distributors",
+                        json=person,
+                        headers={"Authorization": f"Bearer {a_token}"},
+                    )
+                ).json()
+                b_token = issuer.issue("seller", ["customer"])
+                seller = (
+                    await client.post(
+                        "/v1/distributors",
+                        json={**person, "via_code": upline["code"]},
+                        headers={"Authorization": f"Bearer {b_token}"},
+                    )
+                ).json()
+            bodies = [paid_event(merchant, seller["code"]) for _ in range(args.events)]
+            wall, latencies = await feed(base, bodies, args.concurrency)
+            latencies.sort()
+            engine = make_engine(url, pool_size=1)
+            async with engine.connect() as conn:
+                entries = await conn.scalar(text("SELECT count(*) FROM ledger_entry"))
+            await engine.dispose()
             print(
-                f"dashboard with {size:,} ledger entries for the merchant: "
-                f"p50 {p50:.1f} ms, max {worst:.1f} ms"
+                f"{args.events} order.paid events, {args.concurrency} clients,"
+                " one referrals process"
             )
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=20)
-        procs.clear()
-        await drop_databases(SERVER, [name])
+            print("| target | events/s | p50 ms | p99 ms | time to the ledger s |")
+            print("|---|---:|---:|---:|---:|")
+            print(
+                f"| signed inbox -> commissions | {args.events / wall:.0f} | "
+                f"{statistics.median(latencies) * 1000:.1f} | "
+                f"{latencies[int(len(latencies) * 0.99) - 1] * 1000:.1f} | {wall:.1f} |"
+            )
+            assert entries == 2 * args.events, f"{entries} entries for {args.events} events"
+            ref = await reference(
+                url, merchant, seller["id"], upline["id"], args.events, args.concurrency
+            )
+            print(f"| plain inserts of the same rows | {args.events / ref:.0f} | | | {ref:.1f} |")
+            print(f"inbox / reference: {ref / wall:.0%}")
+            token = issuer.issue("seller", ["customer"])
+            for size in (10_000, args.big):
+                await grow_ledger(url, merchant, seller["id"], size)
+                p50, worst = await dashboard_latency(base, seller["id"], token)
+                print(
+                    f"dashboard with {size:,} ledger entries for the merchant: "
+                    f"p50 {p50:.1f} ms, max {worst:.1f} ms"
+                )
 
 
 def main() -> int:
@@ -291,12 +284,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--big", type=int, default=1_000_000)
     args = parser.parse_args()
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        asyncio.run(run(args, Path(tempfile.mkdtemp(prefix="qb-commissions-")), procs))
-    finally:
-        for proc in procs:
-            proc.kill()
+    asyncio.run(run(args, Path(tempfile.mkdtemp(prefix="qb-commissions-"))))
     return 0
 
 

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,12 +39,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.gateway_proxy import free_port, peak_rss_mib, production, uvicorn, wait_http  # noqa: E402
-from qunbuy.pg import database_url, drop_databases, ensure_databases  # noqa: E402
+from bench.support import fresh_database, stopped_at_exit  # noqa: E402
 from shared.auth import TokenIssuer, public_pem  # noqa: E402
 from shared.db import make_engine  # noqa: E402
-from shared.migrations import upgrade  # noqa: E402
 
-SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 _COLUMNS = (
     "merchant_id, title, image_urls, currency, price_tiers, min_quantity, capacity, opens_at,"
     " closes_at, balance_window_hours, deposit_type, unit_deposit, unit_deposit_credit, status"
@@ -150,112 +147,115 @@ async def reserved(url: str, campaign_id: str) -> int:
         await engine.dispose()
 
 
-async def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[bytes]]) -> None:
-    name = f"qb_rush_{uuid.uuid4().hex[:8]}"
-    await ensure_databases(SERVER, [name], fresh=True)
-    url = database_url(SERVER, name)
-    try:
-        await asyncio.to_thread(upgrade, "orders", url)
-        key = ec.generate_private_key(ec.SECP256R1())
-        (tmp / "jwt.pem").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
+async def run(args: argparse.Namespace, tmp: Path) -> None:
+    async with fresh_database("orders") as url:
+        # Stopped before the database is dropped.
+        with stopped_at_exit() as procs:
+            key = ec.generate_private_key(ec.SECP256R1())
+            (tmp / "jwt.pem").write_bytes(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
             )
-        )
-        (tmp / "jwt-public.pem").write_bytes(public_pem(key))
-        issuer = TokenIssuer(key, issuer="qunbuy-gateway", audience="qunbuy", ttl_seconds=3600)
-        ports = {
-            n: free_port()
-            for n in ("orders", "reference", "framed", "gateway", "gateway_ref", "gateway_framed")
-        }
-        service_env = {
-            "QUNBUY_MODE": "production",
-            "DATABASE_URL": url,
-            "JWT_PUBLIC_KEY_FILE": str(tmp / "jwt-public.pem"),
-            "EVENT_SECRET": "bench",
-            "PAYMENT_PROVIDER": "simulated",
-            "SIMULATED_WEBHOOK_SECRET": "whsec_bench",
-            "LOG_LEVEL": "WARNING",
-        }
-        orders = production("orders", ports["orders"], service_env)
-        reference = uvicorn(
-            "bench.reservation_reference:app", ports["reference"], {"DATABASE_URL": url}, False
-        )
-        framed = uvicorn(
-            "bench.reservation_reference:framed", ports["framed"], service_env, factory=True
-        )
-        procs += [orders, reference, framed]
-        gateways = {}
-        for gw, upstream in (
-            ("gateway", "orders"),
-            ("gateway_ref", "reference"),
-            ("gateway_framed", "framed"),
-        ):
-            env = {
+            (tmp / "jwt-public.pem").write_bytes(public_pem(key))
+            issuer = TokenIssuer(key, issuer="qunbuy-gateway", audience="qunbuy", ttl_seconds=3600)
+            ports = {
+                n: free_port()
+                for n in (
+                    "orders",
+                    "reference",
+                    "framed",
+                    "gateway",
+                    "gateway_ref",
+                    "gateway_framed",
+                )
+            }
+            service_env = {
                 "QUNBUY_MODE": "production",
-                "JWT_PRIVATE_KEY_FILE": str(tmp / "jwt.pem"),
-                "ORDERS_URL": f"http://127.0.0.1:{ports[upstream]}",
+                "DATABASE_URL": url,
+                "JWT_PUBLIC_KEY_FILE": str(tmp / "jwt-public.pem"),
+                "EVENT_SECRET": "bench",
+                "PAYMENT_PROVIDER": "simulated",
+                "SIMULATED_WEBHOOK_SECRET": "whsec_bench",
                 "LOG_LEVEL": "WARNING",
             }
-            gateways[gw] = production("gateway", ports[gw], env)
-            procs.append(gateways[gw])
-        for port in ports.values():
-            wait_http(f"http://127.0.0.1:{port}/healthz", timeout=120)
-        print(f"orders pid {orders.pid}, gateway pid {gateways['gateway'].pid}")
-        staff = issuer.issue("bench-staff", ["staff"], merchant_id="m_bench")
-        gateway_url = f"http://127.0.0.1:{ports['gateway']}"
-        targets = [
-            ("orders (real endpoint)", "gateway", orders),
-            ("reference (reservation only)", "gateway_ref", reference),
-            ("reference in the service frame", "gateway_framed", framed),
-        ]
-        print(
-            f"{args.customers} customers, capacity {args.capacity}, one unit each, "
-            f"through the gateway; {os.cpu_count()} CPUs"
-        )
-        for round_no in range(1, args.rounds + 1):
-            ids = await new_campaigns(gateway_url, staff, url, args.capacity, len(targets) - 1)
-            tokens = [
-                issuer.issue(f"bench-{round_no}-{i}", ["customer"]) for i in range(args.customers)
-            ]
-            results = {}
-            for (label, gw, service), campaign_id in zip(targets, ids, strict=True):
-                pids = {"service": service.pid, "gateway": gateways[gw].pid, "load": os.getpid()}
-                outcome = await burst(
-                    f"http://127.0.0.1:{ports[gw]}",
-                    f"/v1/presales/{campaign_id}/orders",
-                    tokens,
-                    pids,
-                )
-                results[label] = (outcome, await reserved(url, campaign_id))
-            print(f"\nround {round_no}")
-            print(
-                "| target | orders/s | p50 ms | p99 ms | answers | reserved | oversold "
-                "| CPU s: service / gateway / load |"
+            orders = production("orders", ports["orders"], service_env)
+            reference = uvicorn(
+                "bench.reservation_reference:app", ports["reference"], {"DATABASE_URL": url}, False
             )
-            print("|---|---:|---:|---:|---|---:|---:|---|")
-            for label, (r, units) in results.items():
-                cpu = " / ".join(f"{r['cpu'][k]:.1f}" for k in ("service", "gateway", "load"))
+            framed = uvicorn(
+                "bench.reservation_reference:framed", ports["framed"], service_env, factory=True
+            )
+            procs += [orders, reference, framed]
+            gateways = {}
+            for gw, upstream in (
+                ("gateway", "orders"),
+                ("gateway_ref", "reference"),
+                ("gateway_framed", "framed"),
+            ):
+                env = {
+                    "QUNBUY_MODE": "production",
+                    "JWT_PRIVATE_KEY_FILE": str(tmp / "jwt.pem"),
+                    "ORDERS_URL": f"http://127.0.0.1:{ports[upstream]}",
+                    "LOG_LEVEL": "WARNING",
+                }
+                gateways[gw] = production("gateway", ports[gw], env)
+                procs.append(gateways[gw])
+            for port in ports.values():
+                wait_http(f"http://127.0.0.1:{port}/healthz", timeout=120)
+            print(f"orders pid {orders.pid}, gateway pid {gateways['gateway'].pid}")
+            staff = issuer.issue("bench-staff", ["staff"], merchant_id="m_bench")
+            gateway_url = f"http://127.0.0.1:{ports['gateway']}"
+            targets = [
+                ("orders (real endpoint)", "gateway", orders),
+                ("reference (reservation only)", "gateway_ref", reference),
+                ("reference in the service frame", "gateway_framed", framed),
+            ]
+            print(
+                f"{args.customers} customers, capacity {args.capacity}, one unit each, "
+                f"through the gateway; {os.cpu_count()} CPUs"
+            )
+            for round_no in range(1, args.rounds + 1):
+                ids = await new_campaigns(gateway_url, staff, url, args.capacity, len(targets) - 1)
+                tokens = [
+                    issuer.issue(f"bench-{round_no}-{i}", ["customer"])
+                    for i in range(args.customers)
+                ]
+                results = {}
+                for (label, gw, service), campaign_id in zip(targets, ids, strict=True):
+                    pids = {
+                        "service": service.pid,
+                        "gateway": gateways[gw].pid,
+                        "load": os.getpid(),
+                    }
+                    outcome = await burst(
+                        f"http://127.0.0.1:{ports[gw]}",
+                        f"/v1/presales/{campaign_id}/orders",
+                        tokens,
+                        pids,
+                    )
+                    results[label] = (outcome, await reserved(url, campaign_id))
+                print(f"\nround {round_no}")
                 print(
-                    f"| {label} | {r['per_s']:.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
-                    f"{r['statuses']} | {units} | {max(0, units - args.capacity)} | {cpu} |"
+                    "| target | orders/s | p50 ms | p99 ms | answers | reserved | oversold "
+                    "| CPU s: service / gateway / load |"
                 )
-            real = results[targets[0][0]][0]["per_s"]
-            for label, _, _ in targets[1:]:
-                print(f"real / {label}: {real / results[label][0]['per_s']:.0%}")
-        print(
-            f"\npeak RSS: orders {peak_rss_mib(orders.pid):.0f} MiB, "
-            f"gateway {peak_rss_mib(gateways['gateway'].pid):.0f} MiB"
-        )
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=20)
-        procs.clear()
-        await drop_databases(SERVER, [name])
+                print("|---|---:|---:|---:|---|---:|---:|---|")
+                for label, (r, units) in results.items():
+                    cpu = " / ".join(f"{r['cpu'][k]:.1f}" for k in ("service", "gateway", "load"))
+                    print(
+                        f"| {label} | {r['per_s']:.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+                        f"{r['statuses']} | {units} | {max(0, units - args.capacity)} | {cpu} |"
+                    )
+                real = results[targets[0][0]][0]["per_s"]
+                for label, _, _ in targets[1:]:
+                    print(f"real / {label}: {real / results[label][0]['per_s']:.0%}")
+            print(
+                f"\npeak RSS: orders {peak_rss_mib(orders.pid):.0f} MiB, "
+                f"gateway {peak_rss_mib(gateways['gateway'].pid):.0f} MiB"
+            )
 
 
 def main() -> int:
@@ -265,12 +265,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="qb-rush-"))
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        asyncio.run(run(args, tmp, procs))
-    finally:
-        for proc in procs:
-            proc.kill()
+    asyncio.run(run(args, tmp))
     return 0
 
 

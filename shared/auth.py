@@ -83,6 +83,10 @@ class Principal:
     def has(self, *roles: Role) -> bool:
         return bool(self.roles.intersection(roles))
 
+    def acts_for(self, merchant_id: str) -> bool:
+        """Admins act for every merchant, staff for their own."""
+        return self.is_admin or (self.has("staff") and self.merchant_id == merchant_id)
+
 
 def load_or_create_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """The gateway's signing key, generated on first start and kept (mode 0600) in ``path``."""

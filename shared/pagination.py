@@ -38,6 +38,7 @@ __all__ = [
     "PageParams",
     "fetch_page",
     "scope_to_merchant",
+    "scope_to_owner",
 ]
 
 DEFAULT_LIMIT = 20
@@ -155,3 +156,16 @@ def scope_to_merchant(
     if principal.has("staff") and principal.merchant_id:
         return stmt.where(merchant_column == principal.merchant_id)
     raise RoleRequired("requires the staff role")
+
+
+def scope_to_owner(
+    stmt: Select[Any],
+    principal: Principal,
+    *,
+    merchant_column: ColumnElement[Any],
+    owner_column: ColumnElement[Any],
+) -> Select[Any]:
+    """Staff see their merchant's rows (admins every merchant's); anyone else their own."""
+    if principal.is_admin or principal.has("staff"):
+        return scope_to_merchant(stmt, principal, merchant_column)
+    return stmt.where(owner_column == principal.sub)

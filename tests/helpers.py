@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
-from typing import Literal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -42,3 +42,16 @@ async def serve(
     finally:
         server.should_exit = True
         await task
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], what: str, seconds: float = 30) -> Any:
+    """Polls ``check`` until it returns something true (and returns that), or fails saying
+    ``what`` did not happen within ``seconds``: for what real processes do in the background."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        value = await check()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not within {seconds} s: {what}")
+        await asyncio.sleep(0.2)

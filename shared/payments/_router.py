@@ -78,11 +78,7 @@ _COMMON = (*_AUTH, PaymentsNotConfigured, PaymentProviderUnavailable, PaymentPro
 
 def _may_see(principal: Principal, payment: PaymentRow) -> bool:
     """The payer, staff of the payment's merchant and admins see a payment."""
-    return (
-        principal.is_admin
-        or payment.customer_id == principal.sub
-        or (principal.has("staff") and principal.merchant_id == payment.merchant_id)
-    )
+    return payment.customer_id == principal.sub or principal.acts_for(payment.merchant_id)
 
 
 async def _payment_for_owner(

@@ -4,9 +4,7 @@ time, balances are paid, orders ship and complete, and the order events reach re
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,20 +16,10 @@ from services.orders.models import platform as orders_platform
 from services.referrals.models import platform as referrals_platform
 from shared.db import make_engine
 from tests.conftest import Platform, TokenFactory
+from tests.helpers import eventually
 from tests.orders.presale_support import campaign_body
 
 pytestmark = pytest.mark.xdist_group("processes")
-
-
-async def _until(check: Callable[[], Awaitable[Any]], what: str, seconds: float = 30) -> Any:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while True:
-        value = await check()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not within {seconds} s: {what}")
-        await asyncio.sleep(0.2)
 
 
 async def test_a_presale_from_publishing_to_completion(
@@ -88,7 +76,7 @@ async def test_a_presale_from_publishing_to_completion(
             c = (await gw.get(f"/v1/presales/{campaign_id}", headers=staff)).json()
             return c if c["status"] != "open" else None
 
-        campaign = await _until(closed, "the worker closes the campaign at its time")
+        campaign = await eventually(closed, "the worker closes the campaign at its time")
         assert campaign["status"] == "succeeded"
         assert campaign["final_unit_price"] == 12900
 
@@ -119,7 +107,7 @@ async def test_a_presale_from_publishing_to_completion(
             )
             return len(listed.json()["items"]) == 3
 
-        await _until(completed, "every order completes after the return window")
+        await eventually(completed, "every order completes after the return window")
 
     # Every order event reached referrals, once each.
     referrals = make_engine(platform_db_urls["referrals"], pool_size=1)
@@ -140,7 +128,7 @@ async def test_a_presale_from_publishing_to_completion(
                 ).all()
             return list(rows) if rows and all(r.status == "delivered" for r in rows) else None
 
-        rows = await _until(delivered_events, "the relay delivers the order events")
+        rows = await eventually(delivered_events, "the relay delivers the order events")
         types = sorted(r.event_type for r in rows)
         assert types == sorted(
             ["order.paid"] * 3

@@ -5,9 +5,7 @@ the right amounts at both levels, and the take-back from the next withdrawal."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,20 +13,10 @@ import httpx
 import pytest
 
 from tests.conftest import Platform, TokenFactory
+from tests.helpers import eventually
 from tests.orders.presale_support import campaign_body
 
 pytestmark = pytest.mark.xdist_group("processes")
-
-
-async def _until(check: Callable[[], Awaitable[Any]], what: str, seconds: float = 30) -> Any:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while True:
-        value = await check()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not within {seconds} s: {what}")
-        await asyncio.sleep(0.2)
 
 
 async def test_commissions_follow_orders_from_link_to_take_back(
@@ -98,7 +86,7 @@ async def test_commissions_follow_orders_from_link_to_take_back(
             got = (await gw.get(f"/v1/presales/{campaign['id']}", headers=staff)).json()
             return bool(got["status"] == "succeeded")
 
-        await _until(closed, "the campaign closes")
+        await eventually(closed, "the campaign closes")
 
         async def balances(distributor_id: str) -> dict[str, int]:
             got = await gw.get(f"/v1/distributors/{distributor_id}", headers=staff)
@@ -120,7 +108,7 @@ async def test_commissions_follow_orders_from_link_to_take_back(
         async def first_available() -> bool:
             return (await balances(seller["id"]))["available"] == 1290
 
-        await _until(first_available, "order 1's commission becomes available")
+        await eventually(first_available, "order 1's commission becomes available")
         assert (await balances(seller["id"]))["pending"] == 1290
         assert (await balances(upline["id"]))["available"] == 645
 
@@ -142,7 +130,7 @@ async def test_commissions_follow_orders_from_link_to_take_back(
         async def reversed_() -> bool:
             return (await balances(seller["id"]))["owed"] == 555
 
-        await _until(reversed_, "the refund reverses the commissions")
+        await eventually(reversed_, "the refund reverses the commissions")
         assert (await balances(seller["id"]))["available"] == 0
         assert (await balances(upline["id"]))["available"] == 322
 
@@ -152,7 +140,7 @@ async def test_commissions_follow_orders_from_link_to_take_back(
         async def second_available() -> bool:
             return (await balances(seller["id"]))["available"] == 1290
 
-        await _until(second_available, "order 2's commission becomes available")
+        await eventually(second_available, "order 2's commission becomes available")
         w2 = await post("/v1/withdrawals", {"distributor_id": seller["id"], "amount": 700}, b)
         assert w2.status_code == 201, w2.text
         assert w2.json()["taken_back"] == 555

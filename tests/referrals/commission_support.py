@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from shared.events import SIGNATURE_HEADER, Envelope, sign
-from shared.events.contracts import OrderEvent
+from shared.events.contracts import OrderEvent, OrderPaid
 from tests.conftest import TEST_EVENT_SECRET, TokenFactory
 
 
@@ -100,3 +100,16 @@ async def deliver(client: httpx.AsyncClient, envelope: Envelope) -> httpx.Respon
             "content-type": "application/json",
         },
     )
+
+
+async def pay(
+    client: httpx.AsyncClient, program: Program, customer: str, code: str | None, amount: int
+) -> Order:
+    """A new order of ``customer`` through ``code``, paid in full (``amount``)."""
+    order = Order(program.merchant_id, customer, code)
+    order.paid = amount
+    answer = await deliver(
+        client, order.event(OrderPaid, stage="full", amount=amount, fully_paid=True)
+    )
+    assert answer.status_code == 200, answer.text
+    return order

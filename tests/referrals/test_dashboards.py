@@ -6,20 +6,8 @@ import uuid
 
 import httpx
 
-from shared.events.contracts import OrderPaid
 from tests.conftest import TokenFactory
-from tests.referrals.commission_support import Order, Program, deliver
-
-
-async def _pay(
-    client: httpx.AsyncClient, program: Program, customer: str, code: str, amount: int
-) -> None:
-    order = Order(program.merchant_id, customer, code)
-    order.paid = amount
-    answer = await deliver(
-        client, order.event(OrderPaid, stage="full", amount=amount, fully_paid=True)
-    )
-    assert answer.status_code == 200, answer.text
+from tests.referrals.commission_support import Program, pay
 
 
 async def test_the_dashboard_shows_earnings_team_and_masked_customers_to_its_owner_only(
@@ -30,8 +18,8 @@ async def test_the_dashboard_shows_earnings_team_and_masked_customers_to_its_own
     user = f"u_{uuid.uuid4().hex[:8]}"
     seller = await program.join(user)
     member = await program.join(f"u_{uuid.uuid4().hex[:8]}", via=seller["code"])
-    await _pay(referrals_client, program, "customer-alpha", seller["code"], 10000)
-    await _pay(referrals_client, program, "customer-alpha", seller["code"], 5000)
+    await pay(referrals_client, program, "customer-alpha", seller["code"], 10000)
+    await pay(referrals_client, program, "customer-alpha", seller["code"], 5000)
     mine = await referrals_client.get(
         f"/v1/distributors/{seller['id']}/dashboard", headers=auth("customer", sub=user)
     )
@@ -63,7 +51,7 @@ async def test_the_leaderboard_ranks_by_commission_or_sales_for_the_programs_peo
     users = [f"u_{uuid.uuid4().hex[:8]}" for _ in range(3)]
     people = [await program.join(u) for u in users]
     for person, amount in zip(people, (5000, 20000, 10000), strict=True):
-        await _pay(referrals_client, program, f"c-{uuid.uuid4().hex[:6]}", person["code"], amount)
+        await pay(referrals_client, program, f"c-{uuid.uuid4().hex[:6]}", person["code"], amount)
     ranked = await referrals_client.get(
         "/v1/distributors/leaderboard",
         params={"merchant_id": program.merchant_id, "by": "sales"},
@@ -98,8 +86,8 @@ async def test_the_program_report_shows_cost_against_sales_queues_and_self_refer
     seller = await program.join(user)
     await referrals_client.post(f"/v1/distributors/{seller['id']}/approve", headers=program.staff)
     await program.join(f"u_{uuid.uuid4().hex[:8]}")  # a pending application
-    await _pay(referrals_client, program, "buyer-x", seller["code"], 30000)
-    await _pay(referrals_client, program, user, seller["code"], 9000)  # self-referral
+    await pay(referrals_client, program, "buyer-x", seller["code"], 30000)
+    await pay(referrals_client, program, user, seller["code"], 9000)  # self-referral
     report = await referrals_client.get("/v1/commissions/report", headers=program.staff)
     assert report.status_code == 200, report.text
     body = report.json()

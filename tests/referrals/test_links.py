@@ -8,9 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.events.contracts import OrderPaid
 from tests.conftest import TokenFactory
-from tests.referrals.commission_support import Order, Program, deliver
+from tests.referrals.commission_support import Program, pay
 
 
 async def _link(
@@ -19,17 +18,6 @@ async def _link(
     return await client.post(
         "/v1/referral-links", json={"distributor_id": distributor["id"], **body}, headers=who
     )
-
-
-async def _pay(
-    client: httpx.AsyncClient, program: Program, customer: str, code: str | None
-) -> None:
-    order = Order(program.merchant_id, customer, code)
-    order.paid = 10000
-    answer = await deliver(
-        client, order.event(OrderPaid, stage="full", amount=10000, fully_paid=True)
-    )
-    assert answer.status_code == 200, answer.text
 
 
 async def test_a_link_has_a_code_a_share_url_and_qr_codes(
@@ -94,7 +82,7 @@ async def test_a_click_binds_the_customer_first_touch_and_counts(
     assert later.json()["bound"] is False  # first touch: the first binding stays
     anonymous = await referrals_client.post(f"/v1/referral-links/{links[1]['code']}/click")
     assert anonymous.json()["bound"] is False
-    await _pay(referrals_client, program, customer, None)  # no code at checkout: the binding
+    await pay(referrals_client, program, customer, None, 10000)  # no code: the binding
     assert (await program.balances(first["id"]))["pending"] == 1000
     assert (await program.balances(second["id"]))["pending"] == 0
     listed = await referrals_client.get(
@@ -120,7 +108,7 @@ async def test_last_touch_a_code_at_checkout_wins_and_counts_as_the_links_conver
     await referrals_client.post(
         f"/v1/referral-links/{first_link['code']}/click", headers=auth("customer", sub=customer)
     )
-    await _pay(referrals_client, program, customer, link["code"])  # the link's code at checkout
+    await pay(referrals_client, program, customer, link["code"], 10000)  # the link code
     assert (await program.balances(second["id"]))["pending"] == 1000
     assert (await program.balances(first["id"]))["pending"] == 0
     listed = await referrals_client.get(

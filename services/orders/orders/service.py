@@ -352,9 +352,7 @@ class Orders:
         """The order for its buyer, staff of its merchant and admins."""
         order = await repo.get_order(session, order_id)
         if order is None or not (
-            principal.is_admin
-            or order.customer_id == principal.sub
-            or (principal.has("staff") and principal.merchant_id == order.merchant_id)
+            order.customer_id == principal.sub or principal.acts_for(order.merchant_id)
         ):
             raise OrderNotFound()
         return order
@@ -363,10 +361,7 @@ class Orders:
         self, session: AsyncSession, principal: Principal, order_id: uuid.UUID, *, lock: bool
     ) -> OrderRow:
         order = await repo.get_order(session, order_id)
-        if order is None or not (
-            principal.is_admin
-            or (principal.has("staff") and principal.merchant_id == order.merchant_id)
-        ):
+        if order is None or not principal.acts_for(order.merchant_id):
             raise OrderNotFound()
         if lock:
             await campaigns.get_campaign(session, order.campaign_id, lock=True)

@@ -371,9 +371,7 @@ async def staff_campaign(
 ) -> CampaignRow:
     """The campaign, for staff of its merchant and admins; anyone else learns nothing (404)."""
     row = await repo.get_campaign(session, campaign_id, lock=lock)
-    if row is None or not (
-        principal.is_admin or (principal.has("staff") and principal.merchant_id == row.merchant_id)
-    ):
+    if row is None or not principal.acts_for(row.merchant_id):
         raise CampaignNotFound()
     return row
 

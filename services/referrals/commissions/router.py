@@ -10,7 +10,7 @@ from services.referrals.commissions.schemas import CommissionOut
 from shared.auth import CurrentUser
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
-from shared.pagination import InvalidCursor, Page, PageDep, fetch_page, scope_to_merchant
+from shared.pagination import InvalidCursor, Page, PageDep, fetch_page, scope_to_owner
 
 
 def commissions_router() -> APIRouter:
@@ -27,10 +27,12 @@ def commissions_router() -> APIRouter:
     ) -> Page[CommissionOut]:
         cols = repo.commission_columns()
         stmt = repo.commissions_query()
-        if principal.is_admin or principal.has("staff"):
-            stmt = scope_to_merchant(stmt, principal, cols.merchant_id)
-        else:
-            stmt = stmt.where(repo.distributor_user_column() == principal.sub)
+        stmt = scope_to_owner(
+            stmt,
+            principal,
+            merchant_column=cols.merchant_id,
+            owner_column=repo.distributor_user_column(),
+        )
         rows, cursor = await fetch_page(
             session, stmt, sort=cols.created_at, key=cols.id, params=page
         )

@@ -79,8 +79,7 @@ async def leaderboard(
     session: AsyncSession, principal: Principal, merchant_id: str, period: str, by: str
 ) -> Leaderboard:
     if not (
-        principal.is_admin
-        or (principal.has("staff") and principal.merchant_id == merchant_id)
+        principal.acts_for(merchant_id)
         or await programs.distributor_of(session, merchant_id, principal.sub) is not None
     ):
         raise NotInProgram()

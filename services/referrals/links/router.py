@@ -17,7 +17,7 @@ from services.referrals.programs.service import DistributorNotFound, Distributor
 from shared.auth import CurrentUser, OptionalUser
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
-from shared.pagination import InvalidCursor, Page, PageDep, fetch_page, scope_to_merchant
+from shared.pagination import InvalidCursor, Page, PageDep, fetch_page, scope_to_owner
 
 Code = Annotated[str, Path(min_length=1, max_length=16, pattern=r"^[0-9A-Z]+$")]
 _AUTH = (Unauthorized, Forbidden)
@@ -60,10 +60,12 @@ def links_router() -> APIRouter:
     ) -> Page[LinkOut]:
         cols = repo.columns()
         stmt = repo.links_query()
-        if principal.is_admin or principal.has("staff"):
-            stmt = scope_to_merchant(stmt, principal, cols.merchant_id)
-        else:
-            stmt = stmt.where(repo.distributor_user_column() == principal.sub)
+        stmt = scope_to_owner(
+            stmt,
+            principal,
+            merchant_column=cols.merchant_id,
+            owner_column=repo.distributor_user_column(),
+        )
         rows, cursor = await fetch_page(
             session, stmt, sort=cols.created_at, key=cols.id, params=page
         )

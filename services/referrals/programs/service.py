@@ -145,10 +145,7 @@ async def staff_distributor(
     session: AsyncSession, principal: Principal, distributor_id: uuid.UUID
 ) -> DistributorRow:
     found = await repo.get_distributor(session, distributor_id, lock=True)
-    if found is None or not (
-        principal.is_admin
-        or (principal.has("staff") and principal.merchant_id == found.merchant_id)
-    ):
+    if found is None or not principal.acts_for(found.merchant_id):
         raise DistributorNotFound()
     return found
 
@@ -159,9 +156,7 @@ async def visible_distributor(
     """Their own record for a distributor, their merchant's for staff; else a 404."""
     found = await repo.get_distributor(session, distributor_id)
     if found is None or not (
-        principal.is_admin
-        or found.user_id == principal.sub
-        or (principal.has("staff") and principal.merchant_id == found.merchant_id)
+        found.user_id == principal.sub or principal.acts_for(found.merchant_id)
     ):
         raise DistributorNotFound()
     return found

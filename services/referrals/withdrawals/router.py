@@ -24,7 +24,7 @@ from shared.auth import CurrentUser, Principal, require_roles
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
 from shared.idempotency import IDEMPOTENCY_ERRORS, IdempotencyKeyRequired
-from shared.pagination import InvalidCursor, Page, PageDep, fetch_page, scope_to_merchant
+from shared.pagination import InvalidCursor, Page, PageDep, fetch_page, scope_to_owner
 
 Customer = Annotated[Principal, require_roles("customer", "distributor")]
 _AUTH = (Unauthorized, Forbidden)
@@ -67,10 +67,12 @@ def withdrawals_router() -> APIRouter:
     ) -> Page[WithdrawalOut]:
         cols = repo.columns()
         stmt = repo.withdrawals_query()
-        if principal.is_admin or principal.has("staff"):
-            stmt = scope_to_merchant(stmt, principal, cols.merchant_id)
-        else:
-            stmt = stmt.where(repo.distributor_user_column() == principal.sub)
+        stmt = scope_to_owner(
+            stmt,
+            principal,
+            merchant_column=cols.merchant_id,
+            owner_column=repo.distributor_user_column(),
+        )
         rows, cursor = await fetch_page(
             session, stmt, sort=cols.created_at, key=cols.id, params=page
         )

@@ -126,10 +126,7 @@ async def staff_withdrawal(
     session: AsyncSession, principal: Principal, withdrawal_id: uuid.UUID
 ) -> WithdrawalRow:
     found = await repo.get(session, withdrawal_id, lock=True)
-    if found is None or not (
-        principal.is_admin
-        or (principal.has("staff") and principal.merchant_id == found.merchant_id)
-    ):
+    if found is None or not principal.acts_for(found.merchant_id):
         raise WithdrawalNotFound()
     return found
 
