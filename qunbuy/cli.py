@@ -5,6 +5,7 @@ qunbuy migrate [--service S]  apply migrations (the Kubernetes migration Job run
 qunbuy events dead  --service S        list events that exhausted their retries
 qunbuy events redrive --service S [--id N ...]   put dead events back in line
 qunbuy jobs dead|redrive --service S [--id N ...]   the same for scheduled jobs
+qunbuy referrals reconcile    every commission against its ledger entries
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
         if name == "redrive":
             cmd.add_argument("--id", type=int, action="append", dest="ids", default=[])
 
+    referrals = sub.add_parser("referrals", help="check the commission ledger")
+    referrals_sub = referrals.add_subparsers(dest="referrals_command", required=True)
+    check = referrals_sub.add_parser(
+        "reconcile", help="every commission against its ledger entries (exit 1 if any differ)"
+    )
+    check.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+
     add_payments_commands(sub)
     return parser
 
@@ -80,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from qunbuy.commands import jobs
 
             return asyncio.run(jobs(args))
+        if args.command == "referrals":
+            from qunbuy.commands import reconcile_ledger
+
+            return asyncio.run(reconcile_ledger(args))
         handler = getattr(args, "handler", None)
         if handler is not None:
             return int(handler(args))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from sqlalchemy import select
@@ -88,19 +90,39 @@ async def jobs(args: argparse.Namespace) -> int:
     return await _dead_letters(args, args.jobs_command, what="jobs")
 
 
-async def _dead_letters(args: argparse.Namespace, command: str, *, what: str) -> int:
-    dbs = await asyncio.to_thread(open_databases, args.data_dir, [args.service])
+@contextlib.asynccontextmanager
+async def _database(args: argparse.Namespace, service: str, what: str) -> AsyncIterator[Any]:
+    """An engine on ``service``'s database; operator-friendly errors when it is unusable."""
+    dbs = await asyncio.to_thread(open_databases, args.data_dir, [service])
     try:
-        await wait_reachable(dbs.urls[args.service])
+        await wait_reachable(dbs.urls[service])
     except _CONNECT_ERRORS as exc:
         dbs.stop()
         raise PlatformError(
-            f"cannot use the {args.service} database ({_first_line(exc)}); "
-            f"check {args.service.upper()}_DATABASE_URL"
+            f"cannot use the {service} database ({_first_line(exc)}); "
+            f"check {service.upper()}_DATABASE_URL"
         ) from exc
-    engine = make_engine(dbs.urls[args.service], pool_size=1)
-    tables = _tables(args.service)
+    engine = make_engine(dbs.urls[service], pool_size=1)
     try:
+        yield engine
+    except (OSError, TimeoutError) as exc:
+        raise PlatformError(
+            f"cannot reach the {service} database ({exc}); check {service.upper()}_DATABASE_URL"
+        ) from exc
+    except DBAPIError as exc:
+        reason = str(exc.orig if exc.orig is not None else exc).splitlines()[0]
+        raise PlatformError(
+            f"the {service} database has no usable {what} table ({reason}); "
+            "run `qunbuy migrate` first"
+        ) from exc
+    finally:
+        await engine.dispose()
+        dbs.stop()
+
+
+async def _dead_letters(args: argparse.Namespace, command: str, *, what: str) -> int:
+    tables = _tables(args.service)
+    async with _database(args, args.service, what) as engine:
         redrive = redrive_dead if what == "events" else redrive_dead_jobs
         if command == "redrive":
             async with sessionmaker_for(engine)() as session, session.begin():
@@ -122,17 +144,19 @@ async def _dead_letters(args: argparse.Namespace, command: str, *, what: str) ->
             print("\t".join(str(value) for value in row))
         print(f"dead: {len(rows)}")
         return 0
-    except (OSError, TimeoutError) as exc:
-        raise PlatformError(
-            f"cannot reach the {args.service} database ({exc}); "
-            f"check {args.service.upper()}_DATABASE_URL"
-        ) from exc
-    except DBAPIError as exc:
-        reason = str(exc.orig if exc.orig is not None else exc).splitlines()[0]
-        raise PlatformError(
-            f"the {args.service} database has no usable {what} table ({reason}); "
-            "run `qunbuy migrate` first"
-        ) from exc
-    finally:
-        await engine.dispose()
-        dbs.stop()
+
+
+async def reconcile_ledger(args: argparse.Namespace) -> int:
+    """``qunbuy referrals reconcile``: every commission's amount against its ledger entries
+    (what was accrued minus what was reversed). Exit 1 when any differ."""
+    from services.referrals.commissions.repository import unreconciled
+
+    async with (
+        _database(args, "referrals", "ledger") as engine,
+        sessionmaker_for(engine)() as session,
+    ):
+        off = await unreconciled(session)
+    for row in off:
+        print(f"{row['id']}\tcommission {row['amount']}\tledger {row['ledger']}")
+    print(f"commissions that differ from their entries: {len(off)}")
+    return 1 if off else 0

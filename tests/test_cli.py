@@ -698,3 +698,41 @@ def test_events_report_database_problems_in_one_line(
     lines = cli.stderr_lines()
     assert len(lines) == 1, cli.stderr
     assert "qunbuy migrate" in lines[0]
+
+
+def test_referrals_reconcile_finds_a_commission_its_entries_do_not_add_up_to(
+    db_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = base_env(**db_env)
+    data = ["--data-dir", str(tmp_path / "data")]
+    assert run(["migrate", *data], env, tmp_path).proc.returncode == 0
+    clean = run(["referrals", "reconcile", *data], env, tmp_path)
+    assert clean.proc.returncode == 0, clean.stderr
+    assert clean.stdout.strip().splitlines()[-1] == "commissions that differ from their entries: 0"
+    referrals = urls(db_env)["referrals"]
+    merchant = f"m_{uuid.uuid4().hex[:8]}"
+    [(distributor,)] = sql(
+        referrals,
+        "INSERT INTO distributor (id, merchant_id, user_id, code, status, real_name, phone)"
+        " VALUES (:id, :m, 'u', :code, 'active', 'Li', '138') RETURNING id",
+        id=str(uuid.uuid4()),
+        m=merchant,
+        code=uuid.uuid4().hex[:8].upper(),
+    )
+    commission = str(uuid.uuid4())
+    sql(
+        referrals,
+        "INSERT INTO commission (id, source_type, source_id, merchant_id, distributor_id, level,"
+        " rate_bps, currency, amount, state) VALUES (:id, 'order', :source, :m, :d, 1, 1000,"
+        " 'CNY', 100, 'pending')",
+        id=commission,
+        source=str(uuid.uuid4()),
+        m=merchant,
+        d=str(distributor),
+    )  # an amount no entry backs: what reconciliation exists to catch
+    off = run(["referrals", "reconcile", *data], env, tmp_path)
+    assert off.proc.returncode == 1
+    assert off.stdout.strip().splitlines() == [
+        f"{commission}\tcommission 100\tledger 0",
+        "commissions that differ from their entries: 1",
+    ]
