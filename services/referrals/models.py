@@ -69,6 +69,25 @@ referral_program = Table(
     ),
 )
 
+commission_override = Table(
+    "commission_override",
+    metadata,
+    # Rates for one pre-sale campaign or crowdfunding project, instead of the program's.
+    Column("merchant_id", String(100), primary_key=True),
+    Column("target_type", String(16), primary_key=True),  # presale | project
+    Column("target_id", String(100), primary_key=True),
+    Column("level1_bps", Integer, nullable=False),
+    Column("level2_bps", Integer, nullable=False),
+    Column("leader_bps", Integer, nullable=False),
+    Column("updated_by", String(100), nullable=False),
+    *_timestamps(),
+    CheckConstraint(
+        "level1_bps >= 0 AND level2_bps >= 0 AND leader_bps >= 0"
+        " AND level1_bps + level2_bps + leader_bps <= 10000",
+        name="rates_within_100_percent",
+    ),
+)
+
 distributor = Table(
     "distributor",
     metadata,

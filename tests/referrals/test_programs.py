@@ -7,7 +7,7 @@ import uuid
 import httpx
 
 from tests.conftest import TokenFactory
-from tests.referrals.commission_support import Program
+from tests.referrals.commission_support import Program, pay
 
 
 async def test_applications_wait_for_approval_and_kyc_is_recorded(
@@ -96,3 +96,49 @@ async def test_staff_add_employees_and_see_only_their_merchants_distributors(
         headers=auth("customer"),
     )
     assert (no_program.status_code, no_program.json()["code"]) == (404, "program_not_found")
+
+
+async def test_a_campaigns_own_rates_apply_to_its_orders_under_the_programs_cap(
+    referrals_client: httpx.AsyncClient, auth: TokenFactory
+) -> None:
+    program = Program(referrals_client, auth)
+    await program.rules(level1_bps=1000, level2_bps=500, max_total_bps=2000)
+    campaign = str(uuid.UUID(int=1))  # the campaign id Order events carry
+    over = await referrals_client.put(
+        f"/v1/commission-rules/overrides/presale/{campaign}",
+        json={"level1_bps": 1800, "level2_bps": 300},
+        headers=program.staff,
+    )
+    assert (over.status_code, over.json()["code"]) == (422, "commission_rates_over_cap")
+    put = await referrals_client.put(
+        f"/v1/commission-rules/overrides/presale/{campaign}",
+        json={"level1_bps": 1500, "level2_bps": 200},
+        headers=program.staff,
+    )
+    assert put.status_code == 200, put.text
+    upline = await program.join(f"u_{uuid.uuid4().hex[:8]}")
+    seller = await program.join(f"u_{uuid.uuid4().hex[:8]}", via=upline["code"])
+    await pay(referrals_client, program, "buyer-o", seller["code"], 10000)
+    assert (await program.balances(seller["id"]))["pending"] == 1500
+    assert (await program.balances(upline["id"]))["pending"] == 200
+    lowered = await program.rules(level1_bps=1000, level2_bps=500, max_total_bps=1500)
+    assert lowered.json()["code"] == "commission_rates_over_cap"  # the override would exceed it
+    other = auth("staff", merchant_id=f"m_{uuid.uuid4().hex[:8]}")
+    for method in ("GET", "DELETE"):
+        path = (
+            "/v1/commission-rules/overrides"
+            if method == "GET"
+            else f"/v1/commission-rules/overrides/presale/{campaign}"
+        )
+        sneaky = await referrals_client.request(
+            method, path, params={"merchant_id": program.merchant_id}, headers=other
+        )
+        assert sneaky.status_code == 403, (method, sneaky.text)
+    listed = await referrals_client.get("/v1/commission-rules/overrides", headers=program.staff)
+    assert [(o["target_id"], o["level1_bps"]) for o in listed.json()] == [(campaign, 1500)]
+    gone = await referrals_client.delete(
+        f"/v1/commission-rules/overrides/presale/{campaign}", headers=program.staff
+    )
+    assert gone.status_code == 204
+    await pay(referrals_client, program, "buyer-p", seller["code"], 10000)
+    assert (await program.balances(seller["id"]))["pending"] == 1500 + 1000

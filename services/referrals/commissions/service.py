@@ -36,6 +36,7 @@ from services.referrals.links import repository as links
 from services.referrals.programs import repository as programs
 from services.referrals.programs.repository import ProgramRow
 from services.referrals.programs.schemas import Balances
+from services.referrals.programs.service import rates_for
 from shared.events import Envelope
 from shared.events.contracts import OrderCompleted, OrderEvent
 
@@ -142,7 +143,8 @@ async def _attribute(session: AsyncSession, rules: ProgramRow, event: OrderEvent
         "completed": False,
     }
     if await repo.insert_attribution(session, values) and not self_referral:
-        for level, who, rate in ((1, seller, rules.level1_bps), (2, upline, rules.level2_bps)):
+        level1, level2 = await rates_for(session, rules, "presale", str(event.campaign_id))
+        for level, who, rate in ((1, seller, level1), (2, upline, level2)):
             if who is not None and who.status == "active" and rate > 0:
                 await repo.insert_commission(
                     session,

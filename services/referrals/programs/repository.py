@@ -12,7 +12,7 @@ from sqlalchemy import Select, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.referrals.models import distributor, referral_program
+from services.referrals.models import commission_override, distributor, referral_program
 
 p = referral_program
 d = distributor
@@ -145,3 +145,73 @@ async def count_by_status(session: AsyncSession, merchant_id: str, status: str) 
         select(func.count()).where(d.c.merchant_id == merchant_id, d.c.status == status)
     )
     return int(found or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class OverrideRow:
+    merchant_id: str
+    target_type: str
+    target_id: str
+    level1_bps: int
+    level2_bps: int
+    leader_bps: int
+    updated_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+_o = commission_override
+
+
+async def put_override(session: AsyncSession, values: Mapping[str, Any]) -> OverrideRow:
+    stmt = insert(_o).values(**values)
+    keys = ("merchant_id", "target_type", "target_id")
+    row = (
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[_o.c[k] for k in keys],
+                set_={
+                    **{k: v for k, v in values.items() if k not in keys},
+                    "updated_at": func.now(),
+                },
+            ).returning(_o)
+        )
+    ).one()
+    return OverrideRow(**row._mapping)
+
+
+async def get_override(
+    session: AsyncSession, merchant_id: str, target_type: str, target_id: str
+) -> OverrideRow | None:
+    row = (
+        await session.execute(
+            select(_o).where(
+                _o.c.merchant_id == merchant_id,
+                _o.c.target_type == target_type,
+                _o.c.target_id == target_id,
+            )
+        )
+    ).first()
+    return None if row is None else OverrideRow(**row._mapping)
+
+
+async def delete_override(
+    session: AsyncSession, merchant_id: str, target_type: str, target_id: str
+) -> bool:
+    result = await session.execute(
+        _o.delete()
+        .where(
+            _o.c.merchant_id == merchant_id,
+            _o.c.target_type == target_type,
+            _o.c.target_id == target_id,
+        )
+        .returning(_o.c.target_id)
+    )
+    return result.first() is not None
+
+
+async def overrides(session: AsyncSession, merchant_id: str) -> list[OverrideRow]:
+    rows = await session.execute(
+        select(_o).where(_o.c.merchant_id == merchant_id).order_by(_o.c.target_type, _o.c.target_id)
+    )
+    return [OverrideRow(**r._mapping) for r in rows]

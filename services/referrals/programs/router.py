@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Path, Query, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.referrals.commissions.service import balances
@@ -17,6 +17,8 @@ from services.referrals.programs.schemas import (
     AddIn,
     ApplyIn,
     DistributorOut,
+    OverrideIn,
+    OverrideOut,
     ProgramIn,
     ProgramOut,
 )
@@ -28,13 +30,14 @@ from services.referrals.programs.service import (
     ProgramNotFound,
     RatesOverCap,
 )
-from shared.auth import CurrentUser, Principal, require_roles
+from shared.auth import CurrentUser, Principal, ensure_staff_of, require_roles
 from shared.db import SessionDep
 from shared.errors import DomainError, Forbidden, Unauthorized, responses
 from shared.pagination import InvalidCursor, Page, PageDep, fetch_page, scope_to_merchant
 
 Staff = Annotated[Principal, require_roles("staff")]
 Customer = Annotated[Principal, require_roles("customer")]
+TargetId = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")]
 MerchantQuery = Annotated[
     str | None, Query(max_length=100, description="Admins name the merchant.")
 ]
@@ -48,11 +51,15 @@ class MerchantRequired(DomainError):
 
 
 def merchant_for(principal: Principal, requested: str | None) -> str:
+    """The merchant a staff request is for: an admin's named one, a staff member's own (a
+    staff member naming another merchant is refused)."""
     if principal.is_admin:
         if requested is None:
             raise MerchantRequired(field="merchant_id")
         return requested
-    return requested or principal.merchant_id or ""
+    merchant = requested or principal.merchant_id or ""
+    ensure_staff_of(principal, merchant)
+    return merchant
 
 
 async def _out(session: AsyncSession, row: DistributorRow) -> DistributorOut:
@@ -73,6 +80,52 @@ def programs_router() -> APIRouter:
     ) -> ProgramOut:
         merchant = merchant_for(principal, merchant_id)
         return ProgramOut.of(await service.put_rules(session, principal, merchant, body))
+
+    @router.put(
+        "/v1/commission-rules/overrides/{target_type}/{target_id}",
+        response_model=OverrideOut,
+        summary="Rates for one campaign or project, under the program's cap (staff)",
+        responses=responses(*_AUTH, RatesOverCap, ProgramNotFound, MerchantRequired),
+    )
+    async def put_override(
+        principal: Staff,
+        target_type: Literal["presale", "project"],
+        target_id: TargetId,
+        body: OverrideIn,
+        session: SessionDep,
+        merchant_id: MerchantQuery = None,
+    ) -> OverrideOut:
+        merchant = merchant_for(principal, merchant_id)
+        row = await service.put_override(session, principal, merchant, target_type, target_id, body)
+        return OverrideOut.of(row)
+
+    @router.delete(
+        "/v1/commission-rules/overrides/{target_type}/{target_id}",
+        status_code=status.HTTP_204_NO_CONTENT,
+        summary="Back to the program's rates for this campaign or project (staff)",
+        responses=responses(*_AUTH, MerchantRequired),
+    )
+    async def delete_override(
+        principal: Staff,
+        target_type: Literal["presale", "project"],
+        target_id: TargetId,
+        session: SessionDep,
+        merchant_id: MerchantQuery = None,
+    ) -> None:
+        merchant = merchant_for(principal, merchant_id)
+        await repo.delete_override(session, merchant, target_type, target_id)
+
+    @router.get(
+        "/v1/commission-rules/overrides",
+        response_model=list[OverrideOut],
+        summary="The merchant's per-campaign and per-project rates (staff)",
+        responses=responses(*_AUTH, MerchantRequired),
+    )
+    async def list_overrides(
+        principal: Staff, session: SessionDep, merchant_id: MerchantQuery = None
+    ) -> list[OverrideOut]:
+        merchant = merchant_for(principal, merchant_id)
+        return [OverrideOut.of(o) for o in await repo.overrides(session, merchant)]
 
     @router.get(
         "/v1/commission-rules",

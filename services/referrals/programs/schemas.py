@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from services.referrals.programs.repository import DistributorRow, ProgramRow
+from services.referrals.programs.repository import DistributorRow, OverrideRow, ProgramRow
 from shared.text import SafeStr
 
 _STRICT = ConfigDict(extra="forbid")
@@ -115,4 +115,33 @@ class DistributorOut(BaseModel):
             kyc_verified_at=d.kyc_verified_at,
             created_at=d.created_at,
             balances=balances,
+        )
+
+
+class OverrideIn(BaseModel):
+    """Rates for one campaign or project; the program's cap still applies."""
+
+    model_config = _STRICT
+
+    level1_bps: StrictInt = Field(ge=0, le=10_000)
+    level2_bps: StrictInt = Field(0, ge=0, le=10_000)
+    leader_bps: StrictInt = Field(0, ge=0, le=10_000)
+
+
+class OverrideOut(OverrideIn):
+    merchant_id: str
+    target_type: Literal["presale", "project"]
+    target_id: str
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, o: OverrideRow) -> OverrideOut:
+        return cls(
+            merchant_id=o.merchant_id,
+            target_type=o.target_type,
+            target_id=o.target_id,
+            level1_bps=o.level1_bps,
+            level2_bps=o.level2_bps,
+            leader_bps=o.leader_bps,
+            updated_at=o.updated_at,
         )

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.referrals.programs import repository as repo
-from services.referrals.programs.repository import DistributorRow, ProgramRow
-from services.referrals.programs.schemas import AddIn, ApplyIn, ProgramIn
+from services.referrals.programs.repository import DistributorRow, OverrideRow, ProgramRow
+from services.referrals.programs.schemas import AddIn, ApplyIn, OverrideIn, ProgramIn
 from shared.auth import Principal, ensure_staff_of
 from shared.errors import Conflict, DomainError, NotFound
 
@@ -63,16 +63,58 @@ def new_code(length: int = _CODE_LENGTH) -> str:
     return "".join(secrets.choice(_CODE_ALPHABET) for _ in range(length))
 
 
+def _check_cap(level1: int, level2: int, leader: int, cap: int) -> None:
+    total = level1 + level2 + leader
+    if total > cap:
+        raise RatesOverCap(f"{total} bps over a cap of {cap}", total=total, cap=cap)
+
+
 async def put_rules(
     session: AsyncSession, principal: Principal, merchant_id: str, body: ProgramIn
 ) -> ProgramRow:
     ensure_staff_of(principal, merchant_id)
-    total = body.level1_bps + body.level2_bps + body.leader_bps
-    if total > body.max_total_bps:
-        raise RatesOverCap(
-            f"{total} bps over a cap of {body.max_total_bps}", total=total, cap=body.max_total_bps
+    _check_cap(body.level1_bps, body.level2_bps, body.leader_bps, body.max_total_bps)
+    for override in await repo.overrides(session, merchant_id):
+        # A lower cap must not leave a campaign's override above it.
+        _check_cap(
+            override.level1_bps, override.level2_bps, override.leader_bps, body.max_total_bps
         )
     return await repo.put_program(session, merchant_id, body.model_dump())
+
+
+async def put_override(
+    session: AsyncSession,
+    principal: Principal,
+    merchant_id: str,
+    target_type: str,
+    target_id: str,
+    body: OverrideIn,
+) -> OverrideRow:
+    """Rates for one campaign or project, under the program's cap (orders paid from then on
+    earn them; commissions already made keep theirs)."""
+    ensure_staff_of(principal, merchant_id)
+    rules = await program(session, merchant_id)
+    _check_cap(body.level1_bps, body.level2_bps, body.leader_bps, rules.max_total_bps)
+    return await repo.put_override(
+        session,
+        {
+            "merchant_id": merchant_id,
+            "target_type": target_type,
+            "target_id": target_id,
+            **body.model_dump(),
+            "updated_by": principal.sub,
+        },
+    )
+
+
+async def rates_for(
+    session: AsyncSession, rules: ProgramRow, target_type: str, target_id: str
+) -> tuple[int, int]:
+    """(level 1, level 2) rates of an order of this campaign or project."""
+    found = await repo.get_override(session, rules.merchant_id, target_type, target_id)
+    if found is None:
+        return rules.level1_bps, rules.level2_bps
+    return found.level1_bps, found.level2_bps
 
 
 async def program(session: AsyncSession, merchant_id: str) -> ProgramRow:
