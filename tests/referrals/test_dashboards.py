@@ -88,14 +88,19 @@ async def test_the_program_report_shows_cost_against_sales_queues_and_self_refer
     await program.join(f"u_{uuid.uuid4().hex[:8]}")  # a pending application
     await pay(referrals_client, program, "buyer-x", seller["code"], 30000)
     await pay(referrals_client, program, user, seller["code"], 9000)  # self-referral
+    for _ in range(5):  # one payer, five orders through one distributor
+        await pay(referrals_client, program, "farmer", seller["code"], 100)
     report = await referrals_client.get("/v1/commissions/report", headers=program.staff)
     assert report.status_code == 200, report.text
     body = report.json()
     assert body["pending_applications"] == 1
     assert body["pending_withdrawals"] == 0
-    assert sum(d["gmv"] for d in body["daily"]) == 30000
-    assert sum(d["commission"] for d in body["daily"]) == 3000
-    assert [(f["kind"], f["customer"]) for f in body["flags"]] == [("self_referral", user)]
+    assert sum(d["gmv"] for d in body["daily"]) == 30000 + 500
+    assert sum(d["commission"] for d in body["daily"]) == 3000 + 50
+    assert [(f["kind"], f["customer"], f["orders"]) for f in body["flags"]] == [
+        ("self_referral", user, None),
+        ("repeat_payer", "farmer", 5),
+    ]
     other = auth("staff", merchant_id=f"m_{uuid.uuid4().hex[:8]}")
     assert (
         await referrals_client.get(

@@ -331,3 +331,29 @@ async def self_referrals(
         .limit(limit)
     )
     return [dict(r._mapping) for r in rows]
+
+
+async def repeat_payers(
+    session: AsyncSession, merchant_id: str, since: datetime, at_least: int, limit: int
+) -> list[dict[str, Any]]:
+    """Customers with ``at_least`` paid orders through one distributor since ``since``: many
+    orders from one payer is how a distributor farms commission on their own spending."""
+    rows = await session.execute(
+        select(
+            a.c.distributor_id,
+            a.c.customer_id,
+            func.count().label("orders"),
+            func.max(a.c.created_at).label("last"),
+        )
+        .where(
+            a.c.merchant_id == merchant_id,
+            a.c.created_at >= since,
+            a.c.distributor_id.is_not(None),
+            a.c.self_referral.is_(False),
+        )
+        .group_by(a.c.distributor_id, a.c.customer_id)
+        .having(func.count() >= at_least)
+        .order_by(func.count().desc())
+        .limit(limit)
+    )
+    return [dict(r._mapping) for r in rows]

@@ -59,12 +59,13 @@ class ProgramDay(BaseModel):
 
 
 class Flag(BaseModel):
-    kind: Literal["self_referral"]
-    source_type: str
-    source_id: uuid.UUID
+    kind: Literal["self_referral", "repeat_payer"]
     customer: str
     distributor_id: uuid.UUID | None
     at: datetime
+    source_type: str | None = Field(None, description="self_referral: the order (or pledge).")
+    source_id: uuid.UUID | None = None
+    orders: int | None = Field(None, description="repeat_payer: paid orders in the period.")
 
 
 class ProgramReport(BaseModel):

@@ -33,6 +33,9 @@ from shared.timezones import check_timezone
 
 _PERIODS = {"day": timedelta(days=1), "week": timedelta(days=7), "month": timedelta(days=30)}
 _LIST = 50
+# Paid orders from one customer through one distributor, within the report's period, that
+# are worth a look.
+REPEAT_PAYER_ORDERS = 5
 
 
 class NotInProgram(Forbidden):
@@ -115,14 +118,28 @@ async def program_report(
             for d in await ledger.program_daily(session, merchant_id, check_timezone(tz), since)
         ],
         flags=[
-            Flag(
-                kind="self_referral",
-                source_type=f["source_type"],
-                source_id=f["source_id"],
-                customer=f["customer_id"],
-                distributor_id=f["distributor_id"],
-                at=f["created_at"],
-            )
-            for f in await ledger.self_referrals(session, merchant_id, _LIST)
+            *(
+                Flag(
+                    kind="self_referral",
+                    source_type=f["source_type"],
+                    source_id=f["source_id"],
+                    customer=f["customer_id"],
+                    distributor_id=f["distributor_id"],
+                    at=f["created_at"],
+                )
+                for f in await ledger.self_referrals(session, merchant_id, _LIST)
+            ),
+            *(
+                Flag(
+                    kind="repeat_payer",
+                    customer=f["customer_id"],
+                    distributor_id=f["distributor_id"],
+                    at=f["last"],
+                    orders=f["orders"],
+                )
+                for f in await ledger.repeat_payers(
+                    session, merchant_id, since, REPEAT_PAYER_ORDERS, _LIST
+                )
+            ),
         ],
     )
