@@ -158,6 +158,9 @@ attribution = Table(
     Column("refunded_total", BigInteger, nullable=False),
     Column("currency", String(3), nullable=False),
     Column("completed", Boolean, nullable=False),
+    # A refund that came after the order completed (its commission was already available):
+    # worth a look when it follows the end of the return window closely.
+    Column("refunded_after_completion_at", DateTime(timezone=True)),
     *_timestamps(),
     Index("ix_attribution_distributor", "distributor_id"),
     Index("ix_attribution_merchant", "merchant_id", "created_at"),

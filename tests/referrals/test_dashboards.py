@@ -6,8 +6,9 @@ import uuid
 
 import httpx
 
+from shared.events.contracts import OrderCompleted, OrderRefunded
 from tests.conftest import TokenFactory
-from tests.referrals.commission_support import Program, pay
+from tests.referrals.commission_support import Program, deliver, pay
 
 
 async def test_the_dashboard_shows_earnings_team_and_masked_customers_to_its_owner_only(
@@ -90,6 +91,10 @@ async def test_the_program_report_shows_cost_against_sales_queues_and_self_refer
     await pay(referrals_client, program, user, seller["code"], 9000)  # self-referral
     for _ in range(5):  # one payer, five orders through one distributor
         await pay(referrals_client, program, "farmer", seller["code"], 100)
+    late = await pay(referrals_client, program, "returner", seller["code"], 1000)
+    await deliver(referrals_client, late.event(OrderCompleted))
+    late.refunded = 1000  # refunded once its commission was available
+    await deliver(referrals_client, late.event(OrderRefunded, amount=1000))
     report = await referrals_client.get("/v1/commissions/report", headers=program.staff)
     assert report.status_code == 200, report.text
     body = report.json()
@@ -100,6 +105,7 @@ async def test_the_program_report_shows_cost_against_sales_queues_and_self_refer
     assert [(f["kind"], f["customer"], f["orders"]) for f in body["flags"]] == [
         ("self_referral", user, None),
         ("repeat_payer", "farmer", 5),
+        ("refund_after_completion", "returner", None),
     ]
     other = auth("staff", merchant_id=f"m_{uuid.uuid4().hex[:8]}")
     assert (

@@ -40,6 +40,7 @@ class AttributionRow:
     refunded_total: int
     currency: str
     completed: bool
+    refunded_after_completion_at: datetime | None
     created_at: datetime
     updated_at: datetime
 
@@ -354,6 +355,28 @@ async def repeat_payers(
         .group_by(a.c.distributor_id, a.c.customer_id)
         .having(func.count() >= at_least)
         .order_by(func.count().desc())
+        .limit(limit)
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def refunds_after_completion(
+    session: AsyncSession, merchant_id: str, since: datetime, limit: int
+) -> list[dict[str, Any]]:
+    rows = await session.execute(
+        select(
+            a.c.source_type,
+            a.c.source_id,
+            a.c.customer_id,
+            a.c.distributor_id,
+            a.c.refunded_after_completion_at,
+        )
+        .where(
+            a.c.merchant_id == merchant_id,
+            a.c.refunded_after_completion_at >= since,
+            a.c.distributor_id.is_not(None),
+        )
+        .order_by(a.c.refunded_after_completion_at.desc())
         .limit(limit)
     )
     return [dict(r._mapping) for r in rows]

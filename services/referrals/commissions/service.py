@@ -72,16 +72,14 @@ async def on_order_event(session: AsyncSession, event: OrderEvent, envelope: Env
         if event.paid_total == 0:
             return  # nothing was paid (an unpaid order cancelled): nothing to earn
         attr = await _attribute(session, rules, event)
-    attr = await repo.update_attribution(
-        session,
-        ORDER,
-        event.order_id,
-        {
-            "paid_total": max(attr.paid_total, event.paid_total),
-            "refunded_total": max(attr.refunded_total, event.refunded_total),
-            "completed": attr.completed or isinstance(event, OrderCompleted),
-        },
-    )
+    values: dict[str, object] = {
+        "paid_total": max(attr.paid_total, event.paid_total),
+        "refunded_total": max(attr.refunded_total, event.refunded_total),
+        "completed": attr.completed or isinstance(event, OrderCompleted),
+    }
+    if attr.completed and event.refunded_total > attr.refunded_total:
+        values["refunded_after_completion_at"] = now_utc()
+    attr = await repo.update_attribution(session, ORDER, event.order_id, values)
     for level in await repo.commissions_of(session, ORDER, event.order_id):
         await _settle(session, attr, level, str(envelope.id))
 

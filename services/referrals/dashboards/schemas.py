@@ -59,11 +59,11 @@ class ProgramDay(BaseModel):
 
 
 class Flag(BaseModel):
-    kind: Literal["self_referral", "repeat_payer"]
+    kind: Literal["self_referral", "repeat_payer", "refund_after_completion"]
     customer: str
     distributor_id: uuid.UUID | None
     at: datetime
-    source_type: str | None = Field(None, description="self_referral: the order (or pledge).")
+    source_type: str | None = Field(None, description="The order (or pledge) concerned.")
     source_id: uuid.UUID | None = None
     orders: int | None = Field(None, description="repeat_payer: paid orders in the period.")
 

@@ -141,5 +141,16 @@ async def program_report(
                     session, merchant_id, since, REPEAT_PAYER_ORDERS, _LIST
                 )
             ),
+            *(
+                Flag(
+                    kind="refund_after_completion",
+                    source_type=f["source_type"],
+                    source_id=f["source_id"],
+                    customer=f["customer_id"],
+                    distributor_id=f["distributor_id"],
+                    at=f["refunded_after_completion_at"],
+                )
+                for f in await ledger.refunds_after_completion(session, merchant_id, since, _LIST)
+            ),
         ],
     )

@@ -2,7 +2,7 @@
 
 Revision ID: 0004
 Revises: 0003
-Create Date: 2026-12-01 22:44:52.335738
+Create Date: 2026-12-01 22:45:43.745519
 """
 
 from collections.abc import Sequence
@@ -151,6 +151,7 @@ def upgrade() -> None:
     sa.Column('refunded_total', sa.BigInteger(), nullable=False),
     sa.Column('currency', sa.String(length=3), nullable=False),
     sa.Column('completed', sa.Boolean(), nullable=False),
+    sa.Column('refunded_after_completion_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.ForeignKeyConstraint(['distributor_id'], ['distributor.id'], name=op.f('fk_attribution_distributor_id_distributor')),
