@@ -542,3 +542,50 @@ async def test_a_campaign_is_fulfilled_once_every_paid_order_has_shipped(
     )
     done = await sim_orders.client.post(f"/v1/presales/{campaign_id}/fulfil", headers=staff)
     assert done.json()["status"] == "fulfilled"
+
+
+async def test_concurrent_refund_decisions_never_promise_more_than_was_paid(
+    sim_orders: PaymentsApp, auth: TokenFactory
+) -> None:
+    campaign_id, staff = await open_campaign(
+        sim_orders, auth, min_quantity=1, deposit={"type": "full"}
+    )
+    buyer = auth("customer")
+    order_id = (await order(sim_orders, buyer, campaign_id, quantity=2)).json()["id"]  # 25800
+    answers = await asyncio.gather(
+        *(
+            sim_orders.post(
+                f"/v1/orders/{order_id}/refunds", {"reason": "r", "amount": 10000}, staff
+            )
+            for _ in range(10)
+        )
+    )
+    assert sorted(a.status_code for a in answers) == [201, 201] + [422] * 8
+    await _settle(sim_orders)
+    refunded = await _get(sim_orders, f"/v1/orders/{order_id}", buyer)
+    assert refunded["refunded_total"] == 20000
+    assert sum(await order_refunds(sim_orders, order_id)) == 20000
+
+
+async def test_a_double_tapped_balance_payment_is_one_payment(
+    sim_orders: PaymentsApp, auth: TokenFactory
+) -> None:
+    campaign_id, _ = await open_campaign(sim_orders, auth, min_quantity=1)
+    buyer = auth("customer")
+    order_id = (await order(sim_orders, buyer, campaign_id, quantity=1)).json()["id"]
+    await make_due(sim_orders, campaign_id, what="close")
+    await run_jobs(sim_orders)
+    answers = await asyncio.gather(
+        *(
+            sim_orders.post(
+                f"/v1/orders/{order_id}/balance-payment", {"payment_method": "pm_card_visa"}, buyer
+            )
+            for _ in range(5)
+        )
+    )
+    assert {a.status_code for a in answers} <= {201, 409}
+    assert any(a.status_code == 201 for a in answers)
+    paid = await _get(sim_orders, f"/v1/orders/{order_id}", buyer)
+    assert (paid["status"], paid["paid_total"]) == ("paid", 12900)
+    intents = await sim_orders.provider_intents(reference=f"order:{order_id}:balance")
+    assert len(intents) == 1
