@@ -589,3 +589,20 @@ async def test_a_double_tapped_balance_payment_is_one_payment(
     assert (paid["status"], paid["paid_total"]) == ("paid", 12900)
     intents = await sim_orders.provider_intents(reference=f"order:{order_id}:balance")
     assert len(intents) == 1
+
+
+async def test_staff_list_their_campaigns_with_variants_newest_first(
+    sim_orders: PaymentsApp, auth: TokenFactory
+) -> None:
+    staff = auth("staff", merchant_id=new_merchant())
+    made = []
+    for title in ("first", "second"):
+        created = await sim_orders.client.post(
+            "/v1/presales", json=campaign_body(title=title), headers=staff
+        )
+        made.append(created.json()["id"])
+    listed = await _get(sim_orders, "/v1/presales", staff)
+    assert [c["id"] for c in listed["items"]] == made[::-1]
+    assert [[v["sku"] for v in c["variants"]] for c in listed["items"]] == [["S", "M"]] * 2
+    other = await _get(sim_orders, "/v1/presales", auth("staff", merchant_id=new_merchant()))
+    assert other["items"] == []

@@ -107,6 +107,19 @@ async def get_variants(session: AsyncSession, campaign_id: uuid.UUID) -> list[Va
     return [VariantRow(**r._mapping) for r in rows]
 
 
+async def variants_of(
+    session: AsyncSession, campaign_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, list[VariantRow]]:
+    """The variants of several campaigns in one query, each campaign's in order."""
+    out: dict[uuid.UUID, list[VariantRow]] = {i: [] for i in campaign_ids}
+    rows = await session.execute(
+        select(v).where(v.c.campaign_id.in_(campaign_ids)).order_by(v.c.campaign_id, v.c.position)
+    )
+    for r in rows:
+        out[r.campaign_id].append(VariantRow(**r._mapping))
+    return out
+
+
 async def update_campaign(
     session: AsyncSession, campaign_id: uuid.UUID, values: Mapping[str, Any]
 ) -> CampaignRow:

@@ -90,10 +90,9 @@ def presales_router() -> APIRouter:
         if status_is is not None:
             stmt = stmt.where(repo.c.c.status == status_is)
         rows, cursor = await fetch_page(session, stmt, sort=sort, key=key, params=page)
-        items = []
-        for row in rows:
-            campaign = repo.CampaignRow.of(row)
-            items.append(CampaignOut.of(campaign, await repo.get_variants(session, campaign.id)))
+        campaigns = [repo.CampaignRow.of(row) for row in rows]
+        variants = await repo.variants_of(session, [c.id for c in campaigns])
+        items = [CampaignOut.of(c, variants[c.id]) for c in campaigns]
         return Page(items=items, next_cursor=cursor)
 
     @router.get(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, case, func, select, update
+from sqlalchemy import Select, case, func, select, union_all, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -161,21 +161,23 @@ async def post(session: AsyncSession, values: Mapping[str, Any]) -> None:
     await session.execute(insert(e).values(**values).on_conflict_do_nothing())
 
 
-def account_balance(account: str) -> Any:
-    """Credits minus debits of ``account``: a scalar subquery."""
-    return select(
-        func.coalesce(
-            func.sum(
-                case((e.c.credit_account == account, e.c.amount), else_=0)
-                - case((e.c.debit_account == account, e.c.amount), else_=0)
-            ),
-            0,
-        )
-    ).where((e.c.credit_account == account) | (e.c.debit_account == account))
+async def balances(session: AsyncSession, accounts: list[str]) -> dict[str, int]:
+    """Credits minus debits of each account, in one query (accounts with no entry: absent)."""
+    credits = select(e.c.credit_account.label("account"), e.c.amount.label("amount")).where(
+        e.c.credit_account.in_(accounts)
+    )
+    debits = select(e.c.debit_account.label("account"), (-e.c.amount).label("amount")).where(
+        e.c.debit_account.in_(accounts)
+    )
+    both = union_all(credits, debits).subquery()
+    rows = await session.execute(
+        select(both.c.account, func.sum(both.c.amount)).group_by(both.c.account)
+    )
+    return {str(name): int(total) for name, total in rows}
 
 
 async def balance(session: AsyncSession, account: str) -> int:
-    return int(await session.scalar(account_balance(account)) or 0)
+    return (await balances(session, [account])).get(account, 0)
 
 
 async def unreconciled(session: AsyncSession) -> list[dict[str, Any]]:

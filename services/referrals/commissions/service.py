@@ -259,16 +259,31 @@ async def _reverse(
             )
 
 
-async def balances(session: AsyncSession, distributor_id: uuid.UUID) -> Balances:
-    """A distributor's balances, derived from the ledger (never stored)."""
+_ACCOUNTS = ("pending", "available", "withdrawing", "withdrawn", "owed")
 
-    async def of(name: str) -> int:
-        return await repo.balance(session, account(distributor_id, name))
 
-    return Balances(
-        pending=await of("pending"),
-        available=await of("available"),
-        withdrawing=await of("withdrawing"),
-        withdrawn=await of("withdrawn"),
-        owed=-await of("owed"),
+async def balances_of(
+    session: AsyncSession, distributor_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, Balances]:
+    """Distributors' balances, derived from the ledger (never stored), in one query."""
+    totals = await repo.balances(
+        session, [account(d, name) for d in distributor_ids for name in _ACCOUNTS]
     )
+
+    def of(d: uuid.UUID, name: str) -> int:
+        return totals.get(account(d, name), 0)
+
+    return {
+        d: Balances(
+            pending=of(d, "pending"),
+            available=of(d, "available"),
+            withdrawing=of(d, "withdrawing"),
+            withdrawn=of(d, "withdrawn"),
+            owed=-of(d, "owed"),
+        )
+        for d in distributor_ids
+    }
+
+
+async def balances(session: AsyncSession, distributor_id: uuid.UUID) -> Balances:
+    return (await balances_of(session, [distributor_id]))[distributor_id]

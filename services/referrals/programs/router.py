@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.referrals.commissions.service import balances
+from services.referrals.commissions.service import balances, balances_of
 from services.referrals.programs import repository as repo
 from services.referrals.programs import service
 from services.referrals.programs.repository import DistributorRow
@@ -184,7 +184,9 @@ def programs_router() -> APIRouter:
         rows, cursor = await fetch_page(
             session, stmt, sort=cols.created_at, key=cols.id, params=page
         )
-        items = [await _out(session, DistributorRow(**r._mapping)) for r in rows]
+        found = [DistributorRow(**r._mapping) for r in rows]
+        held = await balances_of(session, [d.id for d in found])
+        items = [DistributorOut.of(d, held[d.id]) for d in found]
         return Page(items=items, next_cursor=cursor)
 
     @router.get(
