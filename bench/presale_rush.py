@@ -165,6 +165,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
                 n: free_port()
                 for n in (
                     "orders",
+                    "worker",
                     "reference",
                     "framed",
                     "gateway",
@@ -181,14 +182,19 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
                 "SIMULATED_WEBHOOK_SECRET": "whsec_bench",
                 "LOG_LEVEL": "WARNING",
             }
-            orders = production("orders", ports["orders"], service_env)
+            # As deployed (deploy/k8s): the API process serves requests only
+            # (WORKER_ENABLED=false) and the orders-worker process runs the scheduler, the
+            # relay and the simulated provider's deliveries.
+            api_env = {**service_env, "WORKER_ENABLED": "false"}
+            orders = production("orders", ports["orders"], api_env)
+            worker = production("orders", ports["worker"], {**service_env, "WORKER_ENABLED": "true"})
             reference = uvicorn(
                 "bench.reservation_reference:app", ports["reference"], {"DATABASE_URL": url}, False
             )
             framed = uvicorn(
-                "bench.reservation_reference:framed", ports["framed"], service_env, factory=True
+                "bench.reservation_reference:framed", ports["framed"], api_env, factory=True
             )
-            procs += [orders, reference, framed]
+            procs += [orders, worker, reference, framed]
             gateways = {}
             for gw, upstream in (
                 ("gateway", "orders"),
@@ -227,6 +233,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
                 for (label, gw, service), campaign_id in zip(targets, ids, strict=True):
                     pids = {
                         "service": service.pid,
+                        "worker": worker.pid,
                         "gateway": gateways[gw].pid,
                         "load": os.getpid(),
                     }
@@ -240,11 +247,11 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
                 print(f"\nround {round_no}")
                 print(
                     "| target | orders/s | p50 ms | p99 ms | answers | reserved | oversold "
-                    "| CPU s: service / gateway / load |"
+                    "| CPU s: service / gateway / load / orders worker |"
                 )
                 print("|---|---:|---:|---:|---|---:|---:|---|")
                 for label, (r, units) in results.items():
-                    cpu = " / ".join(f"{r['cpu'][k]:.1f}" for k in ("service", "gateway", "load"))
+                    cpu = " / ".join(f"{r['cpu'][k]:.1f}" for k in ("service", "gateway", "load", "worker"))
                     print(
                         f"| {label} | {r['per_s']:.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
                         f"{r['statuses']} | {units} | {max(0, units - args.capacity)} | {cpu} |"

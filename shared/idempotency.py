@@ -32,7 +32,7 @@ from datetime import timedelta
 from typing import Annotated, Any, cast
 from urllib.parse import quote
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Request
 from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -46,6 +46,7 @@ from shared.tables import PlatformTables
 
 __all__ = [
     "IDEMPOTENCY_HEADER",
+    "FreshKey",
     "IdempotencyKeyRequired",
     "IdempotencyMiddleware",
     "purge_expired",
@@ -98,6 +99,17 @@ async def _require_key(
 
 
 IdempotencyKeyRequired = Annotated[str, Depends(_require_key)]
+_FRESH = "idempotency_key_fresh"
+
+
+def _fresh(request: Request) -> bool:
+    return bool(request.scope.get("state", {}).get(_FRESH, False))
+
+
+# True when the request's key was new: no earlier request with it ran, so nothing one did can
+# exist yet. False without a key, and for a key taken over from a request whose process died
+# (a resumption) or reused after it expired.
+FreshKey = Annotated[bool, Depends(_fresh)]
 Stored = tuple[int, list[tuple[str, str]], bytes]
 IDEMPOTENCY_ERRORS = (IdempotencyKeyMissing, IdempotencyKeyReused, IdempotencyInFlight)
 
@@ -153,6 +165,9 @@ class IdempotencyMiddleware:
         digest = hashlib.sha256(b"POST\n" + path.encode() + b"\n" + body).hexdigest()
 
         decision, stored = await claim.begin(path, digest)
+        if decision == "new":
+            scope["state"][_FRESH] = True
+            decision = "run"
         refusal = {"mismatch": IdempotencyKeyReused, "in_flight": IdempotencyInFlight}.get(decision)
         if refusal is not None:
             await send_problem(
@@ -288,13 +303,13 @@ class _Claim:
         # The common case, a new key, is one statement.
         async with self.single() as session:
             if (await session.execute(claim)).first() is not None:
-                return "run", None
+                return "new", None
         # The row can vanish between the INSERT and the SELECT (released or purged by
         # another transaction): then the INSERT is simply tried again.
         for _ in range(3):
             async with self.sessionmaker() as session, session.begin():
                 if (await session.execute(claim)).first() is not None:
-                    return "run", None
+                    return "new", None
                 row = (
                     await session.execute(
                         select(

@@ -8,11 +8,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, delete, func, select, update
+from sqlalchemy import Row, String, and_, delete, func, select, update
+from sqlalchemy import literal as sa_literal
+from sqlalchemy import null as sa_null
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.payments.tables import PaymentTables
+from shared.wakeup import CHANNEL
 
 # Refund statuses that hold money back from what remains refundable.
 # A refund recorded before the provider is asked: it holds its amount like a pending one.
@@ -115,15 +118,44 @@ def _payment(row: Row[Any]) -> PaymentRow:
 # --- payments ---------------------------------------------------------------------------
 
 
-async def insert_payment(
-    session: AsyncSession, t: PaymentTables, values: Mapping[str, Any]
-) -> PaymentRow | None:
-    """Inserts the payment; None when a payment with this id already exists."""
-    p = t.payment
-    result = await session.execute(
-        insert(p).values(**values).on_conflict_do_nothing(index_elements=[p.c.id]).returning(p)
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """The history row a payment's update writes in the same statement: to the status the
+    update leaves, from ``from_status``; ``with_failure`` copies the row's failure code."""
+
+    from_status: str | None
+    source: str
+    event_id: str | None = None
+    with_failure: bool = False
+
+
+def _with_history(t: PaymentTables, changed: Any, change: StatusChange) -> Any:
+    """``changed`` (an INSERT or UPDATE of a payment, RETURNING it) and its history row, as
+    one statement that returns the payment: one round trip instead of two."""
+    p, h = t.payment, t.payment_status_change
+    written = changed.returning(p).cte("written")
+    history = insert(h).from_select(
+        ["payment_id", "from_status", "to_status", "source", "event_id", "failure_code"],
+        select(
+            written.c.id,
+            sa_literal(change.from_status, String()),
+            written.c.status,
+            sa_literal(change.source, String()),
+            sa_literal(change.event_id, String()),
+            written.c.failure_code if change.with_failure else sa_null(),
+        ),
     )
-    row = result.first()
+    return select(written).add_cte(history.cte("history"))
+
+
+async def insert_payment(
+    session: AsyncSession, t: PaymentTables, values: Mapping[str, Any], *, source: str
+) -> PaymentRow | None:
+    """Inserts the payment and its first history row; None when a payment with this id
+    already exists."""
+    p = t.payment
+    stmt = insert(p).values(**values).on_conflict_do_nothing(index_elements=[p.c.id])
+    row = (await session.execute(_with_history(t, stmt, StatusChange(None, source)))).first()
     return _payment(row) if row is not None else None
 
 
@@ -175,13 +207,38 @@ async def get_payment_by_charge_id(
 
 
 async def update_payment(
-    session: AsyncSession, t: PaymentTables, payment_id: uuid.UUID, values: Mapping[str, Any]
+    session: AsyncSession,
+    t: PaymentTables,
+    payment_id: uuid.UUID,
+    values: Mapping[str, Any],
+    *,
+    change: StatusChange | None = None,
 ) -> PaymentRow:
+    """Updates the payment and, with a ``change``, writes its history row with it."""
     p = t.payment
-    result = await session.execute(
-        update(p).where(p.c.id == payment_id).values(**values, updated_at=func.now()).returning(p)
+    stmt = update(p).where(p.c.id == payment_id).values(**values, updated_at=func.now())
+    if change is None:
+        return _payment((await session.execute(stmt.returning(p))).one())
+    return _payment((await session.execute(_with_history(t, stmt, change))).one())
+
+
+async def attach_provider_payment(
+    session: AsyncSession,
+    t: PaymentTables,
+    payment_id: uuid.UUID,
+    values: Mapping[str, Any],
+    change: StatusChange,
+) -> PaymentRow | None:
+    """Ties a payment not yet sent to its provider object (with its history row); None when
+    it is tied already (a retry or a webhook got there first)."""
+    p = t.payment
+    stmt = (
+        update(p)
+        .where(p.c.id == payment_id, p.c.provider_payment_id.is_(None))
+        .values(**values, updated_at=func.now())
     )
-    return _payment(result.one())
+    row = (await session.execute(_with_history(t, stmt, change))).first()
+    return _payment(row) if row is not None else None
 
 
 async def list_payments_created_between(
@@ -537,7 +594,14 @@ async def sim_next_due(session: AsyncSession, t: PaymentTables) -> float | None:
 async def sim_insert_event(
     session: AsyncSession, t: PaymentTables, *, event_id: str, event_type: str, body: str
 ) -> None:
-    await session.execute(insert(t.simulated_event).values(id=event_id, type=event_type, body=body))
+    """Stores the event and wakes the workers when the transaction commits (one statement)."""
+    stored = (
+        insert(t.simulated_event)
+        .values(id=event_id, type=event_type, body=body)
+        .returning(t.simulated_event.c.seq)
+        .cte("stored")
+    )
+    await session.execute(select(func.pg_notify(CHANNEL, "")).select_from(stored))
 
 
 async def sim_claim_events(
@@ -576,32 +640,33 @@ async def sim_settle_event(
     await session.execute(update(e).where(e.c.seq == seq).values(**values))
 
 
-async def sim_claim_request(
-    session: AsyncSession, t: PaymentTables, key: str, request_hash: str
-) -> tuple[bool, str | None, dict[str, Any] | None]:
-    """Claims an idempotency key: (True, None, None) when new (a concurrent request with the
-    same key waits on the row until this transaction ends), else (False, hash, response)."""
+async def sim_record_request(
+    session: AsyncSession,
+    t: PaymentTables,
+    key: str,
+    request_hash: str,
+    response: Mapping[str, Any],
+) -> bool:
+    """Records an idempotency key with its answer; False when the key is taken (a concurrent
+    request with it waits on the row until the first one's transaction ends)."""
     r = t.simulated_request
-    claimed = await session.execute(
+    recorded = await session.execute(
         insert(r)
-        .values(idempotency_key=key, request_hash=request_hash, response={})
+        .values(idempotency_key=key, request_hash=request_hash, response=dict(response))
         .on_conflict_do_nothing()
         .returning(r.c.idempotency_key)
     )
-    if claimed.first() is not None:
-        return True, None, None
+    return recorded.first() is not None
+
+
+async def sim_stored_request(
+    session: AsyncSession, t: PaymentTables, key: str
+) -> tuple[str, dict[str, Any]] | None:
+    """(request hash, answer) stored for an idempotency key, if any."""
+    r = t.simulated_request
     row = (
         await session.execute(
             select(r.c.request_hash, r.c.response).where(r.c.idempotency_key == key)
         )
-    ).one()
-    return False, str(row.request_hash), dict(row.response)
-
-
-async def sim_store_response(
-    session: AsyncSession, t: PaymentTables, key: str, response: Mapping[str, Any]
-) -> None:
-    r = t.simulated_request
-    await session.execute(
-        update(r).where(r.c.idempotency_key == key).values(response=dict(response))
-    )
+    ).first()
+    return None if row is None else (str(row.request_hash), dict(row.response))

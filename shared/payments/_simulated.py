@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from shared.payments import _repository as repo
 from shared.payments._provider import (
     PaymentRequest,
+    ProviderError,
     ProviderNotFound,
     ProviderPayment,
     ProviderRefund,
@@ -41,7 +42,6 @@ from shared.payments._provider import (
     setup_from_intent,
 )
 from shared.payments.tables import PaymentTables
-from shared.wakeup import notify_work
 
 __all__ = ["TEST_PAYMENT_METHODS", "SimulatedProvider", "TestPaymentMethod"]
 
@@ -162,6 +162,10 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class _KeyTaken(Exception):
+    """A concurrent request with the same idempotency key committed first."""
+
+
 def _request_hash(request: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -218,26 +222,36 @@ class SimulatedProvider:
         request: Mapping[str, Any],
         op: Callable[[AsyncSession], Awaitable[dict[str, Any]]],
     ) -> dict[str, Any]:
-        """Runs ``op`` in its own transaction, once per idempotency key (as Stripe does)."""
-        async with self._sessionmaker() as session, session.begin():
-            if key is not None:
-                digest = _request_hash(request)
-                new, stored_hash, stored = await repo.sim_claim_request(
-                    session, self._t, key, digest
-                )
-                if not new:
-                    if stored_hash != digest:
-                        raise ProviderRejected(
-                            "Keys for idempotent requests can only be used with the same "
-                            "parameters they were first used with.",
-                            code="idempotency_key_in_use",
-                        )
-                    assert stored is not None
-                    return stored
-            result = await op(session)
-            if key is not None:
-                await repo.sim_store_response(session, self._t, key, result)
-            return result
+        """Runs ``op`` in its own transaction, once per idempotency key (as Stripe does).
+
+        Optimistic: the key is recorded with the answer at the end of the transaction. A
+        concurrent request with the same key waits on that row; when the first commits, the
+        second rolls its own work back and answers what the first stored, also when its own
+        run failed because the first had changed the object already."""
+        digest = _request_hash(request) if key is not None else ""
+        try:
+            async with self._sessionmaker() as session, session.begin():
+                result = await op(session)
+                if key is None or await repo.sim_record_request(
+                    session, self._t, key, digest, result
+                ):
+                    return result
+                raise _KeyTaken()
+        except (_KeyTaken, ProviderError):
+            if key is None:
+                raise
+            async with self._sessionmaker() as session:
+                stored = await repo.sim_stored_request(session, self._t, key)
+            if stored is None:
+                raise
+        stored_hash, response = stored
+        if stored_hash != digest:
+            raise ProviderRejected(
+                "Keys for idempotent requests can only be used with the same "
+                "parameters they were first used with.",
+                code="idempotency_key_in_use",
+            )
+        return response
 
     async def _emit(self, session: AsyncSession, event_type: str, obj: Mapping[str, Any]) -> None:
         event_id = _id("evt")
@@ -251,6 +265,7 @@ class SimulatedProvider:
             "type": event_type,
             "data": {"object": dict(obj)},
         }
+        # Its delivery job is woken (NOTIFY, in the same statement) when this commits.
         await repo.sim_insert_event(
             session,
             self._t,
@@ -258,7 +273,6 @@ class SimulatedProvider:
             event_type=event_type,
             body=json.dumps(event, separators=(",", ":")),
         )
-        await notify_work(session)  # its delivery job wakes when this commits
 
     async def _get(self, session: AsyncSession, object_id: str, object_type: str) -> dict[str, Any]:
         obj = await repo.sim_get(session, self._t, object_id, for_update=True)

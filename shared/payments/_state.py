@@ -297,15 +297,19 @@ async def _apply_payment(
     values, new_failure = _snapshot_values(row, pp, changed=changed, authoritative=authoritative)
     if event_at is not None and (row.provider_event_at is None or event_at > row.provider_event_at):
         values["provider_event_at"] = event_at
-    previous = row
+    change = (
+        repo.StatusChange(row.status, source, event_id, with_failure=new_failure)
+        if changed or new_failure
+        else None
+    )
     if values:
-        row = await repo.update_payment(session, ctx.tables, row.id, values)
-    if changed or new_failure:
+        row = await repo.update_payment(session, ctx.tables, row.id, values, change=change)
+    elif change is not None:
         await repo.insert_status_change(
             session,
             ctx.tables,
             payment_id=row.id,
-            from_status=previous.status,
+            from_status=row.status,
             to_status=row.status,
             source=source,
             event_id=event_id,
@@ -438,20 +442,13 @@ async def _record_intent(
             "currency": currency,
             "status": CREATING,
         },
+        source="api",
     )
     if inserted is None:
         # A concurrent run of the same request got there first.
         existing = await repo.get_payment(session, ctx.tables, payment_id)
         assert existing is not None
         return existing
-    await repo.insert_status_change(
-        session,
-        ctx.tables,
-        payment_id=payment_id,
-        from_status=None,
-        to_status=CREATING,
-        source="api",
-    )
     return inserted
 
 
@@ -459,27 +456,22 @@ async def _record_created(
     session: AsyncSession, ctx: PaymentContext, payment_id: uuid.UUID, pp: ProviderPayment
 ) -> PaymentRow:
     """Ties the recorded intent to the provider's object and applies its first snapshot."""
-    row = await _locked(session, ctx, payment_id)
-    if row.provider_payment_id is None:
-        row = await repo.update_payment(
-            session,
-            ctx.tables,
-            payment_id,
-            {
-                "provider_payment_id": pp.id,
-                "capture_method": pp.capture_method,
-                "status": "requires_payment_method",
-                "client_secret": pp.client_secret,
-            },
-        )
-        await repo.insert_status_change(
-            session,
-            ctx.tables,
-            payment_id=payment_id,
-            from_status=CREATING,
-            to_status="requires_payment_method",
-            source="api",
-        )
+    # The usual case is one statement: the update locks the row as a SELECT ... FOR UPDATE
+    # would, and finds it untied; otherwise (already tied) the row is read under its lock.
+    row = await repo.attach_provider_payment(
+        session,
+        ctx.tables,
+        payment_id,
+        {
+            "provider_payment_id": pp.id,
+            "capture_method": pp.capture_method,
+            "status": "requires_payment_method",
+            "client_secret": pp.client_secret,
+        },
+        repo.StatusChange(CREATING, "api"),
+    )
+    if row is None:
+        row = await _locked(session, ctx, payment_id)
     return await _apply_payment(session, ctx, row, pp, source="api")
 
 

@@ -45,7 +45,7 @@ from services.orders.presales.service import CampaignNotFound, CampaignStateConf
 from shared.auth import CurrentUser, Principal, require_roles
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
-from shared.idempotency import IDEMPOTENCY_ERRORS, IdempotencyKeyRequired
+from shared.idempotency import IDEMPOTENCY_ERRORS, FreshKey, IdempotencyKeyRequired
 from shared.pagination import InvalidCursor, Page, PageDep, fetch_page
 from shared.payments import (
     PaymentAmountAboveMaximum,
@@ -113,8 +113,9 @@ def orders_router() -> APIRouter:
         body: OrderCreate,
         orders: OrdersDep,
         key: IdempotencyKeyRequired,
+        fresh: FreshKey,
     ) -> OrderOut:
-        order, payment = await orders.place(principal, campaign_id, body, key)
+        order, payment = await orders.place(principal, campaign_id, body, key, fresh_key=fresh)
         return _with_payment(order, payment, principal)
 
     @router.get(

@@ -26,7 +26,7 @@ from services.orders.orders.schemas import OrderCreate, OrderFilters, PayIn
 from services.orders.presales import repository as campaigns
 from services.orders.presales.pricing import first_payment
 from services.orders.presales.repository import CampaignRow
-from services.orders.presales.service import CampaignNotFound
+from services.orders.presales.service import CampaignNotFound, sold_out
 from shared.auth import Principal
 from shared.errors import Conflict, DomainError, NotFound
 from shared.events import EventPublisher
@@ -190,17 +190,29 @@ class Orders:
     # --- placing an order -----------------------------------------------------------------
 
     async def place(
-        self, principal: Principal, campaign_id: uuid.UUID, body: OrderCreate, key: str
+        self,
+        principal: Principal,
+        campaign_id: uuid.UUID,
+        body: OrderCreate,
+        key: str,
+        *,
+        fresh_key: bool = False,
     ) -> tuple[OrderRow, PaymentRow]:
         """Reserves the units and starts the first payment (deposit or full price).
 
         The order id comes from the buyer and the Idempotency-Key, so a retry (or a crash
         between the steps) finds the order and resumes its payment instead of ordering
-        twice. The reservation commits before the provider is asked anything."""
+        twice. The reservation commits before the provider is asked anything. With a
+        ``fresh_key`` no order of this key can exist yet: nothing is looked up, and a
+        campaign this process just found sold out is refused without the database."""
         ctx = self.ctx()
         order_id = uuid.uuid5(uuid.NAMESPACE_URL, f"qunbuy:order:{principal.sub}:{key}")
+        if fresh_key:
+            left = sold_out.left(campaign_id)
+            if left is not None and body.quantity > left:
+                raise PresaleSoldOut(f"{left} units left", available=left, requested=body.quantity)
         async with self.db()() as session, session.begin():
-            order = await repo.get_order(session, order_id)
+            order = None if fresh_key else await repo.get_order(session, order_id)
             if order is None:
                 order = await self._reserve(session, principal, campaign_id, order_id, body)
             if order.campaign_id != campaign_id:
@@ -236,7 +248,10 @@ class Orders:
         body: OrderCreate,
     ) -> OrderRow:
         now = now_utc()
-        campaign = await campaigns.reserve_units(session, campaign_id, body.quantity, now)
+        reservation = await campaigns.reserve_units(
+            session, campaign_id, body.sku, body.quantity, now
+        )
+        campaign = reservation.campaign
         if campaign is None:
             await self._refuse(session, campaign_id, body.quantity, now)
         assert campaign is not None
@@ -249,7 +264,7 @@ class Orders:
                     limit=campaign.per_customer_limit,
                     held=held,
                 )
-        if not await campaigns.reserve_variant_units(session, campaign_id, body.sku, body.quantity):
+        if not reservation.variant_taken:
             if not await campaigns.variant_exists(session, campaign_id, body.sku):
                 raise VariantUnknown(field="sku")
             raise PresaleSoldOut(f"not enough units of {body.sku} left", sku=body.sku)
@@ -301,6 +316,7 @@ class Orders:
         if campaign.paused:
             raise PresalePaused()
         left = max(0, (campaign.capacity or 0) - campaign.reserved_quantity)
+        sold_out.remember(campaign_id, left)
         raise PresaleSoldOut(f"{left} units left", available=left, requested=quantity)
 
     # --- the balance ----------------------------------------------------------------------
@@ -686,6 +702,7 @@ class Orders:
                 await campaigns.release_units(
                     session, order.campaign_id, order.sku, order.quantity, committed=committed
                 )
+                sold_out.forget(order.campaign_id)
         order = await repo.update_order(
             session,
             order.id,

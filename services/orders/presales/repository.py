@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Select, exists, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -62,8 +62,8 @@ class CampaignRow:
     updated_at: datetime
 
     @classmethod
-    def of(cls, row: Row[Any]) -> CampaignRow:
-        m = dict(row._mapping)
+    def of(cls, row: Row[Any] | Mapping[str, Any]) -> CampaignRow:
+        m = dict(row._mapping if isinstance(row, Row) else row)
         tiers = [Tier(**t) for t in m.pop("price_tiers")]
         return cls(tiers=tiers, **m)
 
@@ -159,46 +159,56 @@ def campaign_columns() -> tuple[Any, Any, Any]:
     return c.c.merchant_id, c.c.created_at, c.c.id
 
 
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    campaign: CampaignRow | None  # None: nothing taken (closed, paused, not open, sold out)
+    variant_taken: bool  # the variant's own capacity had room too
+
+
 async def reserve_units(
-    session: AsyncSession, campaign_id: uuid.UUID, quantity: int, now: datetime
-) -> CampaignRow | None:
-    """Takes ``quantity`` units of an open, running campaign's capacity in one statement.
+    session: AsyncSession, campaign_id: uuid.UUID, sku: str, quantity: int, now: datetime
+) -> Reservation:
+    """Takes ``quantity`` units of an open, running campaign's capacity and of its variant's,
+    in one statement.
 
-    The row lock it takes serialises every reservation of this campaign until the caller's
-    transaction ends, which is what makes the per-customer and per-variant checks that follow
-    it race-free. None: closed, paused, not open or not enough left (the caller reads why)."""
-    row = (
-        await session.execute(
-            update(c)
-            .where(
-                c.c.id == campaign_id,
-                c.c.status == "open",
-                c.c.paused.is_(False),
-                c.c.opens_at <= now,
-                c.c.closes_at > now,
-                or_(c.c.capacity.is_(None), c.c.reserved_quantity + quantity <= c.c.capacity),
-            )
-            .values(reserved_quantity=c.c.reserved_quantity + quantity)
-            .returning(c)
+    The row locks it takes serialise every reservation of this campaign until the caller's
+    transaction ends, which is what makes the per-customer check that follows race-free. When
+    the campaign took units and the variant did not, the caller refuses and rolls back."""
+    campaign = (
+        update(c)
+        .where(
+            c.c.id == campaign_id,
+            c.c.status == "open",
+            c.c.paused.is_(False),
+            c.c.opens_at <= now,
+            c.c.closes_at > now,
+            or_(c.c.capacity.is_(None), c.c.reserved_quantity + quantity <= c.c.capacity),
         )
-    ).first()
-    return None if row is None else CampaignRow.of(row)
-
-
-async def reserve_variant_units(
-    session: AsyncSession, campaign_id: uuid.UUID, sku: str, quantity: int
-) -> bool:
-    result = await session.execute(
+        .values(reserved_quantity=c.c.reserved_quantity + quantity)
+        .returning(c)
+        .cte("campaign")
+    )
+    variant = (
         update(v)
         .where(
-            v.c.campaign_id == campaign_id,
+            v.c.campaign_id.in_(select(campaign.c.id)),
             v.c.sku == sku,
             or_(v.c.capacity.is_(None), v.c.reserved_quantity + quantity <= v.c.capacity),
         )
         .values(reserved_quantity=v.c.reserved_quantity + quantity)
         .returning(v.c.sku)
+        .cte("variant")
     )
-    return result.first() is not None
+    row = (
+        await session.execute(
+            select(campaign, exists(select(variant.c.sku)).label("variant_taken"))
+        )
+    ).first()
+    if row is None:
+        return Reservation(None, False)
+    values = dict(row._mapping)
+    taken = bool(values.pop("variant_taken"))
+    return Reservation(CampaignRow.of(values), taken)
 
 
 async def variant_exists(session: AsyncSession, campaign_id: uuid.UUID, sku: str) -> bool:

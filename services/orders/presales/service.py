@@ -8,6 +8,7 @@ Closing and cancelling touch every order of a campaign: they are the orders doma
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -327,6 +328,46 @@ async def create_campaign(
     return campaign_id
 
 
+class SoldOutMemo:
+    """Campaigns this process recently found sold out, with the units that were left.
+
+    A rush sends most of its requests after the last unit is gone; each would lock the
+    campaign's row only to learn again that nothing is left, queueing behind the orders that
+    do get units. For :attr:`ttl` seconds after a sold-out refusal, an order for more units
+    than were left is refused from here, without the database. Only refusals come from here:
+    a reservation always runs the atomic statement, so the memo can delay a sale by at most
+    :attr:`ttl` but never oversell. Code of this process that gives units back (an order
+    cancelled or expired, capacity raised) forgets the campaign at once; other processes
+    see the units at most :attr:`ttl` later."""
+
+    def __init__(self, ttl: float = 1.0, size: int = 1024) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._left: dict[uuid.UUID, tuple[float, int]] = {}
+
+    def left(self, campaign_id: uuid.UUID) -> int | None:
+        """Units left when the campaign was last found sold out, if that is recent."""
+        known = self._left.get(campaign_id)
+        if known is None:
+            return None
+        if known[0] <= time.monotonic():
+            self._left.pop(campaign_id, None)
+            return None
+        return known[1]
+
+    def remember(self, campaign_id: uuid.UUID, left: int) -> None:
+        if len(self._left) >= self.size:
+            self._left.clear()  # a cache of a second's worth: dropping it all is harmless
+        self._left[campaign_id] = (time.monotonic() + self.ttl, left)
+
+    def forget(self, campaign_id: uuid.UUID) -> None:
+        self._left.pop(campaign_id, None)
+
+
+# One per process: what the orders of every app in it learnt about sold-out campaigns.
+sold_out = SoldOutMemo()
+
+
 DEFAULT_RETURN_WINDOW_DAYS = 7  # 七天无理由退货
 
 
@@ -395,6 +436,7 @@ async def update_terms(
         raise TermsLocked("opens_at: the campaign is open already", field="opens_at")
     if body.capacity is not None and body.capacity < campaign.reserved_quantity:
         raise TermsLocked("capacity: below the units already reserved", field="capacity")
+    sold_out.forget(campaign_id)
     columns = _columns(body)
     if body.return_window_days is not None:
         columns["return_window_days"] = body.return_window_days
