@@ -187,7 +187,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
             # relay and the simulated provider's deliveries.
             api_env = {**service_env, "WORKER_ENABLED": "false"}
             orders = production("orders", ports["orders"], api_env)
-            worker = production("orders", ports["worker"], {**service_env, "WORKER_ENABLED": "true"})
+            worker = production(
+                "orders", ports["worker"], {**service_env, "WORKER_ENABLED": "true"}
+            )
             reference = uvicorn(
                 "bench.reservation_reference:app", ports["reference"], {"DATABASE_URL": url}, False
             )
@@ -251,7 +253,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
                 )
                 print("|---|---:|---:|---:|---|---:|---:|---|")
                 for label, (r, units) in results.items():
-                    cpu = " / ".join(f"{r['cpu'][k]:.1f}" for k in ("service", "gateway", "load", "worker"))
+                    cpu = " / ".join(
+                        f"{r['cpu'][k]:.1f}" for k in ("service", "gateway", "load", "worker")
+                    )
                     print(
                         f"| {label} | {r['per_s']:.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
                         f"{r['statuses']} | {units} | {max(0, units - args.capacity)} | {cpu} |"
