@@ -151,6 +151,8 @@ attribution = Table(
     Column("upline_id", Uuid, ForeignKey("distributor.id")),
     # The link whose code the order carried, if any (a link's conversions).
     Column("link_id", Uuid, ForeignKey("referral_link.id")),
+    # The pickup-point leader the order was collected from (团长自提), paid next to the chain.
+    Column("leader_id", Uuid, ForeignKey("distributor.id")),
     Column("self_referral", Boolean, nullable=False),
     # The highest totals any event about the source has told (events may arrive in any
     # order; totals only grow, so the highest are the newest).
@@ -175,14 +177,20 @@ commission = Table(
     Column("merchant_id", String(100), nullable=False),
     Column("distributor_id", Uuid, ForeignKey("distributor.id"), nullable=False),
     Column("level", SmallInteger, nullable=False),  # 1 or 2: never deeper
+    # distributor: the seller (level 1) or their upline (level 2); leader: the pickup-point
+    # leader of the order (level 1, outside the chain: a leader's upline never earns on it).
+    Column("payee", String(12), nullable=False, server_default="distributor"),
     Column("rate_bps", Integer, nullable=False),
     Column("currency", String(3), nullable=False),
     # What the ledger holds for it now: floor((paid - refunded) * rate / 10000).
     Column("amount", BigInteger, nullable=False),
     Column("state", String(16), nullable=False),  # pending | available
     *_timestamps(),
-    UniqueConstraint("source_type", "source_id", "level"),
+    UniqueConstraint("source_type", "source_id", "payee", "level"),
     CheckConstraint("level IN (1, 2)", name="two_levels_at_most"),
+    CheckConstraint(
+        "payee = 'distributor' OR (payee = 'leader' AND level = 1)", name="leader_one_level"
+    ),
     CheckConstraint("amount >= 0", name="amount_not_negative"),
     Index("ix_commission_distributor", "distributor_id", "created_at"),
     Index("ix_commission_merchant", "merchant_id", "created_at"),

@@ -191,6 +191,10 @@ class OrderEvent(EventPayload):
     quantity: StrictInt = Field(gt=0)
     currency: str = Field(min_length=3, max_length=3, description="ISO 4217.")
     referral_code: str | None = Field(None, max_length=64, description="Given when ordering.")
+    pickup_point_id: uuid.UUID | None = Field(None, description="Collected from this point.")
+    pickup_leader_id: str | None = Field(
+        None, max_length=100, description="The user id of that point's leader (团长)."
+    )
     paid_total: StrictInt = Field(ge=0, description="Minor units paid so far, all payments.")
     refunded_total: StrictInt = Field(ge=0, description="Minor units refunded so far.")
 

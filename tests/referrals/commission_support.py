@@ -64,6 +64,7 @@ class Order:
     merchant_id: str
     customer_id: str
     referral_code: str | None
+    pickup_leader_id: str | None = None
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     paid: int = 0
     refunded: int = 0
@@ -78,6 +79,8 @@ class Order:
             quantity=1,
             currency="CNY",
             referral_code=self.referral_code,
+            pickup_point_id=uuid.UUID(int=2) if self.pickup_leader_id else None,
+            pickup_leader_id=self.pickup_leader_id,
             paid_total=self.paid,
             refunded_total=self.refunded,
             **extra,

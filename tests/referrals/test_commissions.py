@@ -254,3 +254,55 @@ async def test_any_sequence_of_events_keeps_the_ledger_exact(
         for b in [await program.balances(seller["id"]), await program.balances(upline["id"])]
     )
     assert int(paid_out or 0) - int(taken_back or 0) == total
+
+
+async def _leader_commissions(
+    client: httpx.AsyncClient, auth: TokenFactory, leader: str
+) -> list[tuple[str, int, int]]:
+    listed = await client.get("/v1/commissions", headers=auth("customer", sub=leader))
+    assert listed.status_code == 200, listed.text
+    return [(c["payee"], c["level"], c["amount"]) for c in listed.json()["items"]]
+
+
+async def test_a_pickup_leader_earns_next_to_the_chain_and_refunds_reverse_it_too(
+    referrals_client: httpx.AsyncClient, auth: TokenFactory
+) -> None:
+    program = Program(referrals_client, auth)
+    assert (await program.rules(leader_bps=300)).status_code == 200
+    seller, upline = await _chain(program)
+    leader = f"leader_{uuid.uuid4().hex[:8]}"  # approved by orders, not a distributor yet
+    order = Order(program.merchant_id, "buyer-1", seller["code"], pickup_leader_id=leader)
+    await _paid(referrals_client, order, 30000)
+    assert (await program.balances(seller["id"]))["pending"] == 3000
+    assert (await program.balances(upline["id"]))["pending"] == 1500
+    assert await _leader_commissions(referrals_client, auth, leader) == [("leader", 1, 900)]
+    await _refunded(referrals_client, order, 10000)
+    assert await _leader_commissions(referrals_client, auth, leader) == [("leader", 1, 600)]
+    assert (await program.balances(seller["id"]))["pending"] == 2000
+    # Without a distributor's code the leader still earns; on their own order they do not.
+    plain = Order(program.merchant_id, "buyer-2", None, pickup_leader_id=leader)
+    await _paid(referrals_client, plain, 10000)
+    own = Order(program.merchant_id, leader, None, pickup_leader_id=leader)
+    await _paid(referrals_client, own, 10000)
+    assert sorted(await _leader_commissions(referrals_client, auth, leader)) == [
+        ("leader", 1, 300),
+        ("leader", 1, 600),
+    ]
+    app = referrals_client._transport.app  # type: ignore[attr-defined]
+    async with app.state.sessionmaker() as session:
+        assert await ledger.unreconciled(session) == []
+
+
+async def test_a_leader_who_is_a_suspended_distributor_earns_nothing_new(
+    referrals_client: httpx.AsyncClient, auth: TokenFactory
+) -> None:
+    program = Program(referrals_client, auth)
+    assert (await program.rules(leader_bps=300)).status_code == 200
+    leader = await program.join(f"u_{uuid.uuid4().hex[:8]}")
+    suspended = await referrals_client.post(
+        f"/v1/distributors/{leader['id']}/suspend", headers=program.staff
+    )
+    assert suspended.status_code == 200, suspended.text
+    order = Order(program.merchant_id, "buyer-1", None, pickup_leader_id=leader["user_id"])
+    await _paid(referrals_client, order, 30000)
+    assert await _leader_commissions(referrals_client, auth, leader["user_id"]) == []

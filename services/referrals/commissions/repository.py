@@ -35,6 +35,7 @@ class AttributionRow:
     distributor_id: uuid.UUID | None
     upline_id: uuid.UUID | None
     link_id: uuid.UUID | None
+    leader_id: uuid.UUID | None
     self_referral: bool
     paid_total: int
     refunded_total: int
@@ -53,6 +54,7 @@ class CommissionRow:
     merchant_id: str
     distributor_id: uuid.UUID
     level: int
+    payee: str
     rate_bps: int
     currency: str
     amount: int
@@ -142,7 +144,7 @@ async def commissions_of(
     rows = await session.execute(
         select(c)
         .where(c.c.source_type == source_type, c.c.source_id == source_id)
-        .order_by(c.c.level)
+        .order_by(c.c.payee, c.c.level)
         .with_for_update()
     )
     return [CommissionRow(**r._mapping) for r in rows]

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from services.referrals.commissions.repository import CommissionRow
 
@@ -18,6 +18,10 @@ class CommissionOut(BaseModel):
     merchant_id: str
     distributor_id: uuid.UUID
     level: Literal[1, 2]
+    payee: Literal["distributor", "leader"] = Field(
+        description="distributor: the seller (level 1) or their upline (level 2); leader: the "
+        "pickup-point leader the order was collected from (level 1, outside the chain)."
+    )
     rate_bps: int
     currency: str
     amount: int
@@ -34,6 +38,7 @@ class CommissionOut(BaseModel):
             merchant_id=x.merchant_id,
             distributor_id=x.distributor_id,
             level=x.level,
+            payee=x.payee,
             rate_bps=x.rate_bps,
             currency=x.currency,
             amount=x.amount,

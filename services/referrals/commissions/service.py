@@ -36,11 +36,12 @@ from services.referrals.links import repository as links
 from services.referrals.programs import repository as programs
 from services.referrals.programs.repository import ProgramRow
 from services.referrals.programs.schemas import Balances
-from services.referrals.programs.service import rates_for
+from services.referrals.programs.service import leader_payee, rates_for
 from shared.events import Envelope
 from shared.events.contracts import OrderCompleted, OrderEvent
 
 ORDER = "order"
+DISTRIBUTOR, LEADER = "distributor", "leader"  # who a commission pays
 BPS = 10_000
 
 
@@ -126,6 +127,13 @@ async def _attribute(session: AsyncSession, rules: ProgramRow, event: OrderEvent
         seller.user_id,
         upline.user_id if upline else None,
     )
+    # The leader earns for the pickup, next to the chain and whatever the chain's flags;
+    # never on their own order.
+    leader = (
+        await leader_payee(session, event.merchant_id, event.pickup_leader_id)
+        if event.pickup_leader_id and event.pickup_leader_id != event.customer_id
+        else None
+    )
     values = {
         "source_type": ORDER,
         "source_id": event.order_id,
@@ -134,15 +142,24 @@ async def _attribute(session: AsyncSession, rules: ProgramRow, event: OrderEvent
         "distributor_id": seller.id if seller else None,
         "upline_id": upline.id if upline else None,
         "link_id": link_id if chosen_id == coded_id else None,
+        "leader_id": leader.id if leader else None,
         "self_referral": self_referral,
         "paid_total": 0,
         "refunded_total": 0,
         "currency": event.currency,
         "completed": False,
     }
-    if await repo.insert_attribution(session, values) and not self_referral:
-        level1, level2 = await rates_for(session, rules, "presale", str(event.campaign_id))
-        for level, who, rate in ((1, seller, level1), (2, upline, level2)):
+    if await repo.insert_attribution(session, values):
+        level1, level2, leader_rate = await rates_for(
+            session, rules, "presale", str(event.campaign_id)
+        )
+        payees = (
+            []
+            if self_referral
+            else [(DISTRIBUTOR, 1, seller, level1), (DISTRIBUTOR, 2, upline, level2)]
+        )
+        payees.append((LEADER, 1, leader, leader_rate))
+        for payee, level, who, rate in payees:
             if who is not None and who.status == "active" and rate > 0:
                 await repo.insert_commission(
                     session,
@@ -153,6 +170,7 @@ async def _attribute(session: AsyncSession, rules: ProgramRow, event: OrderEvent
                         "merchant_id": event.merchant_id,
                         "distributor_id": who.id,
                         "level": level,
+                        "payee": payee,
                         "rate_bps": rate,
                         "currency": event.currency,
                         "amount": 0,

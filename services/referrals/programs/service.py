@@ -23,6 +23,10 @@ _CODE_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # no 0/O, 1/I: read aloud, 
 _CODE_LENGTH = 8
 
 
+# ``added_by`` of a distributor record made for a pickup-point leader by their first commission.
+LEADER_ENROLMENT = "pickup-point"
+
+
 class RatesOverCap(DomainError):
     status = 422
     code = "commission_rates_over_cap"
@@ -109,12 +113,12 @@ async def put_override(
 
 async def rates_for(
     session: AsyncSession, rules: ProgramRow, target_type: str, target_id: str
-) -> tuple[int, int]:
-    """(level 1, level 2) rates of an order of this campaign or project."""
+) -> tuple[int, int, int]:
+    """(level 1, level 2, leader) rates of an order of this campaign or project."""
     found = await repo.get_override(session, rules.merchant_id, target_type, target_id)
     if found is None:
-        return rules.level1_bps, rules.level2_bps
-    return found.level1_bps, found.level2_bps
+        return rules.level1_bps, rules.level2_bps, rules.leader_bps
+    return found.level1_bps, found.level2_bps, found.leader_bps
 
 
 async def program(session: AsyncSession, merchant_id: str) -> ProgramRow:
@@ -135,6 +139,32 @@ async def _insert(session: AsyncSession, values: dict[str, object]) -> Distribut
         if existing is not None:
             raise AlreadyDistributor()
     raise AlreadyDistributor("no free code; try again")
+
+
+async def leader_payee(session: AsyncSession, merchant_id: str, user_id: str) -> DistributorRow:
+    """The record a pickup-point leader's commission is paid through: their own when they
+    are a distributor of the merchant already, else one made now (active, no upline; real
+    name and phone unknown until KYC, which a withdrawal needs as for anyone). The orders
+    service approved them as a leader; joining the program adds no commission of its own."""
+    found = await repo.distributor_of(session, merchant_id, user_id)
+    if found is not None:
+        return found
+    values: dict[str, object] = {
+        "id": uuid.uuid4(),
+        "merchant_id": merchant_id,
+        "user_id": user_id,
+        "upline_id": None,
+        "status": "active",
+        "real_name": "",
+        "phone": "",
+        "added_by": LEADER_ENROLMENT,
+    }
+    try:
+        return await _insert(session, values)
+    except AlreadyDistributor:  # made by a concurrent event a moment ago
+        found = await repo.distributor_of(session, merchant_id, user_id)
+        assert found is not None
+        return found
 
 
 async def apply(session: AsyncSession, principal: Principal, body: ApplyIn) -> DistributorRow:
