@@ -237,15 +237,23 @@ async def send_problem(
     await send({"type": "http.response.body", "body": raw})
 
 
+def _sqlstates(exc: BaseException) -> list[str]:
+    """The SQLSTATEs of the exception and of what it wraps (the driver's error under
+    SQLAlchemy's)."""
+    found = []
+    seen: BaseException | None = exc.orig if isinstance(exc, DBAPIError) else exc
+    while seen is not None:
+        state = str(getattr(seen, "sqlstate", "") or "")
+        if state:
+            found.append(state)
+        seen = seen.__cause__
+    return found
+
+
 def is_data_error(exc: BaseException) -> bool:
     """True for PostgreSQL data exceptions (SQLSTATE class 22: text it cannot store, a value
     too long for its column, a number out of range) and the driver's refusal of such input."""
-    seen: BaseException | None = exc.orig if isinstance(exc, DBAPIError) else exc
-    while seen is not None:
-        if str(getattr(seen, "sqlstate", "") or "").startswith("22"):
-            return True
-        seen = seen.__cause__
-    return False
+    return any(state.startswith("22") for state in _sqlstates(exc))
 
 
 def is_pool_timeout(exc: BaseException) -> bool:
@@ -260,6 +268,17 @@ def is_disconnect(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
+def _cannot_connect(exc: BaseException) -> bool:
+    """A new connection was refused: the server is down or restarting (the socket refused,
+    SQLSTATE 57P01-57P03, class 08), so nothing ran."""
+    seen: BaseException | None = exc.orig if isinstance(exc, DBAPIError) else exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return True
+        seen = seen.__cause__
+    return any(s.startswith(("08", "57P")) for s in _sqlstates(exc))
+
+
 _UNAVAILABLE = {
     "database_unavailable": "The database connection was lost; retry the request",
     "database_busy": "The service is overloaded (no database connection came free); retry",
@@ -268,9 +287,10 @@ _UNAVAILABLE = {
 
 def database_unavailable(exc: BaseException) -> str | None:
     """The stable code of a database failure that a retry can cure, or None."""
-    if is_disconnect(exc):
+    if is_disconnect(exc) or _cannot_connect(exc):
         return "database_unavailable"
-    if is_pool_timeout(exc):
+    # No pooled connection came free, or the server has no connection slot left (53300).
+    if is_pool_timeout(exc) or any(s.startswith("53") for s in _sqlstates(exc)):
         return "database_busy"
     return None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from services.referrals.commissions.router import commissions_router
-from services.referrals.commissions.service import on_order_event
+from services.referrals.commissions.service import RELEASE_JOB, on_order_event, release_held
 from services.referrals.config import ReferralsSettings, get_settings
 from services.referrals.dashboards.router import dashboards_router
 from services.referrals.links.router import links_router
@@ -34,5 +34,6 @@ def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
             withdrawals_router(),
         ],
         event_handlers=handlers,
+        jobs={RELEASE_JOB: release_held},
     )
     return create_service_app(spec, settings or get_settings())

@@ -61,7 +61,14 @@ referral_program = Table(
     Column("currency", String(3), nullable=False, server_default="CNY"),
     Column("min_withdrawal", BigInteger, nullable=False),
     Column("withdrawal_fee", BigInteger, nullable=False),
+    # Days after a source's first payment until its commissions become available; NULL:
+    # an order's at its completion (the end of its return window), a pledge's after
+    # DEFAULT_PLEDGE_HOLDING_DAYS.
+    Column("holding_days", Integer),
     *_timestamps(),
+    CheckConstraint(
+        "holding_days IS NULL OR holding_days BETWEEN 0 AND 365", name="holding_days_range"
+    ),
     CheckConstraint(
         "level1_bps >= 0 AND level2_bps >= 0 AND leader_bps >= 0"
         " AND level1_bps + level2_bps + leader_bps <= max_total_bps AND max_total_bps <= 10000",

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from services.referrals.commissions import repository as ledger
 from services.referrals.models import ledger_entry
 from shared.events.contracts import OrderCancelled, OrderCompleted, OrderPaid, OrderRefunded
+from shared.scheduler import JobRunner
 from tests.conftest import TokenFactory
 from tests.referrals.commission_support import Order, Program, deliver
 
@@ -306,3 +307,54 @@ async def test_a_leader_who_is_a_suspended_distributor_earns_nothing_new(
     order = Order(program.merchant_id, "buyer-1", None, pickup_leader_id=leader["user_id"])
     await _paid(referrals_client, order, 30000)
     assert await _leader_commissions(referrals_client, auth, leader["user_id"]) == []
+
+
+async def _run_due_jobs(client: httpx.AsyncClient) -> int:
+    app = client._transport.app  # type: ignore[attr-defined]
+    runner = JobRunner(
+        sessionmaker=app.state.sessionmaker,
+        tables=app.state.tables,
+        handlers=app.state.job_handlers,
+    )
+    return await runner.run_due()
+
+
+async def test_the_holding_period_releases_commissions_before_completion(
+    referrals_client: httpx.AsyncClient, auth: TokenFactory
+) -> None:
+    program = Program(referrals_client, auth)
+    assert (await program.rules(holding_days=0)).status_code == 200
+    seller, upline = await _chain(program)
+    order = Order(program.merchant_id, "buyer-1", seller["code"])
+    await _paid(referrals_client, order, 20000)
+    await _refunded(referrals_client, order, 5000)
+    assert (await program.balances(seller["id"]))["pending"] == 1500
+    assert await _run_due_jobs(referrals_client) == 1
+    assert (await program.balances(seller["id"]))["available"] == 1500
+    assert (await program.balances(upline["id"]))["available"] == 750
+    # Completion afterwards changes nothing; a later refund reverses from available.
+    assert (await deliver(referrals_client, order.event(OrderCompleted))).status_code == 200
+    await _refunded(referrals_client, order, 5000)
+    assert await program.balances(seller["id"]) == {
+        "pending": 0,
+        "available": 1000,
+        "withdrawing": 0,
+        "withdrawn": 0,
+        "owed": 0,
+    }
+
+
+async def test_without_a_holding_period_an_order_waits_for_its_completion(
+    referrals_client: httpx.AsyncClient, auth: TokenFactory
+) -> None:
+    program = Program(referrals_client, auth)
+    rules = await program.rules()
+    assert rules.json()["holding_days"] is None
+    seller, _ = await _chain(program)
+    order = Order(program.merchant_id, "buyer-1", seller["code"])
+    await _paid(referrals_client, order, 20000)
+    assert await _run_due_jobs(referrals_client) == 0
+    assert (await program.balances(seller["id"]))["available"] == 0
+    refused = await program.rules(holding_days=366)
+    assert refused.status_code == 422
+    assert refused.json()["code"] == "validation_error"

@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 from services.orders.config import OrdersSettings
 from services.orders.models import platform
 from shared.app import ServiceSpec, create_service_app
-from shared.db import SessionDep
+from shared.db import SessionDep, make_engine
 from shared.errors import Conflict
 
 router = APIRouter()
@@ -116,3 +116,37 @@ async def test_a_failed_commit_is_not_reported_as_success(client: httpx.AsyncCli
     response = await client.post(f"/commit-fails/{uuid.uuid4().hex}")
     assert response.status_code == 500
     assert response.json()["code"] == "internal_error"
+
+
+async def test_a_database_with_no_connection_left_is_a_503_not_a_500(
+    service_env: Callable[..., dict[str, str]], pg_server_url: str
+) -> None:
+    """A server out of connection slots (SQLSTATE 53300, here a role allowed none) and a
+    server that refuses the socket are conditions a retry can cure: 503 with Retry-After."""
+    role = f"qb_full_{uuid.uuid4().hex[:8]}"
+    admin = make_engine(pg_server_url, pool_size=1)
+    try:
+        async with admin.begin() as conn:
+            await conn.execute(text(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0"))
+        env = service_env("orders")
+        full = make_url(env["DATABASE_URL"]).set(username=role)
+        refused = make_url(env["DATABASE_URL"]).set(port=1)
+        for url, code in ((full, "database_busy"), (refused, "database_unavailable")):
+            settings = OrdersSettings.model_validate(
+                {**env, "DATABASE_URL": url.render_as_string(hide_password=False)}
+            )
+            spec = ServiceSpec(name="txtest", title="tx", tables=platform, routers=[router])
+            app = create_service_app(spec, settings)
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with (
+                app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=transport, base_url="http://t") as c,
+            ):
+                response = await c.post(f"/ok/{uuid.uuid4().hex}")
+            assert response.status_code == 503, response.text
+            assert response.json()["code"] == code
+            assert response.headers["retry-after"] == "1"
+    finally:
+        async with admin.begin() as conn:
+            await conn.execute(text(f"DROP ROLE IF EXISTS {role}"))
+        await admin.dispose()

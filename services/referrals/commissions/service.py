@@ -33,14 +33,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.referrals.commissions import repository as repo
 from services.referrals.commissions.repository import AttributionRow, CommissionRow
 from services.referrals.links import repository as links
+from services.referrals.models import platform
 from services.referrals.programs import repository as programs
 from services.referrals.programs.repository import ProgramRow
 from services.referrals.programs.schemas import Balances
 from services.referrals.programs.service import leader_payee, rates_for
 from shared.events import Envelope
 from shared.events.contracts import OrderCompleted, OrderEvent
+from shared.scheduler import Job, schedule
 
 ORDER = "order"
+RELEASE_JOB = "commission.release"
+DEFAULT_PLEDGE_HOLDING_DAYS = 7  # a pledge has no completion: its commissions wait this long
 DISTRIBUTOR, LEADER = "distributor", "leader"  # who a commission pays
 BPS = 10_000
 
@@ -83,6 +87,35 @@ async def on_order_event(session: AsyncSession, event: OrderEvent, envelope: Env
     attr = await repo.update_attribution(session, ORDER, event.order_id, values)
     for level in await repo.commissions_of(session, ORDER, event.order_id):
         await _settle(session, attr, level, str(envelope.id))
+
+
+async def release_held(session: AsyncSession, job: Job) -> None:
+    """The holding period of a source ended: its commissions become available, as if it had
+    completed (whichever comes first releases; the other then changes nothing). What refunds
+    took back stays taken; a later refund reverses from available, or makes it owed."""
+    source_type, _, source_id = job.key.partition(":")
+    attr = await repo.get_attribution(session, source_type, uuid.UUID(source_id), lock=True)
+    if attr is None or attr.completed:
+        return
+    attr = await repo.update_attribution(session, source_type, attr.source_id, {"completed": True})
+    for level in await repo.commissions_of(session, source_type, attr.source_id):
+        await _settle(session, attr, level, f"job:{job.id}")
+
+
+async def _hold(
+    session: AsyncSession, rules: ProgramRow, source_type: str, source_id: uuid.UUID
+) -> None:
+    """Schedules the end of the holding period, counted from the first payment."""
+    days = rules.holding_days
+    if days is None and source_type == ORDER:
+        return  # an order's commissions wait for its completion
+    await schedule(
+        session,
+        platform,
+        kind=RELEASE_JOB,
+        key=f"{source_type}:{source_id}",
+        run_at=now_utc() + timedelta(days=DEFAULT_PLEDGE_HOLDING_DAYS if days is None else days),
+    )
 
 
 async def bind_by_rule(
@@ -150,6 +183,7 @@ async def _attribute(session: AsyncSession, rules: ProgramRow, event: OrderEvent
         "completed": False,
     }
     if await repo.insert_attribution(session, values):
+        await _hold(session, rules, ORDER, event.order_id)
         level1, level2, leader_rate = await rates_for(
             session, rules, "presale", str(event.campaign_id)
         )

@@ -31,6 +31,7 @@ class ProgramRow:
     currency: str
     min_withdrawal: int
     withdrawal_fee: int
+    holding_days: int | None
     created_at: datetime
     updated_at: datetime
 

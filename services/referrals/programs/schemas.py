@@ -31,6 +31,14 @@ class ProgramIn(BaseModel):
     currency: str = Field("CNY", pattern=r"^[A-Z]{3}$", description="ISO 4217 of payouts.")
     min_withdrawal: StrictInt = Field(100, ge=1, le=10**10, description="Minor units.")
     withdrawal_fee: StrictInt = Field(0, ge=0, le=10**8, description="Minor units.")
+    holding_days: StrictInt | None = Field(
+        None,
+        ge=0,
+        le=365,
+        description="Days after a payment until its commissions become available. Unset: an "
+        "order's at its completion (the end of its return window), a pledge's 7 days after "
+        "its charge.",
+    )
 
 
 class ProgramOut(ProgramIn):
@@ -51,6 +59,7 @@ class ProgramOut(ProgramIn):
             currency=p.currency,
             min_withdrawal=p.min_withdrawal,
             withdrawal_fee=p.withdrawal_fee,
+            holding_days=p.holding_days,
             updated_at=p.updated_at,
         )
 

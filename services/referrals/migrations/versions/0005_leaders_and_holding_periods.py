@@ -1,4 +1,5 @@
-"""Pickup-point leaders' commissions: the attribution names the leader, a commission its payee.
+"""Pickup-point leaders' commissions (the attribution names the leader, a commission its
+payee) and the program's holding period.
 
 Revision ID: 0005
 Revises: 0004
@@ -17,6 +18,12 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    op.add_column("referral_program", sa.Column("holding_days", sa.Integer(), nullable=True))
+    op.create_check_constraint(
+        op.f("ck_referral_program_holding_days_range"),
+        "referral_program",
+        "holding_days IS NULL OR holding_days BETWEEN 0 AND 365",
+    )
     op.add_column("attribution", sa.Column("leader_id", sa.Uuid(), nullable=True))
     op.create_foreign_key(
         op.f("fk_attribution_leader_id_distributor"),
@@ -65,3 +72,7 @@ def downgrade() -> None:
         op.f("fk_attribution_leader_id_distributor"), "attribution", type_="foreignkey"
     )
     op.drop_column("attribution", "leader_id")
+    op.drop_constraint(
+        op.f("ck_referral_program_holding_days_range"), "referral_program", type_="check"
+    )
+    op.drop_column("referral_program", "holding_days")
