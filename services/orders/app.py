@@ -9,6 +9,9 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.orders.config import OrdersSettings, get_settings
+from services.orders.groups import settlement as group_settlement
+from services.orders.groups.router import router as groups_router
+from services.orders.groups.service import EXPIRE_JOB as GROUP_EXPIRE_JOB
 from services.orders.models import payments, platform
 from services.orders.orders import settlement
 from services.orders.orders.router import orders_router
@@ -63,12 +66,21 @@ def create_app(settings: OrdersSettings | None = None) -> FastAPI:
     async def balance_deadline(session: AsyncSession, job: Job) -> None:
         await settlement.balance_deadline(orders, session, job)
 
+    async def expire_group(session: AsyncSession, job: Job) -> None:
+        await group_settlement.expire(orders, session, job)
+
     async def expiry_sweep(_: FastAPI) -> float | None:
         while await orders.expire_due() > 0:
             pass
         return await orders.next_expiry_in()
 
-    routers = [presales_router(), orders_router(), payments_router(), webhook_router()]
+    routers = [
+        presales_router(),
+        orders_router(),
+        groups_router,
+        payments_router(),
+        webhook_router(),
+    ]
     if settings.payment_provider == "simulated":
         routers.append(simulated_router())
     spec = ServiceSpec(
@@ -85,6 +97,7 @@ def create_app(settings: OrdersSettings | None = None) -> FastAPI:
             settlement.BALANCE_DEADLINE_JOB: balance_deadline,
             COMPLETE_JOB: orders.complete,
             REFUND_JOB: Detached(orders.run_refund),
+            GROUP_EXPIRE_JOB: expire_group,
         },
     )
     return create_service_app(spec, settings)

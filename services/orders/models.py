@@ -165,6 +165,9 @@ customer_order = Table(
     Column("refunded_amount", BigInteger, nullable=False, server_default="0"),
     Column("forfeited_amount", BigInteger, nullable=False, server_default="0"),
     Column("referral_code", String(64)),
+    # A group buy's order (拼团): its group, and the group (or leader) price it was placed at.
+    Column("group_id", Uuid, ForeignKey("group_buy.id")),
+    Column("group_unit_price", BigInteger),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("paid_at", DateTime(timezone=True)),
     Column("carrier", String(100)),
@@ -213,4 +216,81 @@ order_refund = Table(
     *_timestamps(),
     CheckConstraint("amount > 0", name="amount_positive"),
     Index("ix_order_refund_order", "order_id", "created_at"),
+)
+
+# --- group buys (拼团, docs/orders.md) ------------------------------------------------------
+
+group_buy_offer = Table(
+    "group_buy_offer",
+    metadata,
+    # A campaign's group buying terms; a group keeps the size, time and virtual completion
+    # it was opened with, and an order the price it was placed at.
+    Column(
+        "campaign_id",
+        Uuid,
+        ForeignKey("presale_campaign.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("group_size", Integer, nullable=False),
+    Column("time_limit_minutes", Integer, nullable=False),
+    # [{"sku": "S", "unit_price": 9900, "leader_unit_price": 8900 or null}, ...]
+    Column("prices", JSON_TYPE, nullable=False),
+    Column("multiple_groups", Boolean, nullable=False),
+    Column("virtual_completion", Boolean, nullable=False),
+    Column("updated_by", String(100), nullable=False),
+    *_timestamps(),
+    CheckConstraint("group_size BETWEEN 2 AND 100", name="group_size_in_range"),
+)
+
+group_buy = Table(
+    "group_buy",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("campaign_id", Uuid, ForeignKey("presale_campaign.id"), nullable=False),
+    Column("code", String(16), nullable=False, unique=True),
+    Column("leader_customer_id", String(100), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("virtual_completion", Boolean, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    # open | formed | failed | virtually_formed
+    Column("status", String(20), nullable=False, server_default="open"),
+    # Members whose orders hold a place (paid or waiting for payment), and the paid ones:
+    # kept under the campaign's lock, bounded here so that N can never be exceeded.
+    Column("places_taken", Integer, nullable=False, server_default="0"),
+    Column("paid_members", Integer, nullable=False, server_default="0"),
+    Column("settled_at", DateTime(timezone=True)),
+    *_timestamps(),
+    CheckConstraint("places_taken BETWEEN 0 AND size", name="places_within_size"),
+    CheckConstraint("paid_members BETWEEN 0 AND places_taken", name="paid_within_places"),
+    # The joinable groups of a campaign, soonest to expire first (凑团).
+    Index(
+        "ix_group_buy_open", "campaign_id", "expires_at", postgresql_where=text("status = 'open'")
+    ),
+)
+
+group_member = Table(
+    "group_member",
+    metadata,
+    # One per order placed into a group. It is written with the place, before its order row
+    # in the same transaction: hence the deferred foreign key.
+    Column(
+        "order_id",
+        Uuid,
+        ForeignKey("customer_order.id", deferrable=True, initially="DEFERRED"),
+        primary_key=True,
+    ),
+    Column("group_id", Uuid, ForeignKey("group_buy.id"), nullable=False),
+    Column("campaign_id", Uuid, nullable=False),
+    Column("customer_id", String(100), nullable=False),
+    # As the client gave them when ordering (shown on the public group page).
+    Column("display_name", String(50), nullable=False),
+    Column("avatar_url", String(1000)),
+    Column("leader", Boolean, nullable=False),
+    # pending_payment | paid | left (its order ended while the group was open: place freed)
+    Column("status", String(20), nullable=False),
+    Column("paid_at", DateTime(timezone=True)),
+    Column("left_at", DateTime(timezone=True)),
+    *_timestamps(),
+    Index("ix_group_member_group", "group_id", "created_at"),
+    Index("ix_group_member_customer", "campaign_id", "customer_id"),
 )

@@ -231,7 +231,8 @@ class OrderCancelled(OrderEvent, event_type="order.cancelled"):
     reason: str = Field(
         max_length=40,
         description=(
-            "`expired`, `campaign_failed`, `campaign_cancelled`, `balance_unpaid`, `refunded`."
+            "`expired`, `campaign_failed`, `campaign_cancelled`, `balance_unpaid`, `refunded`, "
+            "`group_expired` (unpaid when its group's time ran out), `group_failed`."
         ),
     )
     forfeited_amount: StrictInt = Field(ge=0, description="A 定金 kept by the merchant.")

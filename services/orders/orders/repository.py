@@ -43,6 +43,8 @@ class OrderRow:
     refunded_amount: int
     forfeited_amount: int
     referral_code: str | None
+    group_id: uuid.UUID | None
+    group_unit_price: int | None
     expires_at: datetime
     paid_at: datetime | None
     carrier: str | None

@@ -119,6 +119,8 @@ class OrderOut(BaseModel):
     refund_pending: int = Field(description="Refunds decided, not confirmed by the provider yet.")
     forfeited_amount: int
     referral_code: str | None
+    group_id: uuid.UUID | None = Field(description="The group buy (拼团) it was placed into.")
+    group_unit_price: int | None = Field(description="The group (or leader) price it pays.")
     expires_at: datetime = Field(description="An unpaid order gives its units back then.")
     carrier: str | None
     tracking_number: str | None
@@ -153,6 +155,8 @@ class OrderOut(BaseModel):
             refund_pending=x.refund_promised - x.refunded_amount,
             forfeited_amount=x.forfeited_amount,
             referral_code=x.referral_code,
+            group_id=x.group_id,
+            group_unit_price=x.group_unit_price,
             expires_at=x.expires_at,
             carrier=x.carrier,
             tracking_number=x.tracking_number,

@@ -19,6 +19,7 @@ import structlog
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.orders.groups import service as groups
 from services.orders.models import HOLDING_UNITS, PAID
 from services.orders.orders import repository as repo
 from services.orders.orders.repository import OrderRow, RefundDecisionRow
@@ -197,6 +198,7 @@ class Orders:
         key: str,
         *,
         fresh_key: bool = False,
+        group: groups.GroupIntent | None = None,
     ) -> tuple[OrderRow, PaymentRow]:
         """Reserves the units and starts the first payment (deposit or full price).
 
@@ -214,7 +216,7 @@ class Orders:
         async with self.db()() as session, session.begin():
             order = None if fresh_key else await repo.get_order(session, order_id)
             if order is None:
-                order = await self._reserve(session, principal, campaign_id, order_id, body)
+                order = await self._reserve(session, principal, campaign_id, order_id, body, group)
             if order.campaign_id != campaign_id:
                 raise OrderInFlight("this Idempotency-Key placed an order on another campaign")
             # The payment's intent is recorded with the reservation: one transaction fewer,
@@ -246,6 +248,7 @@ class Orders:
         campaign_id: uuid.UUID,
         order_id: uuid.UUID,
         body: OrderCreate,
+        group: groups.GroupIntent | None,
     ) -> OrderRow:
         now = now_utc()
         reservation = await campaigns.reserve_units(
@@ -268,8 +271,14 @@ class Orders:
             if not await campaigns.variant_exists(session, campaign_id, body.sku):
                 raise VariantUnknown(field="sku")
             raise PresaleSoldOut(f"not enough units of {body.sku} left", sku=body.sku)
-        early = _early_bird_applies(campaign, body.quantity, now)
+        place = None
+        if group is not None:  # a group's price replaces the list price (early-bird too)
+            place = await groups.take_place(
+                session, self.platform, principal, campaign, order_id, body.sku, group
+            )
+        early = place is None and _early_bird_applies(campaign, body.quantity, now)
         list_price = campaign.early_bird_price if early else campaign.tiers[0].unit_price
+        list_price = place.unit_price if place else list_price
         assert list_price is not None
         quantity = body.quantity
         order = await repo.insert_order(
@@ -293,6 +302,7 @@ class Orders:
                 "deposit_credit": quantity * campaign.unit_deposit_credit,
                 "status": "pending_payment",
                 "referral_code": body.referral_code,
+                **(place.order_columns() if place else {}),
                 "expires_at": now + self.order_ttl,
             },
         )
@@ -440,6 +450,8 @@ class Orders:
                 },
             )
             await campaigns.commit_units(session, order.campaign_id, order.sku, order.quantity)
+            if order.group_id is not None:
+                await groups.member_paid(session, self.platform, order.id)
             await self.publish(
                 session,
                 OrderPaid,
@@ -696,6 +708,8 @@ class Orders:
         """Ends an order (caller holds campaign and order locks): its units go back while the
         campaign still counts them, and the event tells the rest. Refunds are the caller's."""
         committed = order.status in PAID
+        if order.group_id is not None:
+            await groups.member_left(session, order.id)
         if order.status in HOLDING_UNITS:
             campaign = await campaigns.get_campaign(session, order.campaign_id)
             if campaign is not None and campaign.status in ("draft", "published", "open"):

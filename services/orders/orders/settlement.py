@@ -16,6 +16,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.orders.groups import settlement as groups
 from services.orders.models import PAID, PENDING
 from services.orders.orders import repository as repo
 from services.orders.orders.repository import OrderRow
@@ -52,6 +53,7 @@ async def close(orders: Orders, session: AsyncSession, job: Job) -> None:
     now = now_utc()
     if campaign.closes_at > now + timedelta(seconds=1):
         return  # the close moved later: the rescheduled job runs then
+    await groups.settle_open_groups(orders, session, campaign.id)
     for unpaid in await repo.campaign_orders(session, campaign.id, ("pending_payment",)):
         await orders.cancel_order(session, unpaid, reason="expired")
     campaign = await campaigns.get_campaign(session, campaign.id, lock=True)
@@ -75,7 +77,7 @@ async def _succeed(orders: Orders, session: AsyncSession, campaign: CampaignRow)
     due_by = now + timedelta(hours=campaign.balance_window_hours)
     any_balance = False
     for order in await repo.campaign_orders(session, campaign.id, HELD):
-        unit = unit_price_for_order(final, order.early_bird_price)
+        unit = unit_price_for_order(final, order.early_bird_price, order.group_unit_price)
         if order.deposit_type == "full":
             excess = prepayment_excess(
                 quantity=order.quantity, unit_price=unit, paid=order.first_paid
@@ -172,6 +174,7 @@ async def cancel_campaign(
         await orders.refund_everything(
             session, ended, reason="the merchant cancelled the campaign", kind="campaign_cancelled"
         )
+    await groups.settle_open_groups(orders, session, campaign.id)
     await campaigns.update_campaign(
         session, campaign.id, {"status": "cancelled", "closed_at": campaign.closed_at or now_utc()}
     )
