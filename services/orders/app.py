@@ -9,6 +9,8 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.orders.config import OrdersSettings, get_settings
+from services.orders.eligibility import service as eligibility
+from services.orders.eligibility.router import router as eligibility_router
 from services.orders.models import payments, platform
 from services.orders.orders import settlement
 from services.orders.orders.router import orders_router
@@ -21,7 +23,8 @@ from services.orders.orders.service import (
 from services.orders.presales import service as presales
 from services.orders.presales.router import presales_router
 from shared.app import ServiceSpec, create_service_app
-from shared.events import EventPublisher
+from shared.events import EventHandlers, EventPublisher
+from shared.events.contracts import MemberTierSet
 from shared.payments import (
     PaymentHooks,
     close_payments,
@@ -56,6 +59,7 @@ def create_app(settings: OrdersSettings | None = None) -> FastAPI:
 
     async def open_campaign(session: AsyncSession, job: Job) -> None:
         await presales.open_due(session, uuid.UUID(job.key))
+        await eligibility.draw_due(session, uuid.UUID(job.key))
 
     async def close_campaign(session: AsyncSession, job: Job) -> None:
         await settlement.close(orders, session, job)
@@ -68,7 +72,16 @@ def create_app(settings: OrdersSettings | None = None) -> FastAPI:
             pass
         return await orders.next_expiry_in()
 
-    routers = [presales_router(), orders_router(), payments_router(), webhook_router()]
+    handlers = EventHandlers()
+    handlers.on(MemberTierSet)(eligibility.on_member_tier_set)
+    # Eligibility first: its static paths must win over /v1/presales/{campaign_id}.
+    routers = [
+        eligibility_router,
+        presales_router(),
+        orders_router(),
+        payments_router(),
+        webhook_router(),
+    ]
     if settings.payment_provider == "simulated":
         routers.append(simulated_router())
     spec = ServiceSpec(
@@ -76,6 +89,7 @@ def create_app(settings: OrdersSettings | None = None) -> FastAPI:
         title="Qunbuy orders: pre-sales, group buys, pickup points",
         tables=platform,
         routers=routers,
+        event_handlers=handlers,
         on_startup=[startup],
         on_shutdown=[close_payments],
         periodic=[expiry_sweep, run_simulated_provider],

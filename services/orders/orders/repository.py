@@ -43,6 +43,7 @@ class OrderRow:
     refunded_amount: int
     forfeited_amount: int
     referral_code: str | None
+    member_unit_price: int | None
     expires_at: datetime
     paid_at: datetime | None
     carrier: str | None

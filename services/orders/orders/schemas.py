@@ -45,6 +45,12 @@ class OrderCreate(PayIn):
     sku: str = Sku
     quantity: StrictInt = Field(ge=1, le=MAX_ORDER_QUANTITY)
     referral_code: SafeStr | None = Field(None, min_length=1, max_length=64)
+    purchase_code: SafeStr | None = Field(
+        None,
+        min_length=1,
+        max_length=32,
+        description="A code campaign's purchase code (F码); omitted: the buyer's own, if any.",
+    )
 
 
 class ShipIn(BaseModel):
@@ -119,6 +125,7 @@ class OrderOut(BaseModel):
     refund_pending: int = Field(description="Refunds decided, not confirmed by the provider yet.")
     forfeited_amount: int
     referral_code: str | None
+    member_unit_price: int | None = Field(description="The buyer's member tier price, if any.")
     expires_at: datetime = Field(description="An unpaid order gives its units back then.")
     carrier: str | None
     tracking_number: str | None
@@ -153,6 +160,7 @@ class OrderOut(BaseModel):
             refund_pending=x.refund_promised - x.refunded_amount,
             forfeited_amount=x.forfeited_amount,
             referral_code=x.referral_code,
+            member_unit_price=x.member_unit_price,
             expires_at=x.expires_at,
             carrier=x.carrier,
             tracking_number=x.tracking_number,

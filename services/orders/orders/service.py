@@ -19,12 +19,13 @@ import structlog
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.orders.models import HOLDING_UNITS, PAID
+from services.orders.eligibility import service as eligibility
+from services.orders.models import HOLDING_UNITS, PAID, PENDING
 from services.orders.orders import repository as repo
 from services.orders.orders.repository import OrderRow, RefundDecisionRow
 from services.orders.orders.schemas import OrderCreate, OrderFilters, PayIn
 from services.orders.presales import repository as campaigns
-from services.orders.presales.pricing import first_payment
+from services.orders.presales.pricing import first_payment, unit_price_for_order
 from services.orders.presales.repository import CampaignRow
 from services.orders.presales.service import CampaignNotFound
 from shared.auth import Principal
@@ -241,6 +242,15 @@ class Orders:
             await self._refuse(session, campaign_id, body.quantity, now)
         assert campaign is not None
         # From here the campaign's row is locked until commit: the checks below are exact.
+        member_price = await eligibility.admit_order(
+            session,
+            campaign,
+            principal.sub,
+            order_id,
+            quantity=body.quantity,
+            purchase_code=body.purchase_code,
+            now=now,
+        )
         if campaign.per_customer_limit is not None:
             held = await campaigns.customer_units(session, campaign_id, principal.sub)
             if held + body.quantity > campaign.per_customer_limit:
@@ -273,11 +283,12 @@ class Orders:
                     campaign.deposit_type,
                     quantity=quantity,
                     unit_deposit=campaign.unit_deposit,
-                    list_unit_price=list_price,
+                    list_unit_price=unit_price_for_order(list_price, member_price),
                 ),
                 "deposit_credit": quantity * campaign.unit_deposit_credit,
                 "status": "pending_payment",
                 "referral_code": body.referral_code,
+                "member_unit_price": member_price,
                 "expires_at": now + self.order_ttl,
             },
         )
@@ -680,6 +691,8 @@ class Orders:
         """Ends an order (caller holds campaign and order locks): its units go back while the
         campaign still counts them, and the event tells the rest. Refunds are the caller's."""
         committed = order.status in PAID
+        if order.status == PENDING:
+            await eligibility.give_back_code(session, order.id)
         if order.status in HOLDING_UNITS:
             campaign = await campaigns.get_campaign(session, order.campaign_id)
             if campaign is not None and campaign.status in ("draft", "published", "open"):

@@ -58,11 +58,10 @@ def never_higher(old: Sequence[Tier], new: Sequence[Tier]) -> bool:
     return all(tier_for(new, q).unit_price <= tier_for(old, q).unit_price for q in points)
 
 
-def unit_price_for_order(final_unit_price: int, early_bird_price: int | None) -> int:
-    """An early-bird order pays its early-bird price, or the tier reached if lower."""
-    if early_bird_price is None:
-        return final_unit_price
-    return min(final_unit_price, early_bird_price)
+def unit_price_for_order(final_unit_price: int, *own_prices: int | None) -> int:
+    """An order with prices of its own (early-bird, a member tier's) pays the lowest of them,
+    or the tier reached if that is lower still."""
+    return min([final_unit_price, *(p for p in own_prices if p is not None)])
 
 
 def first_payment(
