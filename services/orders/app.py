@@ -9,6 +9,8 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.orders.config import OrdersSettings, get_settings
+from services.orders.eligibility import service as eligibility
+from services.orders.eligibility.router import router as eligibility_router
 from services.orders.groups import settlement as group_settlement
 from services.orders.groups.router import router as groups_router
 from services.orders.groups.service import EXPIRE_JOB as GROUP_EXPIRE_JOB
@@ -24,7 +26,8 @@ from services.orders.orders.service import (
 from services.orders.presales import service as presales
 from services.orders.presales.router import presales_router
 from shared.app import ServiceSpec, create_service_app
-from shared.events import EventPublisher
+from shared.events import EventHandlers, EventPublisher
+from shared.events.contracts import MemberTierSet
 from shared.payments import (
     PaymentHooks,
     close_payments,
@@ -59,6 +62,7 @@ def create_app(settings: OrdersSettings | None = None) -> FastAPI:
 
     async def open_campaign(session: AsyncSession, job: Job) -> None:
         await presales.open_due(session, uuid.UUID(job.key))
+        await eligibility.draw_due(session, uuid.UUID(job.key))
 
     async def close_campaign(session: AsyncSession, job: Job) -> None:
         await settlement.close(orders, session, job)
@@ -74,7 +78,11 @@ def create_app(settings: OrdersSettings | None = None) -> FastAPI:
             pass
         return await orders.next_expiry_in()
 
+    handlers = EventHandlers()
+    handlers.on(MemberTierSet)(eligibility.on_member_tier_set)
+    # Eligibility first: its static paths must win over /v1/presales/{campaign_id}.
     routers = [
+        eligibility_router,
         presales_router(),
         orders_router(),
         groups_router,
@@ -88,6 +96,7 @@ def create_app(settings: OrdersSettings | None = None) -> FastAPI:
         title="Qunbuy orders: pre-sales, group buys, pickup points",
         tables=platform,
         routers=routers,
+        event_handlers=handlers,
         on_startup=[startup],
         on_shutdown=[close_payments],
         periodic=[expiry_sweep, run_simulated_provider],

@@ -16,11 +16,13 @@ from sqlalchemy import (
     Date,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     String,
     Table,
     Text,
+    UniqueConstraint,
     Uuid,
     func,
     text,
@@ -168,6 +170,8 @@ customer_order = Table(
     # A group buy's order (拼团): its group, and the group (or leader) price it was placed at.
     Column("group_id", Uuid, ForeignKey("group_buy.id")),
     Column("group_unit_price", BigInteger),
+    # A member tier's price (eligibility/): the order pays at most this per unit.
+    Column("member_unit_price", BigInteger),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("paid_at", DateTime(timezone=True)),
     Column("carrier", String(100)),
@@ -293,4 +297,131 @@ group_member = Table(
     *_timestamps(),
     Index("ix_group_member_group", "group_id", "created_at"),
     Index("ix_group_member_customer", "campaign_id", "customer_id"),
+)
+
+
+# --- eligibility (services/orders/eligibility/; docs/orders.md "Eligibility") ------------
+
+member_tier = Table(
+    "member_tier",
+    metadata,
+    # A merchant's own member tiers (普通/银卡/金卡); the higher the rank, the better the tier.
+    Column("merchant_id", String(100), primary_key=True),
+    Column("code", String(32), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("rank", Integer, nullable=False),
+    *_timestamps(),
+)
+
+customer_tier = Table(
+    "customer_tier",
+    metadata,
+    # A customer's tier with a merchant (NULL: none). ``set_at`` is when the fact held at its
+    # source (staff: the request; an event: its occurred_at): an older fact never wins.
+    Column("merchant_id", String(100), primary_key=True),
+    Column("customer_id", String(100), primary_key=True),
+    Column("tier_code", String(32)),
+    Column("set_at", DateTime(timezone=True), nullable=False),
+    Column("set_by", String(100), nullable=False),
+    *_timestamps(),
+    ForeignKeyConstraint(
+        ["merchant_id", "tier_code"], ["member_tier.merchant_id", "member_tier.code"]
+    ),
+)
+
+presale_eligibility = Table(
+    "presale_eligibility",
+    metadata,
+    # Who may order from a campaign; a campaign without a row is open to everybody.
+    Column(
+        "campaign_id",
+        Uuid,
+        ForeignKey("presale_campaign.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    # open | tiers | code
+    Column("mode", String(8), nullable=False),
+    Column("units_per_code", Integer, nullable=False, server_default="1"),
+    # Reservations (预约) before the opening, drawn by lottery when they exceed the places.
+    Column("reservation_places", Integer),
+    Column("code_valid_hours", Integer, nullable=False, server_default="24"),
+    # sha256(seed), published from the start; the seed is revealed by the draw.
+    Column("draw_commitment", String(64)),
+    Column("draw_seed", String(64)),
+    Column("drawn_at", DateTime(timezone=True)),
+    Column("draw_entries", Integer),
+    Column("draw_digest", String(64)),
+    Column("updated_by", String(100), nullable=False),
+    *_timestamps(),
+)
+
+presale_tier_rule = Table(
+    "presale_tier_rule",
+    metadata,
+    # A member tier that may order from a ``tiers`` campaign, with its own limit and price.
+    Column(
+        "campaign_id",
+        Uuid,
+        ForeignKey("presale_eligibility.campaign_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("tier_code", String(32), primary_key=True),
+    Column("merchant_id", String(100), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("per_customer_limit", Integer),
+    Column("unit_price", BigInteger),
+    ForeignKeyConstraint(
+        ["merchant_id", "tier_code"], ["member_tier.merchant_id", "member_tier.code"]
+    ),
+)
+
+purchase_code = Table(
+    "purchase_code",
+    metadata,
+    # One purchase right (F码): only its SHA-256 is kept, the code itself is shown once.
+    Column("id", Uuid, primary_key=True),
+    Column("campaign_id", Uuid, ForeignKey("presale_campaign.id"), nullable=False),
+    Column("batch_id", Uuid, nullable=False),
+    # batch (staff) | lottery (a reservation that won)
+    Column("source", String(8), nullable=False),
+    Column("code_hash", String(64), nullable=False, unique=True),
+    Column("hint", String(4), nullable=False),
+    # Bound: only this customer may redeem or use it (set at issue, or by redeeming).
+    Column("customer_id", String(100)),
+    # issued | redeemed | used (an unpaid order that ends gives it back: redeemed)
+    Column("status", String(8), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    # The order that holds it; written with the order, in the order's transaction.
+    Column(
+        "order_id",
+        Uuid,
+        ForeignKey("customer_order.id", deferrable=True, initially="DEFERRED"),
+    ),
+    Column("created_by", String(100), nullable=False),
+    Column("redeemed_at", DateTime(timezone=True)),
+    Column("used_at", DateTime(timezone=True)),
+    *_timestamps(),
+    CheckConstraint("status = 'issued' OR customer_id IS NOT NULL", name="bound_once_redeemed"),
+    CheckConstraint("(status = 'used') = (order_id IS NOT NULL)", name="order_when_used"),
+    Index("ix_purchase_code_campaign", "campaign_id", "created_at"),
+    Index("ix_purchase_code_holder", "campaign_id", "customer_id"),
+    Index("ix_purchase_code_order", "order_id", postgresql_where=text("order_id IS NOT NULL")),
+)
+
+presale_reservation = Table(
+    "presale_reservation",
+    metadata,
+    # A place asked for before the opening (one per customer and campaign).
+    Column("id", Uuid, primary_key=True),
+    Column("campaign_id", Uuid, ForeignKey("presale_campaign.id"), nullable=False),
+    Column("customer_id", String(100), nullable=False),
+    # reserved | won | not_drawn
+    Column("status", String(10), nullable=False),
+    # Set by the draw: HMAC-SHA256(seed, id) in hex, and the position it gave (1 = first).
+    Column("ticket", String(64)),
+    Column("rank", Integer),
+    Column("code_id", Uuid, ForeignKey("purchase_code.id")),
+    *_timestamps(),
+    UniqueConstraint("campaign_id", "customer_id"),
+    Index("ix_presale_reservation_campaign_rank", "campaign_id", "rank", "id"),
 )

@@ -26,11 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.events._envelope import Envelope
+from shared.text import SafeStr
 
 __all__ = [
     "CONTRACTS",
     "EventHandlers",
     "EventPayload",
+    "MemberTierSet",
     "OrderBalanceDue",
     "OrderCancelled",
     "OrderCompleted",
@@ -236,6 +238,24 @@ class OrderCancelled(OrderEvent, event_type="order.cancelled"):
         ),
     )
     forfeited_amount: StrictInt = Field(ge=0, description="A 定金 kept by the merchant.")
+
+
+# --- member tiers (orders consumes it: a merchant's CRM or loyalty system tells it) ---------
+
+
+class MemberTierSet(EventPayload, event_type="member.tier_set"):
+    """A customer's member tier with a merchant, as of the envelope's `occurred_at` (the
+    receiver keeps the latest fact; a tier it does not know is refused with 422 until it
+    exists)."""
+
+    merchant_id: SafeStr = Field(min_length=1, max_length=100)
+    customer_id: SafeStr = Field(min_length=1, max_length=100)
+    tier_code: str | None = Field(
+        min_length=1,
+        max_length=32,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="One of the merchant's tier codes; null: no tier.",
+    )
 
 
 # --- documentation ----------------------------------------------------------------------

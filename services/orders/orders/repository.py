@@ -45,6 +45,7 @@ class OrderRow:
     referral_code: str | None
     group_id: uuid.UUID | None
     group_unit_price: int | None
+    member_unit_price: int | None
     expires_at: datetime
     paid_at: datetime | None
     carrier: str | None

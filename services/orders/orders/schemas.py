@@ -45,6 +45,12 @@ class OrderCreate(PayIn):
     sku: str = Sku
     quantity: StrictInt = Field(ge=1, le=MAX_ORDER_QUANTITY)
     referral_code: SafeStr | None = Field(None, min_length=1, max_length=64)
+    purchase_code: SafeStr | None = Field(
+        None,
+        min_length=1,
+        max_length=32,
+        description="A code campaign's purchase code (F码); omitted: the buyer's own, if any.",
+    )
 
 
 class ShipIn(BaseModel):
@@ -121,6 +127,7 @@ class OrderOut(BaseModel):
     referral_code: str | None
     group_id: uuid.UUID | None = Field(description="The group buy (拼团) it was placed into.")
     group_unit_price: int | None = Field(description="The group (or leader) price it pays.")
+    member_unit_price: int | None = Field(description="The buyer's member tier price, if any.")
     expires_at: datetime = Field(description="An unpaid order gives its units back then.")
     carrier: str | None
     tracking_number: str | None
@@ -157,6 +164,7 @@ class OrderOut(BaseModel):
             referral_code=x.referral_code,
             group_id=x.group_id,
             group_unit_price=x.group_unit_price,
+            member_unit_price=x.member_unit_price,
             expires_at=x.expires_at,
             carrier=x.carrier,
             tracking_number=x.tracking_number,

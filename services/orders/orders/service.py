@@ -19,13 +19,14 @@ import structlog
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.orders.eligibility import service as eligibility
 from services.orders.groups import service as groups
-from services.orders.models import HOLDING_UNITS, PAID
+from services.orders.models import HOLDING_UNITS, PAID, PENDING
 from services.orders.orders import repository as repo
 from services.orders.orders.repository import OrderRow, RefundDecisionRow
 from services.orders.orders.schemas import OrderCreate, OrderFilters, PayIn
 from services.orders.presales import repository as campaigns
-from services.orders.presales.pricing import first_payment
+from services.orders.presales.pricing import first_payment, unit_price_for_order
 from services.orders.presales.repository import CampaignRow
 from services.orders.presales.service import CampaignNotFound, sold_out
 from shared.auth import Principal
@@ -259,6 +260,15 @@ class Orders:
             await self._refuse(session, campaign_id, body.quantity, now)
         assert campaign is not None
         # From here the campaign's row is locked until commit: the checks below are exact.
+        member_price = await eligibility.admit_order(
+            session,
+            campaign,
+            principal.sub,
+            order_id,
+            quantity=body.quantity,
+            purchase_code=body.purchase_code,
+            now=now,
+        )
         if campaign.per_customer_limit is not None:
             held = await campaigns.customer_units(session, campaign_id, principal.sub)
             if held + body.quantity > campaign.per_customer_limit:
@@ -297,11 +307,12 @@ class Orders:
                     campaign.deposit_type,
                     quantity=quantity,
                     unit_deposit=campaign.unit_deposit,
-                    list_unit_price=list_price,
+                    list_unit_price=unit_price_for_order(list_price, member_price),
                 ),
                 "deposit_credit": quantity * campaign.unit_deposit_credit,
                 "status": "pending_payment",
                 "referral_code": body.referral_code,
+                "member_unit_price": member_price,
                 **(place.order_columns() if place else {}),
                 "expires_at": now + self.order_ttl,
             },
@@ -710,6 +721,8 @@ class Orders:
         committed = order.status in PAID
         if order.group_id is not None:
             await groups.member_left(session, order.id)
+        if order.status == PENDING:
+            await eligibility.give_back_code(session, order.id)
         if order.status in HOLDING_UNITS:
             campaign = await campaigns.get_campaign(session, order.campaign_id)
             if campaign is not None and campaign.status in ("draft", "published", "open"):

@@ -77,7 +77,9 @@ async def _succeed(orders: Orders, session: AsyncSession, campaign: CampaignRow)
     due_by = now + timedelta(hours=campaign.balance_window_hours)
     any_balance = False
     for order in await repo.campaign_orders(session, campaign.id, HELD):
-        unit = unit_price_for_order(final, order.early_bird_price, order.group_unit_price)
+        unit = unit_price_for_order(
+            final, order.early_bird_price, order.group_unit_price, order.member_unit_price
+        )
         if order.deposit_type == "full":
             excess = prepayment_excess(
                 quantity=order.quantity, unit_price=unit, paid=order.first_paid

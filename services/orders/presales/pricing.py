@@ -59,8 +59,8 @@ def never_higher(old: Sequence[Tier], new: Sequence[Tier]) -> bool:
 
 
 def unit_price_for_order(final_unit_price: int, *own_prices: int | None) -> int:
-    """An order with a price of its own (early-bird, group buy) pays it, or the tier reached
-    if lower."""
+    """An order with prices of its own (early-bird, a group buy's, a member tier's) pays the
+    lowest of them, or the tier reached if that is lower still."""
     return min([final_unit_price, *(p for p in own_prices if p is not None)])
 
 
