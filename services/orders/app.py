@@ -9,6 +9,8 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.orders.config import OrdersSettings, get_settings
+from services.orders.gifts import service as gifts
+from services.orders.gifts.router import router as gifts_router
 from services.orders.models import payments, platform
 from services.orders.orders import settlement
 from services.orders.orders.router import orders_router
@@ -18,6 +20,7 @@ from services.orders.orders.service import (
     REFUND_JOB,
     Orders,
 )
+from services.orders.pickup.router import router as pickup_router
 from services.orders.presales import service as presales
 from services.orders.presales.router import presales_router
 from shared.app import ServiceSpec, create_service_app
@@ -63,12 +66,23 @@ def create_app(settings: OrdersSettings | None = None) -> FastAPI:
     async def balance_deadline(session: AsyncSession, job: Job) -> None:
         await settlement.balance_deadline(orders, session, job)
 
+    async def gift_unclaimed(session: AsyncSession, job: Job) -> None:
+        await gifts.unclaimed(orders, session, job)
+
     async def expiry_sweep(_: FastAPI) -> float | None:
         while await orders.expire_due() > 0:
             pass
         return await orders.next_expiry_in()
 
-    routers = [presales_router(), orders_router(), payments_router(), webhook_router()]
+    # Gifts first: its /v1/orders/gift-... paths would otherwise reach /v1/orders/{order_id}.
+    routers = [
+        gifts_router,
+        pickup_router,
+        presales_router(),
+        orders_router(),
+        payments_router(),
+        webhook_router(),
+    ]
     if settings.payment_provider == "simulated":
         routers.append(simulated_router())
     spec = ServiceSpec(
@@ -85,6 +99,7 @@ def create_app(settings: OrdersSettings | None = None) -> FastAPI:
             settlement.BALANCE_DEADLINE_JOB: balance_deadline,
             COMPLETE_JOB: orders.complete,
             REFUND_JOB: Detached(orders.run_refund),
+            gifts.UNCLAIMED_JOB: gift_unclaimed,
         },
     )
     return create_service_app(spec, settings)

@@ -193,6 +193,10 @@ class OrderEvent(EventPayload):
     referral_code: str | None = Field(None, max_length=64, description="Given when ordering.")
     paid_total: StrictInt = Field(ge=0, description="Minor units paid so far, all payments.")
     refunded_total: StrictInt = Field(ge=0, description="Minor units refunded so far.")
+    pickup_point_id: uuid.UUID | None = Field(None, description="The pickup point (团长自提).")
+    pickup_leader_id: str | None = Field(
+        None, max_length=100, description="The user id of the point's leader (their commission)."
+    )
 
 
 class OrderPaid(OrderEvent, event_type="order.paid"):
@@ -227,7 +231,8 @@ class OrderCancelled(OrderEvent, event_type="order.cancelled"):
     reason: str = Field(
         max_length=40,
         description=(
-            "`expired`, `campaign_failed`, `campaign_cancelled`, `balance_unpaid`, `refunded`."
+            "`expired`, `campaign_failed`, `campaign_cancelled`, `balance_unpaid`, `refunded`, "
+            "`gift_unclaimed`."
         ),
     )
     forfeited_amount: StrictInt = Field(ge=0, description="A 定金 kept by the merchant.")
