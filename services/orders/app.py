@@ -11,6 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.orders.config import OrdersSettings, get_settings
 from services.orders.eligibility import service as eligibility
 from services.orders.eligibility.router import router as eligibility_router
+from services.orders.gifts import service as gifts
+from services.orders.gifts.router import router as gifts_router
 from services.orders.groups import settlement as group_settlement
 from services.orders.groups.router import router as groups_router
 from services.orders.groups.service import EXPIRE_JOB as GROUP_EXPIRE_JOB
@@ -23,6 +25,7 @@ from services.orders.orders.service import (
     REFUND_JOB,
     Orders,
 )
+from services.orders.pickup.router import router as pickup_router
 from services.orders.presales import service as presales
 from services.orders.presales.router import presales_router
 from shared.app import ServiceSpec, create_service_app
@@ -73,6 +76,9 @@ def create_app(settings: OrdersSettings | None = None) -> FastAPI:
     async def expire_group(session: AsyncSession, job: Job) -> None:
         await group_settlement.expire(orders, session, job)
 
+    async def gift_unclaimed(session: AsyncSession, job: Job) -> None:
+        await gifts.unclaimed(orders, session, job)
+
     async def expiry_sweep(_: FastAPI) -> float | None:
         while await orders.expire_due() > 0:
             pass
@@ -80,9 +86,12 @@ def create_app(settings: OrdersSettings | None = None) -> FastAPI:
 
     handlers = EventHandlers()
     handlers.on(MemberTierSet)(eligibility.on_member_tier_set)
-    # Eligibility first: its static paths must win over /v1/presales/{campaign_id}.
+    # Eligibility and gifts first: their static paths must win over /v1/presales/{id} and
+    # /v1/orders/{order_id}.
     routers = [
         eligibility_router,
+        gifts_router,
+        pickup_router,
         presales_router(),
         orders_router(),
         groups_router,
@@ -107,6 +116,7 @@ def create_app(settings: OrdersSettings | None = None) -> FastAPI:
             COMPLETE_JOB: orders.complete,
             REFUND_JOB: Detached(orders.run_refund),
             GROUP_EXPIRE_JOB: expire_group,
+            gifts.UNCLAIMED_JOB: gift_unclaimed,
         },
     )
     return create_service_app(spec, settings)

@@ -15,6 +15,10 @@ class OrdersSettings(PaymentSettings):
     group_share_base_url: str = Field(
         "https://m.qunbuy.example/g/", alias="GROUP_SHARE_BASE_URL", pattern=r"^https?://\S+/$"
     )
+    # The page a gift's claim link opens; the link adds ?token=... (docs/orders.md, Gifts).
+    gift_claim_base_url: str = Field(
+        "https://qunbuy.example/gift", pattern=r"^https?://[^\s?#]+$", alias="GIFT_CLAIM_BASE_URL"
+    )
 
 
 @lru_cache

@@ -180,8 +180,16 @@ customer_order = Table(
     Column("delivered_at", DateTime(timezone=True)),
     Column("completed_at", DateTime(timezone=True)),
     Column("cancelled_at", DateTime(timezone=True)),
+    # Where it goes: a delivery address (a gift's: the buyer's own, used if it is redirected)
+    # or a pickup point (团长自提) with the point's leader and the code shown when collecting.
+    Column("delivery_address", JSON_TYPE),
+    Column("pickup_point_id", Uuid, ForeignKey("pickup_point.id")),
+    Column("pickup_leader_id", String(100)),
+    Column("pickup_code", String(8)),
+    Column("pickup_arrived_at", DateTime(timezone=True)),
     *_timestamps(),
     CheckConstraint("quantity > 0", name="quantity_positive"),
+    CheckConstraint("delivery_address IS NULL OR pickup_point_id IS NULL", name="one_destination"),
     CheckConstraint(
         "first_refund_promised <= first_paid AND balance_refund_promised <= balance_paid",
         name="refunds_within_paid",
@@ -195,6 +203,15 @@ customer_order = Table(
     ),
     Index("ix_customer_order_customer", "customer_id", "created_at"),
     Index("ix_customer_order_merchant", "merchant_id", "created_at"),
+    # A pickup code names one order of its point (the pick list reads a point's orders by
+    # it too); partial, so that orders without a point cost the hot insert nothing here.
+    Index(
+        "ix_customer_order_pickup_code",
+        "pickup_point_id",
+        "pickup_code",
+        unique=True,
+        postgresql_where=text("pickup_point_id IS NOT NULL"),
+    ),
 )
 
 order_refund = Table(
@@ -424,4 +441,81 @@ presale_reservation = Table(
     *_timestamps(),
     UniqueConstraint("campaign_id", "customer_id"),
     Index("ix_presale_reservation_campaign_rank", "campaign_id", "rank", "id"),
+)
+
+
+# --- gifts (送人): services/orders/gifts/ --------------------------------------------------
+
+order_gift = Table(
+    "order_gift",
+    metadata,
+    Column("order_id", Uuid, ForeignKey("customer_order.id"), primary_key=True),
+    Column("message", String(200), nullable=False),
+    # The claim link's secret (secrets.token_urlsafe), shown only to the buyer once paid.
+    Column("token", String(64), nullable=False, unique=True),
+    # awaiting_claim | claimed | redirected | refunded
+    Column("status", String(16), nullable=False, server_default="awaiting_claim"),
+    # The merchant's terms when the gift was ordered: what happens to it unclaimed, and when.
+    Column("on_unclaimed", String(16), nullable=False),
+    Column("claim_days", Integer, nullable=False),
+    Column("claim_by", DateTime(timezone=True)),
+    Column("recipient_id", String(100)),
+    Column("recipient_address", JSON_TYPE),
+    Column("claimed_at", DateTime(timezone=True)),
+    Column("resolved_at", DateTime(timezone=True)),
+    *_timestamps(),
+    CheckConstraint(
+        "status <> 'claimed' OR (recipient_id IS NOT NULL AND recipient_address IS NOT NULL)",
+        name="claimed_has_recipient",
+    ),
+)
+
+gift_policy = Table(
+    "gift_policy",
+    metadata,
+    # A merchant's terms for new gifts (a gift keeps the terms it was ordered on).
+    Column("merchant_id", String(100), primary_key=True),
+    Column("claim_days", Integer, nullable=False),
+    # redirect (to the buyer's address) | refund
+    Column("on_unclaimed", String(16), nullable=False),
+    Column("updated_by", String(100), nullable=False),
+    *_timestamps(),
+)
+
+# --- pickup points (团长自提): services/orders/pickup/ ---------------------------------------
+
+pickup_leader = Table(
+    "pickup_leader",
+    metadata,
+    # A customer who applied to run pickup points for a merchant, approved by its staff.
+    Column("id", Uuid, primary_key=True),
+    Column("merchant_id", String(100), nullable=False),
+    Column("user_id", String(100), nullable=False),
+    # pending | active | rejected | suspended
+    Column("status", String(16), nullable=False),
+    Column("real_name", String(100), nullable=False),
+    Column("phone", String(32), nullable=False),
+    Column("decided_by", String(100)),
+    Column("decided_at", DateTime(timezone=True)),
+    Column("decision_note", String(500)),
+    *_timestamps(),
+    UniqueConstraint("merchant_id", "user_id"),
+    Index("ix_pickup_leader_merchant", "merchant_id", "created_at"),
+)
+
+pickup_point = Table(
+    "pickup_point",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("merchant_id", String(100), nullable=False),
+    Column("leader_id", Uuid, ForeignKey("pickup_leader.id"), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("address", String(300), nullable=False),
+    Column("contact_name", String(100), nullable=False),
+    Column("contact_phone", String(32), nullable=False),
+    Column("opening_hours", String(200), nullable=False),
+    Column("active", Boolean, nullable=False, server_default=text("true")),
+    *_timestamps(),
+    Index("ix_pickup_point_merchant", "merchant_id", "created_at"),
+    Index("ix_pickup_point_leader", "leader_id"),
 )

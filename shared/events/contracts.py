@@ -193,9 +193,9 @@ class OrderEvent(EventPayload):
     quantity: StrictInt = Field(gt=0)
     currency: str = Field(min_length=3, max_length=3, description="ISO 4217.")
     referral_code: str | None = Field(None, max_length=64, description="Given when ordering.")
-    pickup_point_id: uuid.UUID | None = Field(None, description="Collected from this point.")
+    pickup_point_id: uuid.UUID | None = Field(None, description="The pickup point (团长自提).")
     pickup_leader_id: str | None = Field(
-        None, max_length=100, description="The user id of that point's leader (团长)."
+        None, max_length=100, description="The user id of the point's leader (their commission)."
     )
     paid_total: StrictInt = Field(ge=0, description="Minor units paid so far, all payments.")
     refunded_total: StrictInt = Field(ge=0, description="Minor units refunded so far.")
@@ -234,7 +234,8 @@ class OrderCancelled(OrderEvent, event_type="order.cancelled"):
         max_length=40,
         description=(
             "`expired`, `campaign_failed`, `campaign_cancelled`, `balance_unpaid`, `refunded`, "
-            "`group_expired` (unpaid when its group's time ran out), `group_failed`."
+            "`group_expired` (unpaid when its group's time ran out), `group_failed`, "
+            "`gift_unclaimed`."
         ),
     )
     forfeited_amount: StrictInt = Field(ge=0, description="A 定金 kept by the merchant.")

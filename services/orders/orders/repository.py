@@ -54,6 +54,11 @@ class OrderRow:
     delivered_at: datetime | None
     completed_at: datetime | None
     cancelled_at: datetime | None
+    delivery_address: dict[str, Any] | None
+    pickup_point_id: uuid.UUID | None
+    pickup_leader_id: str | None
+    pickup_code: str | None
+    pickup_arrived_at: datetime | None
     created_at: datetime
     updated_at: datetime
 

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, status
 from fastapi.responses import Response, StreamingResponse
 
+from services.orders.gifts.service import GiftAwaitingClaim
 from services.orders.orders import reports, settlement
 from services.orders.orders import repository as repo
 from services.orders.orders import service as rules
@@ -39,6 +40,7 @@ from services.orders.orders.service import (
     RefundDecisionNotFound,
     VariantUnknown,
 )
+from services.orders.pickup.service import DestinationConflict, PointInactive, PointUnknown
 from services.orders.presales.router import Staff, campaign_out
 from services.orders.presales.schemas import CampaignOut
 from services.orders.presales.service import CampaignNotFound, CampaignStateConflict
@@ -105,6 +107,9 @@ def orders_router() -> APIRouter:
             VariantUnknown,
             CustomerLimitExceeded,
             OrderInFlight,
+            DestinationConflict,
+            PointUnknown,
+            PointInactive,
         ),
     )
     async def place(
@@ -191,7 +196,7 @@ def orders_router() -> APIRouter:
         "/v1/orders/{order_id}/ship",
         response_model=OrderOut,
         summary="Mark a paid order shipped (staff)",
-        responses=responses(*_AUTH, OrderNotFound, OrderStateConflict),
+        responses=responses(*_AUTH, OrderNotFound, OrderStateConflict, GiftAwaitingClaim),
     )
     async def ship(
         principal: Staff, order_id: uuid.UUID, body: ShipIn, session: SessionDep, orders: OrdersDep

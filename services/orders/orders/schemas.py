@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
 
 from services.orders.orders.repository import OrderRow, RefundDecisionRow
 from services.orders.presales.schemas import MAX_PRICE, Sku
 from shared.payments import PaymentRow
-from shared.text import SafeStr
+from shared.text import SafeMultilineStr, SafeStr
 
 _STRICT = ConfigDict(extra="forbid")
 MAX_ORDER_QUANTITY = 10_000
@@ -41,6 +41,28 @@ class PayIn(BaseModel):
     )
 
 
+Phone = Annotated[str, Field(min_length=4, max_length=32, pattern=r"^\+?[0-9][0-9 ()-]*$")]
+
+
+class DeliveryAddress(BaseModel):
+    """Where an order ships: to the buyer, or (a gift) to the recipient who claimed it."""
+
+    model_config = _STRICT
+
+    recipient_name: SafeStr = Field(min_length=1, max_length=100)
+    phone: Phone
+    lines: list[Annotated[SafeStr, Field(min_length=1, max_length=200)]] = Field(
+        min_length=1, max_length=4, description="Street, building, room: 1 to 4 lines."
+    )
+    postal_code: SafeStr | None = Field(None, min_length=1, max_length=20)
+
+
+class GiftIn(BaseModel):
+    model_config = _STRICT
+
+    message: SafeMultilineStr = Field(min_length=1, max_length=200)
+
+
 class OrderCreate(PayIn):
     sku: str = Sku
     quantity: StrictInt = Field(ge=1, le=MAX_ORDER_QUANTITY)
@@ -51,6 +73,13 @@ class OrderCreate(PayIn):
         max_length=32,
         description="A code campaign's purchase code (F码); omitted: the buyer's own, if any.",
     )
+    delivery_address: DeliveryAddress | None = Field(
+        None, description="Where it ships; a gift's: the buyer's own, if it is redirected."
+    )
+    pickup_point_id: uuid.UUID | None = Field(
+        None, description="An active pickup point of the merchant instead of an address."
+    )
+    gift: GiftIn | None = Field(None, description="送人: the recipient claims it by a link.")
 
 
 class ShipIn(BaseModel):
@@ -135,6 +164,9 @@ class OrderOut(BaseModel):
     delivered_at: datetime | None
     completed_at: datetime | None
     cancelled_at: datetime | None
+    delivery_address: DeliveryAddress | None
+    pickup_point_id: uuid.UUID | None
+    pickup_code: str | None = Field(description="Shown at the pickup point to collect.")
     created_at: datetime
     payment: PaymentSummary | None = None
 
@@ -172,6 +204,9 @@ class OrderOut(BaseModel):
             delivered_at=x.delivered_at,
             completed_at=x.completed_at,
             cancelled_at=x.cancelled_at,
+            delivery_address=x.delivery_address,
+            pickup_point_id=x.pickup_point_id,
+            pickup_code=x.pickup_code,
             created_at=x.created_at,
             payment=payment,
         )

@@ -20,11 +20,13 @@ from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.orders.eligibility import service as eligibility
+from services.orders.gifts import service as gifts
 from services.orders.groups import service as groups
 from services.orders.models import HOLDING_UNITS, PAID, PENDING
 from services.orders.orders import repository as repo
 from services.orders.orders.repository import OrderRow, RefundDecisionRow
 from services.orders.orders.schemas import OrderCreate, OrderFilters, PayIn
+from services.orders.pickup import service as pickup
 from services.orders.presales import repository as campaigns
 from services.orders.presales.pricing import first_payment, unit_price_for_order
 from services.orders.presales.repository import CampaignRow
@@ -185,6 +187,8 @@ class Orders:
                 referral_code=order.referral_code,
                 paid_total=order.paid_total,
                 refunded_total=order.refunded_amount,
+                pickup_point_id=order.pickup_point_id,
+                pickup_leader_id=order.pickup_leader_id,
                 **extra,
             ),
         )
@@ -281,6 +285,7 @@ class Orders:
             if not await campaigns.variant_exists(session, campaign_id, body.sku):
                 raise VariantUnknown(field="sku")
             raise PresaleSoldOut(f"not enough units of {body.sku} left", sku=body.sku)
+        destination = await pickup.destination(session, campaign.merchant_id, body)
         place = None
         if group is not None:  # a group's price replaces the list price (early-bird too)
             place = await groups.take_place(
@@ -315,10 +320,13 @@ class Orders:
                 "member_unit_price": member_price,
                 **(place.order_columns() if place else {}),
                 "expires_at": now + self.order_ttl,
+                **destination,
             },
         )
         if order is None:
             raise OrderInFlight()
+        if body.gift is not None:
+            await gifts.attach(session, order, body.gift)
         return order
 
     async def _refuse(
@@ -463,6 +471,7 @@ class Orders:
             await campaigns.commit_units(session, order.campaign_id, order.sku, order.quantity)
             if order.group_id is not None:
                 await groups.member_paid(session, self.platform, order.id)
+            await gifts.start_claim_window(session, self.platform, order.id)
             await self.publish(
                 session,
                 OrderPaid,
@@ -756,6 +765,7 @@ class Orders:
         campaign = await campaigns.get_campaign(session, order.campaign_id)
         if campaign is None or campaign.status not in ("succeeded", "fulfilled"):
             raise OrderStateConflict("orders ship once their campaign has succeeded")
+        await gifts.ensure_shippable(session, order)
         return await repo.update_order(
             session,
             order.id,
@@ -775,6 +785,11 @@ class Orders:
             raise OrderStateConflict(
                 f"only a shipped order is delivered (this one is {order.status})"
             )
+        return await self.delivered(session, order)
+
+    async def delivered(self, session: AsyncSession, order: OrderRow) -> OrderRow:
+        """A shipped order reached its buyer (the caller holds the campaign's and the order's
+        locks): it completes after the campaign's return window."""
         campaign = await campaigns.get_campaign(session, order.campaign_id)
         assert campaign is not None
         now = now_utc()
