@@ -12,8 +12,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from services.crowdfund.models import pledge, project
+from shared.scheduler import JobRunner
 from tests.conftest import TokenFactory
 from tests.shared.payments.support import PaymentsApp, new_merchant
 
@@ -110,3 +112,78 @@ async def outbox_payloads(app: PaymentsApp, event_type: str, **match: str) -> li
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+async def place_pledge(
+    app: PaymentsApp,
+    backer: dict[str, str],
+    project_id: str,
+    reward_id: str | None,
+    *,
+    key: str | None = "",
+    **body: Any,
+) -> Any:
+    """POSTs a pledge: by default one unit of ``reward_id`` for ¥99 shipped in CN, by a card
+    that saves fine."""
+    values = {
+        "reward_id": reward_id,
+        "amount": 9900,
+        "region": "CN",
+        "payment_method": "pm_card_visa",
+        **body,
+    }
+    return await app.post(f"/v1/projects/{project_id}/pledges", values, backer, key=key)
+
+
+async def run_jobs(app: PaymentsApp) -> int:
+    """Runs every due job and sweep the way the worker does, then the simulated provider's
+    events, until nothing is left; returns how much ran."""
+    runner = JobRunner(
+        sessionmaker=app.app.state.sessionmaker,
+        tables=app.app.state.tables,
+        handlers=app.app.state.job_handlers,
+    )
+    sweeps = app.app.state.sweeps
+    total = 0
+    while True:
+        ran = await runner.run_due()
+        for sweep in sweeps:
+            ran += await sweep()
+        await app.tick()
+        if ran == 0:
+            return total
+        total += ran
+
+
+async def make_due(app: PaymentsApp, project_id: str, *, what: str) -> None:
+    """Brings a project's deadline (``what="deadline"``, with its job), its pledges' next
+    retries (``"retry"``) or the end of their fix windows (``"window"``) to now."""
+    past = datetime.now(UTC) - timedelta(seconds=2)
+    pid = uuid.UUID(project_id)
+    async with app.app.state.sessionmaker() as session, session.begin():
+        if what == "deadline":
+            await session.execute(
+                update(project).where(project.c.id == pid).values(deadline_at=past)
+            )
+            j = app.app.state.tables.scheduled_job
+            await session.execute(
+                update(j)
+                .where(j.c.kind == "project.deadline", j.c.key == project_id)
+                .values(run_at=past)
+            )
+            return
+        failed = (pledge.c.project_id == pid, pledge.c.status == "payment_failed")
+        if what == "retry":
+            # Time passes for the pledge: its window moves back as far as its retry does.
+            jump = pledge.c.charge_at - past
+            await session.execute(
+                update(pledge)
+                .where(*failed, pledge.c.charge_at.is_not(None))
+                .values(
+                    charge_at=past,
+                    first_failed_at=pledge.c.first_failed_at - jump,
+                    fix_until=pledge.c.fix_until - jump,
+                )
+            )
+        else:
+            await session.execute(update(pledge).where(*failed).values(fix_until=past))
