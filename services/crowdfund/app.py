@@ -16,6 +16,9 @@ from services.crowdfund.pledges.router import router as pledges_router
 from services.crowdfund.pledges.service import REFERENCE_PREFIX, REFUND_JOB, Pledges
 from services.crowdfund.projects import service as projects
 from services.crowdfund.projects.router import router as projects_router
+from services.crowdfund.settlements import service as settlements
+from services.crowdfund.settlements.router import router as settlements_router
+from services.crowdfund.updates.router import router as updates_router
 from shared.app import ServiceSpec, create_service_app
 from shared.events import EventPublisher
 from shared.payments import (
@@ -77,7 +80,18 @@ def create_app(settings: CrowdfundSettings | None = None) -> FastAPI:
     async def deadline(session: AsyncSession, job: Job) -> None:
         await charges.deadline(session, job)
 
-    routers = [projects_router, pledges_router, charges_router, webhook_router()]
+    async def settle(session: AsyncSession, job: Job) -> None:
+        await settlements.settle(session, platform, job)
+
+    # Settlements first: /v1/projects/settlements must win over /v1/projects/{id}.
+    routers = [
+        settlements_router,
+        projects_router,
+        pledges_router,
+        charges_router,
+        updates_router,
+        webhook_router(),
+    ]
     if settings.payment_provider == "simulated":
         routers.append(simulated_router())
     spec = ServiceSpec(
@@ -91,6 +105,7 @@ def create_app(settings: CrowdfundSettings | None = None) -> FastAPI:
         jobs={
             projects.LAUNCH_JOB: launch_project,
             projects.DEADLINE_JOB: deadline,
+            settlements.SETTLE_JOB: settle,
             REFUND_JOB: Detached(pledges.run_refund),
         },
     )

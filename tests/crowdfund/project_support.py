@@ -53,10 +53,10 @@ def tier_body(**overrides: Any) -> dict[str, Any]:
 
 
 async def draft_project(
-    app: PaymentsApp, auth: TokenFactory, **overrides: Any
+    app: PaymentsApp, auth: TokenFactory, staff: dict[str, str] | None = None, **overrides: Any
 ) -> tuple[str, dict[str, str]]:
-    """A draft of a fresh merchant: its id and a staff header."""
-    staff = auth("staff", merchant_id=new_merchant())
+    """A draft of ``staff``'s merchant (a fresh one by default): its id and a staff header."""
+    staff = staff or auth("staff", merchant_id=new_merchant())
     created = await app.client.post("/v1/projects", json=project_body(**overrides), headers=staff)
     assert created.status_code == 201, created.text
     return str(created.json()["id"]), staff
@@ -77,11 +77,12 @@ async def live_project(
     auth: TokenFactory,
     *,
     rewards: list[dict[str, Any]] | None = None,
+    staff: dict[str, str] | None = None,
     **overrides: Any,
 ) -> tuple[str, dict[str, str], list[str]]:
     """A reviewed, live project with ``rewards`` (one ¥99 tier by default): its id, a staff
     header and the rewards' ids."""
-    project_id, staff = await draft_project(app, auth, **overrides)
+    project_id, staff = await draft_project(app, auth, staff, **overrides)
     reward_ids = [await add_reward(app, staff, project_id, **r) for r in rewards or [{}]]
     submitted = await app.client.post(f"/v1/projects/{project_id}/submit", headers=staff)
     assert submitted.status_code == 200, submitted.text
@@ -156,19 +157,27 @@ async def run_jobs(app: PaymentsApp) -> int:
 
 
 async def make_due(app: PaymentsApp, project_id: str, *, what: str) -> None:
-    """Brings a project's deadline (``what="deadline"``, with its job), its pledges' next
-    retries (``"retry"``) or the end of their fix windows (``"window"``) to now."""
+    """Brings a project's deadline (``what="deadline"``, with its job), its settlement
+    (``"settle"``), its pledges' next retries (``"retry"``) or the end of their fix windows
+    (``"window"``) to now."""
     past = datetime.now(UTC) - timedelta(seconds=2)
     pid = uuid.UUID(project_id)
+    jobs = app.app.state.tables.scheduled_job
     async with app.app.state.sessionmaker() as session, session.begin():
+        if what == "settle":
+            await session.execute(
+                update(jobs)
+                .where(jobs.c.kind == "project.settle", jobs.c.key.startswith(project_id))
+                .values(run_at=past)
+            )
+            return
         if what == "deadline":
             await session.execute(
                 update(project).where(project.c.id == pid).values(deadline_at=past)
             )
-            j = app.app.state.tables.scheduled_job
             await session.execute(
-                update(j)
-                .where(j.c.kind == "project.deadline", j.c.key == project_id)
+                update(jobs)
+                .where(jobs.c.kind == "project.deadline", jobs.c.key == project_id)
                 .values(run_at=past)
             )
             return

@@ -52,6 +52,7 @@ from services.crowdfund.projects.service import (
     ProjectNotFound,
     ProjectStateConflict,
 )
+from services.crowdfund.settlements.service import SETTLE_AFTER, SETTLE_JOB
 from shared.events.contracts import PledgeDropped, ProjectFailed, ProjectSucceeded
 from shared.payments import (
     PaymentError,
@@ -68,9 +69,6 @@ from shared.wakeup import notify_work
 
 _log = structlog.get_logger("qunbuy.crowdfund")
 
-SETTLE_JOB = "project.settle"
-# The settlement waits for the fix windows that the deadline's charges open.
-FIX_WINDOW_AND_MARGIN = timedelta(days=7, hours=1)
 LEASE = timedelta(seconds=60)
 RETRY_UNAVAILABLE = timedelta(seconds=30)
 # An attempt's payment in these states can still succeed: no second attempt beside it.
@@ -142,7 +140,7 @@ class Charges:
                 pledges.platform,
                 kind=SETTLE_JOB,
                 key=str(project.id),
-                run_at=now + FIX_WINDOW_AND_MARGIN,
+                run_at=now + SETTLE_AFTER,
             )
             return
         for held in await pledges_repo.project_pledges(session, project.id, (CONFIRMED, COLLECTED)):

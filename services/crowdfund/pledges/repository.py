@@ -232,3 +232,89 @@ async def mark_refund_done(session: AsyncSession, refund_id: uuid.UUID) -> None:
     await session.execute(
         update(rf).where(rf.c.id == refund_id).values(status="done", updated_at=func.now())
     )
+
+
+# --- reports ----------------------------------------------------------------------------
+
+
+async def status_totals(session: AsyncSession, project_id: uuid.UUID) -> dict[str, tuple[int, int]]:
+    """Per status: (pledges, amount)."""
+    rows = await session.execute(
+        select(pl.c.status, func.count(), func.coalesce(func.sum(pl.c.amount), 0))
+        .where(pl.c.project_id == project_id)
+        .group_by(pl.c.status)
+    )
+    return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+
+async def money_totals(session: AsyncSession, project_id: uuid.UUID) -> tuple[int, int, int]:
+    """(collected, refunded, payment fees) over every pledge of the project."""
+    row = (
+        await session.execute(
+            select(
+                func.coalesce(func.sum(pl.c.paid), 0),
+                func.coalesce(func.sum(pl.c.refunded_amount), 0),
+                func.coalesce(func.sum(pl.c.payment_fee), 0),
+            ).where(pl.c.project_id == project_id)
+        )
+    ).one()
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+async def daily(session: AsyncSession, project_id: uuid.UUID, tz: str) -> list[dict[str, Any]]:
+    """Per local day of pledging: pledges that still stand (or were paid), and their amount."""
+    day = func.date(func.timezone(tz, pl.c.created_at)).label("day")
+    rows = await session.execute(
+        select(
+            day,
+            func.count().label("pledges"),
+            func.coalesce(func.sum(pl.c.amount), 0).label("amount"),
+        )
+        .where(pl.c.project_id == project_id, pl.c.status.in_(HOLDING))
+        .group_by(day)
+        .order_by(day)
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def channels(session: AsyncSession, project_id: uuid.UUID) -> list[dict[str, Any]]:
+    """Per channel (referral code and source): pledges that stand, their amount, biggest
+    first."""
+    amount = func.coalesce(func.sum(pl.c.amount), 0).label("amount")
+    rows = await session.execute(
+        select(pl.c.referral_code, pl.c.source, func.count().label("pledges"), amount)
+        .where(pl.c.project_id == project_id, pl.c.status.in_(HOLDING))
+        .group_by(pl.c.referral_code, pl.c.source)
+        .order_by(amount.desc(), pl.c.referral_code, pl.c.source)
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def backers(session: AsyncSession, project_id: uuid.UUID) -> list[PledgeRow]:
+    """The pledges that stand (or were paid), oldest first: what fulfilment ships."""
+    rows = await session.execute(
+        select(pl)
+        .where(pl.c.project_id == project_id, pl.c.status.in_(HOLDING))
+        .order_by(pl.c.created_at, pl.c.id)
+    )
+    return [PledgeRow(**x._mapping) for x in rows]
+
+
+async def take_unsettled_refunds(
+    session: AsyncSession, merchant_id: str, currency: str, settlement_id: uuid.UUID
+) -> int:
+    """Assigns the merchant's refund decisions no settlement has deducted yet (of every
+    project) to ``settlement_id``; returns their total."""
+    taken = (
+        update(rf)
+        .where(
+            rf.c.merchant_id == merchant_id,
+            rf.c.settlement_id.is_(None),
+            rf.c.pledge_id.in_(select(pl.c.id).where(pl.c.currency == currency)),
+        )
+        .values(settlement_id=settlement_id, updated_at=func.now())
+        .returning(rf.c.amount)
+        .cte("taken")
+    )
+    total = await session.scalar(select(func.coalesce(func.sum(taken.c.amount), 0)))
+    return int(total or 0)

@@ -6,7 +6,9 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, status
+from fastapi.responses import Response
 
+from services.crowdfund.pledges import reports
 from services.crowdfund.pledges import repository as repo
 from services.crowdfund.pledges import service as rules
 from services.crowdfund.pledges.repository import PledgeRow
@@ -16,6 +18,8 @@ from services.crowdfund.pledges.schemas import (
     PledgeFilters,
     PledgeOut,
     PledgeTerms,
+    ProjectStats,
+    RefundIn,
     SetupSummary,
 )
 from services.crowdfund.pledges.service import (
@@ -23,6 +27,7 @@ from services.crowdfund.pledges.service import (
     PledgeInFlight,
     PledgeLastHour,
     PledgeNotFound,
+    PledgeRefundTooHigh,
     PledgeRegionInvalid,
     PledgeRewardInvalid,
     Pledges,
@@ -34,6 +39,7 @@ from services.crowdfund.pledges.service import (
     RewardNotAvailable,
     RewardSoldOut,
 )
+from services.crowdfund.projects.router import Staff
 from services.crowdfund.projects.service import ProjectNotFound, RewardNotFound
 from shared.auth import CurrentUser, Principal, require_roles
 from shared.db import SessionDep
@@ -47,6 +53,7 @@ from shared.payments import (
     PaymentProviderUnavailable,
     PaymentsNotConfigured,
 )
+from shared.timezones import TimezoneQuery, UnknownTimezone
 
 Customer = Annotated[Principal, require_roles("customer")]
 _AUTH = (Unauthorized, Forbidden)
@@ -179,6 +186,24 @@ async def cancel(
 
 
 @router.post(
+    "/v1/pledges/{pledge_id}/refunds",
+    response_model=PledgeOut,
+    summary="Refund a paid pledge, all or part (staff; after settlement: next statement)",
+    responses=responses(*_AUTH, *IDEMPOTENCY_ERRORS, PledgeNotFound, PledgeRefundTooHigh),
+)
+async def staff_refund(
+    principal: Staff,
+    pledge_id: uuid.UUID,
+    body: RefundIn,
+    session: SessionDep,
+    pledges: PledgesDep,
+    key: IdempotencyKeyRequired,
+) -> PledgeOut:
+    pledge = await pledges.staff_refund(session, principal, pledge_id, body.amount)
+    return PledgeOut.of(pledge, await repo.get_items(session, [pledge.id]))
+
+
+@router.post(
     "/v1/pledges/{pledge_id}/payment-method",
     response_model=SetupSummary,
     summary="Save another card for this pledge (also to fix a failed charge: tried at once)",
@@ -193,3 +218,38 @@ async def change_card(
 ) -> SetupSummary:
     setup = await pledges.change_card(principal, pledge_id, body.payment_method, key)
     return SetupSummary.of(setup, show_secret=True)
+
+
+@router.get(
+    "/v1/projects/{project_id}/stats",
+    response_model=ProjectStats,
+    tags=["projects"],
+    summary="Progress by status, day and channel (referral code, source); staff",
+    responses=responses(*_AUTH, ProjectNotFound, UnknownTimezone),
+)
+async def stats(
+    principal: Staff,
+    project_id: uuid.UUID,
+    session: SessionDep,
+    tz: TimezoneQuery = "Asia/Shanghai",
+) -> ProjectStats:
+    return await reports.project_stats(session, principal, project_id, tz)
+
+
+@router.get(
+    "/v1/projects/{project_id}/backers.csv",
+    response_class=Response,
+    tags=["projects"],
+    summary="Backers with rewards, add-ons and shipping, for fulfilment (staff)",
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "One row per pledge."},
+        **responses(*_AUTH, ProjectNotFound),
+    },
+)
+async def backers(principal: Staff, project_id: uuid.UUID, session: SessionDep) -> Response:
+    body = await reports.backers_csv(session, principal, project_id)
+    return Response(
+        body,
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="backers-{project_id}.csv"'},
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
@@ -79,6 +79,14 @@ class PaymentMethodIn(BaseModel):
     model_config = _STRICT
 
     payment_method: SafeStr = Field(min_length=1, max_length=255)
+
+
+class RefundIn(BaseModel):
+    model_config = _STRICT
+
+    amount: StrictInt | None = Field(
+        None, ge=1, le=MAX_AMOUNT, description="Minor units; omitted: all that remains."
+    )
 
 
 class ItemOut(BaseModel):
@@ -213,3 +221,41 @@ class PledgeFilters(BaseModel):
     customer_id: SafeStr | None = Field(None, max_length=100)
     created_from: AwareDatetime | None = None
     created_to: AwareDatetime | None = None
+
+
+class StatusCount(BaseModel):
+    pledges: int
+    amount: int
+
+
+class DailyPoint(BaseModel):
+    day: date
+    pledges: int = Field(description="Pledged that day and still standing (or paid).")
+    amount: int
+
+
+class ChannelPoint(BaseModel):
+    referral_code: str | None
+    source: str | None
+    pledges: int
+    amount: int
+
+
+class ProjectStats(BaseModel):
+    """What the creator's staff watch (the internal target included)."""
+
+    project_id: uuid.UUID
+    currency: str
+    status: str
+    goal: int
+    internal_target: int | None
+    pledged_amount: int = Field(description="Confirmed pledges now.")
+    final_amount: int | None = Field(description="The total locked at the deadline.")
+    backers: int
+    collected: int
+    refunded: int
+    payment_fees: int
+    by_status: dict[str, StatusCount]
+    timezone: str
+    daily: list[DailyPoint]
+    channels: list[ChannelPoint]

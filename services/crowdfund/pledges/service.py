@@ -160,6 +160,12 @@ class PledgeLastHour(Conflict):
     title = "This project allows no cancelling or lowering of pledges in its last hour"
 
 
+class PledgeRefundTooHigh(DomainError):
+    status = 422
+    code = "pledge_refund_exceeds_paid"
+    title = "A refund cannot exceed what was paid and not refunded yet"
+
+
 def now_utc() -> datetime:
     return datetime.now(UTC)
 
@@ -584,6 +590,26 @@ class Pledges:
         if ended.refundable > 0:
             return await self.decide_refund(session, ended, amount=ended.refundable, reason=reason)
         return ended
+
+    async def staff_refund(
+        self,
+        session: AsyncSession,
+        principal: Principal,
+        pledge_id: uuid.UUID,
+        amount: int | None,
+    ) -> PledgeRow:
+        """Staff give money back on a paid pledge (also after the settlement: the creator's
+        next statement deducts it)."""
+        found = await repo.get_pledge(session, pledge_id)
+        if found is None or not principal.acts_for(found.merchant_id):
+            raise PledgeNotFound()
+        await projects.get_project(session, found.project_id, lock=True)
+        pledge = await repo.get_pledge(session, pledge_id, lock=True)
+        assert pledge is not None
+        wanted = pledge.refundable if amount is None else amount
+        if not 0 < wanted <= pledge.refundable:
+            raise PledgeRefundTooHigh(refundable=pledge.refundable, field="amount")
+        return await self.decide_refund(session, pledge, amount=wanted, reason="staff_refund")
 
     # --- reading --------------------------------------------------------------------------
 
