@@ -42,6 +42,7 @@ from services.crowdfund.pledges.service import (
     CHARGE,
     Pledges,
     PledgeStateConflict,
+    next_retry,
     now_utc,
     payment_reference,
 )
@@ -175,8 +176,10 @@ class Charges:
             previous = await self._payment(pledge.charge_payment_id)
             if previous is not None and previous.status not in _FINALLY_FAILED:
                 # The backer is authenticating that attempt (or it is processing): it may
-                # still succeed, so no second attempt beside it.
-                await self._release(claim, PAYMENT_FAILED, pledge.fix_until)
+                # still succeed, so no second attempt beside it; the next retry day may try.
+                assert pledge.first_failed_at is not None
+                retry = next_retry(pledge.first_failed_at, now_utc())
+                await self._release(claim, PAYMENT_FAILED, retry)
                 return previous
             attempt = pledge.charge_attempt + 1
         charge_id = self.pledges.charge_id(pledge.id, attempt)

@@ -190,6 +190,13 @@ def payment_fee(amount: int, bps: int) -> int:
     return (amount * bps + 5_000) // 10_000
 
 
+def next_retry(first_failed_at: datetime, now: datetime) -> datetime | None:
+    """The next automatic attempt of the fix window (days 3 and 6 after the first failure),
+    or None when none is left."""
+    later = [first_failed_at + after for after in RETRY_AFTER if first_failed_at + after > now]
+    return later[0] if later else None
+
+
 @dataclass
 class Lines:
     """What a pledge's choice holds and costs."""
@@ -747,7 +754,6 @@ class Pledges:
         now = now_utc()
         first = pledge.first_failed_at or now
         fix_until = pledge.fix_until or first + FIX_WINDOW
-        retries = [first + after for after in RETRY_AFTER if first + after > now]
         failed = await repo.update_pledge(
             session,
             pledge.id,
@@ -756,7 +762,7 @@ class Pledges:
                 "failure_code": failure_code,
                 "first_failed_at": first,
                 "fix_until": fix_until,
-                "charge_at": retries[0] if retries else None,
+                "charge_at": next_retry(first, now),
                 "charge_locked_until": None,
             },
         )
