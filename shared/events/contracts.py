@@ -47,6 +47,16 @@ __all__ = [
     "PaymentRefundFailed",
     "PaymentRefunded",
     "PaymentSucceeded",
+    "PledgeCharged",
+    "PledgeDropped",
+    "PledgeEvent",
+    "PledgePaymentFailed",
+    "PledgeRefunded",
+    "ProjectEvent",
+    "ProjectFailed",
+    "ProjectStretchGoalUnlocked",
+    "ProjectSucceeded",
+    "ProjectUpdatePosted",
     "contract_for",
     "contracts_markdown",
 ]
@@ -257,6 +267,100 @@ class MemberTierSet(EventPayload, event_type="member.tier_set"):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
         description="One of the merchant's tier codes; null: no tier.",
     )
+
+
+# --- crowdfunding (published by crowdfund; pledge.* shaped like order.* for referrals) ----
+
+
+class PledgeEvent(EventPayload):
+    """What every pledge event says about the pledge."""
+
+    pledge_id: uuid.UUID
+    project_id: uuid.UUID = Field(description="The crowdfunding project backed.")
+    merchant_id: str = Field(max_length=100, description="The creator.")
+    customer_id: str = Field(max_length=100, description="The backer.")
+    currency: str = Field(min_length=3, max_length=3, description="ISO 4217.")
+    referral_code: str | None = Field(None, max_length=64, description="Given when pledging.")
+    paid_total: StrictInt = Field(ge=0, description="Minor units collected on the pledge.")
+    refunded_total: StrictInt = Field(ge=0, description="Minor units refunded so far.")
+
+
+class PledgeCharged(PledgeEvent, event_type="pledge.charged"):
+    """The pledge was paid: a wallet or flexible pledge at once, a saved card at the deadline
+    (or in the fix window)."""
+
+    amount: StrictInt = Field(gt=0, description="Minor units of this payment.")
+    method: Literal["card", "wechat_pay", "alipay"]
+
+
+class PledgeRefunded(PledgeEvent, event_type="pledge.refunded"):
+    """Money went back to the backer (``refunded_total`` includes ``amount``)."""
+
+    amount: StrictInt = Field(gt=0, description="Minor units refunded this time.")
+
+
+class PledgePaymentFailed(PledgeEvent, event_type="pledge.payment_failed"):
+    """A charge at (or after) the deadline failed: tell the backer to update the payment
+    method or confirm the payment before ``fix_until``."""
+
+    attempt: StrictInt = Field(gt=0)
+    amount: StrictInt = Field(gt=0, description="Minor units to pay.")
+    failure_code: str | None = Field(
+        None, max_length=100, description="`authentication_required`, a decline code..."
+    )
+    fix_until: datetime = Field(description="The pledge is dropped then if still unpaid.")
+    next_retry_at: datetime | None = Field(description="The next automatic attempt, if any.")
+
+
+class PledgeDropped(PledgeEvent, event_type="pledge.dropped"):
+    """The fix window ended with the pledge unpaid: it no longer counts, its places go back."""
+
+    amount: StrictInt = Field(gt=0, description="Minor units that were not collected.")
+    failure_code: str | None = Field(None, max_length=100)
+
+
+class ProjectEvent(EventPayload):
+    """What every project event says about the project."""
+
+    project_id: uuid.UUID
+    merchant_id: str = Field(max_length=100, description="The creator.")
+    currency: str = Field(min_length=3, max_length=3, description="ISO 4217.")
+    goal: StrictInt = Field(gt=0, description="Minor units.")
+    raised: StrictInt = Field(ge=0, description="Minor units of confirmed pledges.")
+
+
+class ProjectSucceeded(ProjectEvent, event_type="project.succeeded"):
+    """The deadline passed with the goal reached (or a flexible project): cards are charged."""
+
+    backers: StrictInt = Field(ge=0)
+    deadline_at: datetime
+
+
+class ProjectFailed(ProjectEvent, event_type="project.failed"):
+    """The deadline passed short of the goal: nobody is charged, wallet payments go back."""
+
+    backers: StrictInt = Field(ge=0)
+    deadline_at: datetime
+
+
+class ProjectStretchGoalUnlocked(ProjectEvent, event_type="project.stretch_goal_unlocked"):
+    """Confirmed pledges passed a stretch goal's threshold (each goal once, in order)."""
+
+    stretch_goal_id: uuid.UUID
+    threshold: StrictInt = Field(gt=0)
+    title: str = Field(max_length=200)
+    unlocks: str = Field(max_length=5000)
+
+
+class ProjectUpdatePosted(EventPayload, event_type="project.update_posted"):
+    """The creator posted an update: the notifier tells the backers (all of them, or the
+    public too for a `public` one)."""
+
+    project_id: uuid.UUID
+    merchant_id: str = Field(max_length=100)
+    update_id: uuid.UUID
+    title: str = Field(max_length=200)
+    visibility: Literal["public", "backers"]
 
 
 # --- documentation ----------------------------------------------------------------------

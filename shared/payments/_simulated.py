@@ -62,6 +62,9 @@ class TestPaymentMethod:
     decline_code: str | None = None
     # Whether saving it (SetupIntent) fails too; pm_card_chargeCustomerFail saves fine.
     setup_declines: bool = False
+    # Whether saving an "action" card asks for 3D Secure; pm_card_alwaysAuthenticate saves
+    # fine and then asks on every charge (off-session: declined, authentication_required).
+    setup_needs_action: bool = True
     description: str = ""
 
 
@@ -118,6 +121,13 @@ _TEST_METHODS = (
         "card",
         "action",
         description="requires 3D Secure (requires_action); declined off-session",
+    ),
+    TestPaymentMethod(
+        "pm_card_alwaysAuthenticate",
+        "card",
+        "action",
+        setup_needs_action=False,
+        description="saves fine; every charge requires 3D Secure (declined off-session)",
     ),
     TestPaymentMethod(
         "pm_card_succeedLater",
@@ -727,7 +737,7 @@ class SimulatedProvider:
                     await repo.sim_put(session, self._t, setup)
                     await self._emit(session, "setup_intent.setup_failed", setup)
                     return setup
-                if method.outcome == "action":
+                if method.outcome == "action" and method.setup_needs_action:
                     setup.update(
                         status="requires_action",
                         payment_method=payment_method,

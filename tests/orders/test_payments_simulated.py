@@ -31,6 +31,7 @@ EXPECTED: dict[str, tuple[int, str, str]] = {
     "pm_card_chargeCustomerFail": (402, "requires_payment_method", "requires_payment_method"),
     "pm_card_authenticationRequired": (201, "requires_action", "requires_action"),
     "pm_card_threeDSecure2Required": (201, "requires_action", "requires_action"),
+    "pm_card_alwaysAuthenticate": (201, "requires_action", "requires_action"),
     "pm_card_succeedLater": (201, "processing", "succeeded"),
     "pm_card_failLater": (201, "processing", "requires_payment_method"),
     "pm_card_createDispute": (201, "succeeded", "succeeded"),

@@ -1,17 +1,10 @@
 """What staff read about a campaign: its statistics, the factory's demand per variant, and
-the orders as CSV.
-
-CSV cells that a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``,
-``@``, a tab or a carriage return) get a leading apostrophe: buyers write referral codes
-and shipping data, and staff open these files in Excel (CSV injection).
-"""
+the orders as CSV (shared/csv_export.py keeps formulas out of the cells)."""
 
 from __future__ import annotations
 
-import csv
-import io
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from sqlalchemy import Select
@@ -23,9 +16,9 @@ from services.orders.orders.schemas import CampaignStats, DailyPoint
 from services.orders.presales import repository as campaigns
 from services.orders.presales.service import CampaignStateConflict, staff_campaign
 from shared.auth import Principal
+from shared.csv_export import csv_text
 from shared.timezones import check_timezone
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 EXPORT_COLUMNS = (
     "id",
     "created_at",
@@ -87,20 +80,6 @@ async def campaign_stats(
     )
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    text = value.isoformat() if hasattr(value, "isoformat") else str(value)
-    return "'" + text if text.startswith(_FORMULA_START) else text
-
-
-def _csv(rows: Iterable[Sequence[Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerows([_cell(v) for v in row] for row in rows)
-    return out.getvalue()
-
-
 async def demand_csv(session: AsyncSession, principal: Principal, campaign_id: uuid.UUID) -> str:
     """Units to make per variant, once the close has fixed them (the factory's order)."""
     campaign = await staff_campaign(session, principal, campaign_id)
@@ -122,7 +101,7 @@ async def demand_csv(session: AsyncSession, principal: Principal, campaign_id: u
                 campaign.final_unit_price,
             )
         )
-    return _csv(rows)
+    return csv_text(rows)
 
 
 def _export_row(order: OrderRow) -> tuple[Any, ...]:
@@ -138,8 +117,8 @@ async def export_csv(
 ) -> AsyncIterator[bytes]:
     """The orders of ``stmt`` as CSV, streamed from a server-side cursor in batches (memory
     stays flat however many orders match)."""
-    yield _csv([EXPORT_COLUMNS]).encode()
+    yield csv_text([EXPORT_COLUMNS]).encode()
     async with sessionmaker() as session, session.begin():
         result = await session.stream(stmt.execution_options(yield_per=_BATCH))
         async for batch in result.partitions(_BATCH):
-            yield _csv(_export_row(OrderRow(**r._mapping)) for r in batch).encode()
+            yield csv_text(_export_row(OrderRow(**r._mapping)) for r in batch).encode()
