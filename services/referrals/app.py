@@ -5,7 +5,12 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from services.referrals.commissions.router import commissions_router
-from services.referrals.commissions.service import RELEASE_JOB, on_order_event, release_held
+from services.referrals.commissions.service import (
+    RELEASE_JOB,
+    on_order_event,
+    on_pledge_event,
+    release_held,
+)
 from services.referrals.config import ReferralsSettings, get_settings
 from services.referrals.dashboards.router import dashboards_router
 from services.referrals.links.router import links_router
@@ -14,13 +19,23 @@ from services.referrals.programs.router import programs_router
 from services.referrals.withdrawals.router import withdrawals_router
 from shared.app import ServiceSpec, create_service_app
 from shared.events import EventHandlers
-from shared.events.contracts import OrderCancelled, OrderCompleted, OrderPaid, OrderRefunded
+from shared.events.contracts import (
+    OrderCancelled,
+    OrderCompleted,
+    OrderPaid,
+    OrderRefunded,
+    PledgeCharged,
+    PledgeDropped,
+    PledgeRefunded,
+)
 
 
 def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
     handlers = EventHandlers()
     for contract in (OrderPaid, OrderRefunded, OrderCompleted, OrderCancelled):
         handlers.on(contract)(on_order_event)
+    for pledge in (PledgeCharged, PledgeRefunded, PledgeDropped):
+        handlers.on(pledge)(on_pledge_event)
     spec = ServiceSpec(
         name="referrals",
         title="Qunbuy referrals: links, attribution, commissions, withdrawals",

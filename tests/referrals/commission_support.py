@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from shared.events import SIGNATURE_HEADER, Envelope, sign
-from shared.events.contracts import OrderEvent, OrderPaid
+from shared.events.contracts import OrderEvent, OrderPaid, PledgeEvent
 from tests.conftest import TEST_EVENT_SECRET, TokenFactory
 
 
@@ -88,6 +88,38 @@ class Order:
         return Envelope(
             type=contract.event_type,
             source="orders",
+            version=contract.version,
+            payload=payload.model_dump(mode="json"),
+        )
+
+
+@dataclass
+class Pledge:
+    """One crowdfunding pledge's events, as crowdfund publishes them (totals cumulative)."""
+
+    merchant_id: str
+    customer_id: str
+    referral_code: str | None
+    project_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    paid: int = 0
+    refunded: int = 0
+
+    def event(self, contract: type[PledgeEvent], **extra: Any) -> Envelope:
+        payload = contract(
+            pledge_id=self.id,
+            project_id=self.project_id,
+            merchant_id=self.merchant_id,
+            customer_id=self.customer_id,
+            currency="CNY",
+            referral_code=self.referral_code,
+            paid_total=self.paid,
+            refunded_total=self.refunded,
+            **extra,
+        )
+        return Envelope(
+            type=contract.event_type,
+            source="crowdfund",
             version=contract.version,
             payload=payload.model_dump(mode="json"),
         )

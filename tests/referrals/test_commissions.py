@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from services.referrals.commissions import repository as ledger
 from services.referrals.models import ledger_entry
-from shared.events.contracts import OrderCancelled, OrderCompleted, OrderPaid, OrderRefunded
+from shared.events.contracts import (
+    OrderCancelled,
+    OrderCompleted,
+    OrderPaid,
+    OrderRefunded,
+    PledgeCharged,
+    PledgeDropped,
+    PledgeRefunded,
+)
 from shared.scheduler import JobRunner
 from tests.conftest import TokenFactory
-from tests.referrals.commission_support import Order, Program, deliver
+from tests.referrals.commission_support import Order, Pledge, Program, deliver
 
 
 async def _chain(program: Program) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -358,3 +367,60 @@ async def test_without_a_holding_period_an_order_waits_for_its_completion(
     refused = await program.rules(holding_days=366)
     assert refused.status_code == 422
     assert refused.json()["code"] == "validation_error"
+
+
+async def test_a_charged_pledge_earns_at_its_projects_rates_and_its_holding_period_releases_it(
+    referrals_client: httpx.AsyncClient, auth: TokenFactory
+) -> None:
+    program = Program(referrals_client, auth)
+    assert (await program.rules()).status_code == 200
+    seller, upline = await _chain(program)
+    pledge = Pledge(program.merchant_id, "backer-1", seller["code"])
+    own_rates = await referrals_client.put(
+        f"/v1/commission-rules/overrides/project/{pledge.project_id}",
+        json={"level1_bps": 2000, "level2_bps": 300},
+        headers=program.staff,
+    )
+    assert own_rates.status_code == 200, own_rates.text
+    pledge.paid = 19900
+    charged = await deliver(
+        referrals_client, pledge.event(PledgeCharged, amount=19900, method="card")
+    )
+    assert charged.status_code == 200, charged.text
+    assert (await program.balances(seller["id"]))["pending"] == 3980
+    assert (await program.balances(upline["id"]))["pending"] == 597
+    # Without a holding period set, a pledge waits 7 days (a pledge never completes).
+    app = referrals_client._transport.app  # type: ignore[attr-defined]
+    jobs = app.state.tables.scheduled_job
+    key = f"pledge:{pledge.id}"
+    async with app.state.sessionmaker() as session, session.begin():
+        run_at = await session.scalar(select(jobs.c.run_at).where(jobs.c.key == key))
+        assert run_at is not None
+        assert timedelta(days=6, hours=23) < run_at - datetime.now(UTC) <= timedelta(days=7)
+        await session.execute(update(jobs).where(jobs.c.key == key).values(run_at=func.now()))
+    assert await _run_due_jobs(referrals_client) == 1
+    assert (await program.balances(seller["id"]))["available"] == 3980
+    # A refund afterwards takes back from available, to the fen.
+    pledge.refunded = 19900
+    refunded = await deliver(referrals_client, pledge.event(PledgeRefunded, amount=19900))
+    assert refunded.status_code == 200, refunded.text
+    assert (await program.balances(seller["id"]))["available"] == 0
+    assert (await program.balances(upline["id"]))["available"] == 0
+
+
+async def test_a_dropped_pledge_that_was_never_charged_earns_nothing(
+    referrals_client: httpx.AsyncClient, auth: TokenFactory
+) -> None:
+    program = Program(referrals_client, auth)
+    assert (await program.rules()).status_code == 200
+    seller, _ = await _chain(program)
+    pledge = Pledge(program.merchant_id, "backer-2", seller["code"])
+    dropped = await deliver(
+        referrals_client,
+        pledge.event(PledgeDropped, amount=19900, failure_code="card_declined"),
+    )
+    assert dropped.status_code == 200, dropped.text
+    listed = await referrals_client.get(
+        "/v1/commissions", headers=auth("customer", sub=seller["user_id"])
+    )
+    assert listed.json()["items"] == []

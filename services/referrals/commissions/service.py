@@ -1,10 +1,12 @@
-"""Commissions from order events, on a double-entry ledger.
+"""Commissions from order and pledge events, on a double-entry ledger.
 
-Attribution happens once per order, at the first event that shows money paid: the referral
-code given at checkout and the customer's binding (锁客) decide the level-1 distributor under
-the merchant's rule (first or last touch); their upline is level 2. Never a third level: the
-upline's upline is never read. A self-referral (the buyer is the distributor, or their
-upline) earns nothing and is flagged; a suspended distributor earns nothing new.
+Orders and crowdfunding pledges earn alike (a :class:`Source`; a pledge's rates are its
+project's). Attribution happens once per source, at the first event that shows money paid:
+the referral code given at checkout and the customer's binding (锁客) decide the level-1
+distributor under the merchant's rule (first or last touch); their upline is level 2. Never
+a third level: the upline's upline is never read. A self-referral (the buyer is the
+distributor, or their upline) earns nothing and is flagged; a suspended distributor earns
+nothing new.
 
 Amounts are cumulative, which makes events order-free: every order event carries the order's
 paid and refunded totals, both only ever grow, so the attribution keeps the highest of each
@@ -18,7 +20,8 @@ a full refund leaves exactly zero, and no level ever holds more than its rate. A
 arrives late (a paid event after its refund), twice, or replayed changes nothing.
 
 Ledger accounts: ``merchant:<m>:commission_expense`` pays ``distributor:<d>:pending``
-(accrue); ``pending`` moves to ``available`` when the order completes (release); a refund
+(accrue); ``pending`` moves to ``available`` when the order completes or its holding period
+ends (release); a refund
 takes back from where the commission is (reverse), and what the distributor has already
 withdrawn becomes ``owed`` (to be taken from the next withdrawal).
 """
@@ -26,6 +29,7 @@ withdrawn becomes ``owed`` (to be taken from the next withdrawal).
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -39,10 +43,10 @@ from services.referrals.programs.repository import ProgramRow
 from services.referrals.programs.schemas import Balances
 from services.referrals.programs.service import leader_payee, rates_for
 from shared.events import Envelope
-from shared.events.contracts import OrderCompleted, OrderEvent
+from shared.events.contracts import OrderCompleted, OrderEvent, PledgeEvent
 from shared.scheduler import Job, schedule
 
-ORDER = "order"
+ORDER, PLEDGE = "order", "pledge"  # what a commission is earned on
 RELEASE_JOB = "commission.release"
 DEFAULT_PLEDGE_HOLDING_DAYS = 7  # a pledge has no completion: its commissions wait this long
 DISTRIBUTOR, LEADER = "distributor", "leader"  # who a commission pays
@@ -66,27 +70,88 @@ def account(distributor_id: uuid.UUID, name: str) -> str:
     return f"distributor:{distributor_id}:{name}"
 
 
+@dataclass(frozen=True, slots=True)
+class Source:
+    """What commissions need of an order or a pledge event (both carry cumulative totals)."""
+
+    type: str  # order | pledge
+    id: uuid.UUID
+    merchant_id: str
+    customer_id: str
+    currency: str
+    referral_code: str | None
+    paid_total: int
+    refunded_total: int
+    # Whose override applies: a pre-sale campaign's or a crowdfunding project's.
+    target_type: str  # presale | project
+    target_id: str
+    leader_user_id: str | None = None
+    completed: bool = False
+
+    @classmethod
+    def of_order(cls, event: OrderEvent) -> Source:
+        return cls(
+            ORDER,
+            event.order_id,
+            event.merchant_id,
+            event.customer_id,
+            event.currency,
+            event.referral_code,
+            event.paid_total,
+            event.refunded_total,
+            "presale",
+            str(event.campaign_id),
+            event.pickup_leader_id,
+            isinstance(event, OrderCompleted),
+        )
+
+    @classmethod
+    def of_pledge(cls, event: PledgeEvent) -> Source:
+        return cls(
+            PLEDGE,
+            event.pledge_id,
+            event.merchant_id,
+            event.customer_id,
+            event.currency,
+            event.referral_code,
+            event.paid_total,
+            event.refunded_total,
+            "project",
+            str(event.project_id),
+        )
+
+
 async def on_order_event(session: AsyncSession, event: OrderEvent, envelope: Envelope) -> None:
     """Any order event: attribute (once), take its totals, settle every level; a completed
     order's commissions become available."""
-    rules = await programs.get_program(session, event.merchant_id)
+    await _on_source(session, Source.of_order(event), str(envelope.id))
+
+
+async def on_pledge_event(session: AsyncSession, event: PledgeEvent, envelope: Envelope) -> None:
+    """A pledge charged, refunded or dropped: as an order's events, released by the holding
+    period (a pledge has no completion)."""
+    await _on_source(session, Source.of_pledge(event), str(envelope.id))
+
+
+async def _on_source(session: AsyncSession, source: Source, event_id: str) -> None:
+    rules = await programs.get_program(session, source.merchant_id)
     if rules is None:
         return  # the merchant runs no program
-    attr = await repo.get_attribution(session, ORDER, event.order_id, lock=True)
+    attr = await repo.get_attribution(session, source.type, source.id, lock=True)
     if attr is None:
-        if event.paid_total == 0:
+        if source.paid_total == 0:
             return  # nothing was paid (an unpaid order cancelled): nothing to earn
-        attr = await _attribute(session, rules, event)
+        attr = await _attribute(session, rules, source)
     values: dict[str, object] = {
-        "paid_total": max(attr.paid_total, event.paid_total),
-        "refunded_total": max(attr.refunded_total, event.refunded_total),
-        "completed": attr.completed or isinstance(event, OrderCompleted),
+        "paid_total": max(attr.paid_total, source.paid_total),
+        "refunded_total": max(attr.refunded_total, source.refunded_total),
+        "completed": attr.completed or source.completed,
     }
-    if attr.completed and event.refunded_total > attr.refunded_total:
+    if attr.completed and source.refunded_total > attr.refunded_total:
         values["refunded_after_completion_at"] = now_utc()
-    attr = await repo.update_attribution(session, ORDER, event.order_id, values)
-    for level in await repo.commissions_of(session, ORDER, event.order_id):
-        await _settle(session, attr, level, str(envelope.id))
+    attr = await repo.update_attribution(session, source.type, source.id, values)
+    for level in await repo.commissions_of(session, source.type, source.id):
+        await _settle(session, attr, level, event_id)
 
 
 async def release_held(session: AsyncSession, job: Job) -> None:
@@ -142,13 +207,13 @@ async def bind_by_rule(
     return distributor_id
 
 
-async def _attribute(session: AsyncSession, rules: ProgramRow, event: OrderEvent) -> AttributionRow:
+async def _attribute(session: AsyncSession, rules: ProgramRow, source: Source) -> AttributionRow:
     now = now_utc()
-    coded_id, link_id = await _code_owner(session, event.merchant_id, event.referral_code)
+    coded_id, link_id = await _code_owner(session, source.merchant_id, source.referral_code)
     chosen_id = (
-        await bind_by_rule(session, rules, event.customer_id, coded_id, now)
+        await bind_by_rule(session, rules, source.customer_id, coded_id, now)
         if coded_id is not None
-        else await repo.binding(session, event.merchant_id, event.customer_id, now)
+        else await repo.binding(session, source.merchant_id, source.customer_id, now)
     )
     seller = None if chosen_id is None else await programs.get_distributor(session, chosen_id)
     upline = (
@@ -156,22 +221,22 @@ async def _attribute(session: AsyncSession, rules: ProgramRow, event: OrderEvent
         if seller is None or seller.upline_id is None
         else await programs.get_distributor(session, seller.upline_id)
     )
-    self_referral = seller is not None and event.customer_id in (
+    self_referral = seller is not None and source.customer_id in (
         seller.user_id,
         upline.user_id if upline else None,
     )
     # The leader earns for the pickup, next to the chain and whatever the chain's flags;
     # never on their own order.
     leader = (
-        await leader_payee(session, event.merchant_id, event.pickup_leader_id)
-        if event.pickup_leader_id and event.pickup_leader_id != event.customer_id
+        await leader_payee(session, source.merchant_id, source.leader_user_id)
+        if source.leader_user_id and source.leader_user_id != source.customer_id
         else None
     )
     values = {
-        "source_type": ORDER,
-        "source_id": event.order_id,
-        "merchant_id": event.merchant_id,
-        "customer_id": event.customer_id,
+        "source_type": source.type,
+        "source_id": source.id,
+        "merchant_id": source.merchant_id,
+        "customer_id": source.customer_id,
         "distributor_id": seller.id if seller else None,
         "upline_id": upline.id if upline else None,
         "link_id": link_id if chosen_id == coded_id else None,
@@ -179,13 +244,13 @@ async def _attribute(session: AsyncSession, rules: ProgramRow, event: OrderEvent
         "self_referral": self_referral,
         "paid_total": 0,
         "refunded_total": 0,
-        "currency": event.currency,
+        "currency": source.currency,
         "completed": False,
     }
     if await repo.insert_attribution(session, values):
-        await _hold(session, rules, ORDER, event.order_id)
+        await _hold(session, rules, source.type, source.id)
         level1, level2, leader_rate = await rates_for(
-            session, rules, "presale", str(event.campaign_id)
+            session, rules, source.target_type, source.target_id
         )
         payees = (
             []
@@ -199,20 +264,20 @@ async def _attribute(session: AsyncSession, rules: ProgramRow, event: OrderEvent
                     session,
                     {
                         "id": uuid.uuid4(),
-                        "source_type": ORDER,
-                        "source_id": event.order_id,
-                        "merchant_id": event.merchant_id,
+                        "source_type": source.type,
+                        "source_id": source.id,
+                        "merchant_id": source.merchant_id,
                         "distributor_id": who.id,
                         "level": level,
                         "payee": payee,
                         "rate_bps": rate,
-                        "currency": event.currency,
+                        "currency": source.currency,
                         "amount": 0,
                         "state": "pending",
                     },
                 )
     # Inserted now, or by a concurrent delivery a moment ago: either way, locked from here.
-    decided = await repo.get_attribution(session, ORDER, event.order_id, lock=True)
+    decided = await repo.get_attribution(session, source.type, source.id, lock=True)
     assert decided is not None
     return decided
 
