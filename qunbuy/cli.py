@@ -1,7 +1,8 @@
 """The ``qunbuy`` command.
 
 qunbuy up                     run the whole platform (embedded PostgreSQL by default)
-qunbuy migrate [--service S]  apply migrations (the Kubernetes migration Job runs this)
+qunbuy migrate [--service S]  apply migrations (the Kubernetes migration Job runs this);
+                              S: orders, crowdfund, referrals or gateway
 qunbuy events dead  --service S        list events that exhausted their retries
 qunbuy events redrive --service S [--id N ...]   put dead events back in line
 qunbuy jobs dead|redrive --service S [--id N ...]   the same for scheduled jobs
@@ -37,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     migrate = sub.add_parser("migrate", help="apply each service's migrations")
-    migrate.add_argument("--service", choices=["orders", "crowdfund", "referrals"])
+    migrate.add_argument("--service", choices=["orders", "crowdfund", "referrals", "gateway"])
     migrate.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
 
     events = sub.add_parser("events", help="inspect and re-drive the outbox")

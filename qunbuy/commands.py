@@ -17,7 +17,7 @@ from qunbuy.pg import ensure_databases, wait_reachable
 from qunbuy.platform import Databases, PlatformError, open_databases
 from shared.db import make_engine, sessionmaker_for
 from shared.events import redrive_dead
-from shared.migrations import SERVICES, upgrade
+from shared.migrations import DATABASES, upgrade
 from shared.scheduler import redrive_dead as redrive_dead_jobs
 from shared.tables import PlatformTables
 
@@ -31,7 +31,7 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
-def prepare_databases(dbs: Databases, services: Sequence[str] = SERVICES) -> None:
+def prepare_databases(dbs: Databases, services: Sequence[str] = DATABASES) -> None:
     """Create the service databases when we own the server, then migrate them."""
     if dbs.server_url is not None:
         names = [dbs.urls[s].rsplit("/", 1)[-1].split("?", 1)[0] for s in services]
@@ -60,13 +60,13 @@ def prepare_databases(dbs: Databases, services: Sequence[str] = SERVICES) -> Non
 
 
 def migrate(data_dir: Path, service: str | None) -> int:
-    services = [service] if service else list(SERVICES)
+    services = [service] if service else list(DATABASES)
     dbs = open_databases(data_dir, services)
     try:
         prepare_databases(dbs, services)
     finally:
         dbs.stop()
-    print("migrations applied:", service or ", ".join(SERVICES))
+    print("migrations applied:", service or ", ".join(DATABASES))
     return 0
 
 

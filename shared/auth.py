@@ -1,19 +1,26 @@
 """User tokens: the gateway signs JWTs with an ES256 key, every service verifies them.
 
 Roles: ``customer``, ``distributor``, ``staff`` (with the ``merchant_id`` claim of the one
-merchant they work for) and ``admin`` (platform operators, who see every merchant).
+merchant they work for, and the ``merchant_role`` they hold there) and ``admin`` (platform
+operators, who see every merchant).
+
+Keys rotate: every token names its key (``kid``); a verifier holds every key it accepts (a key
+file may hold several PEM blocks, and a JWKS URL is read again when a token names a key it
+does not know yet).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
+import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,8 +32,11 @@ from shared.text import unstorable_reason
 
 __all__ = [
     "MAX_ID_LENGTH",
+    "MERCHANT_ROLES",
     "ROLES",
     "CurrentUser",
+    "MerchantRole",
+    "MerchantRoleRequired",
     "OptionalUser",
     "Principal",
     "Role",
@@ -39,6 +49,9 @@ __all__ = [
 
 Role = Literal["customer", "distributor", "staff", "admin"]
 ROLES: tuple[Role, ...] = ("customer", "distributor", "staff", "admin")
+# What a staff member may do within their merchant (docs/identity.md, "Roles").
+MerchantRole = Literal["owner", "operator", "finance", "viewer"]
+MERCHANT_ROLES: tuple[MerchantRole, ...] = ("owner", "operator", "finance", "viewer")
 ALGORITHM = "ES256"
 # Users and merchants are referred to by these ids in every service's tables (String(100)).
 MAX_ID_LENGTH = 100
@@ -64,6 +77,11 @@ class RoleRequired(Forbidden):
     title = "Your role does not allow this"
 
 
+class MerchantRoleRequired(Forbidden):
+    code = "merchant_role_required"
+    title = "Your role within the merchant does not allow this"
+
+
 class OtherMerchant(Forbidden):
     code = "other_merchant"
     title = "This belongs to another merchant"
@@ -74,6 +92,9 @@ class Principal:
     sub: str
     roles: frozenset[Role]
     merchant_id: str | None = None
+    # None on staff tokens minted before roles within a merchant existed (and by the
+    # development login when none is asked for): such staff hold every merchant role.
+    merchant_role: MerchantRole | None = None
     claims: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -116,7 +137,11 @@ def public_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def key_id(public_key_pem: bytes) -> str:
-    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(_load_public(public_key_pem)))
+    return _kid(_load_public(public_key_pem))
+
+
+def _kid(key: ec.EllipticCurvePublicKey) -> str:
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key))
     digest = hashlib.sha256(f"{jwk['x']}.{jwk['y']}".encode()).digest()[:12]
     return jwt.utils.base64url_encode(digest).decode()
 
@@ -128,9 +153,24 @@ def _load_public(pem: bytes) -> ec.EllipticCurvePublicKey:
     return key
 
 
+_PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
+
+
+def load_public_keys(pem: bytes) -> dict[str, ec.EllipticCurvePublicKey]:
+    """Every public key in ``pem`` (one or more PEM blocks), by key id."""
+    keys = [_load_public(block) for block in _PEM_BLOCK.findall(pem)]
+    return {_kid(key): key for key in keys}
+
+
 class TokenIssuer:
     def __init__(
-        self, key: ec.EllipticCurvePrivateKey, *, issuer: str, audience: str, ttl_seconds: int
+        self,
+        key: ec.EllipticCurvePrivateKey,
+        *,
+        issuer: str,
+        audience: str,
+        ttl_seconds: int,
+        previous: bytes = b"",
     ) -> None:
         self._key = key
         self.issuer = issuer
@@ -138,6 +178,13 @@ class TokenIssuer:
         self.ttl_seconds = ttl_seconds
         self.public_pem = public_pem(key)
         self.kid = key_id(self.public_pem)
+        # Keys that signed tokens before the last rotation: published until those expire.
+        self.previous = {k: v for k, v in load_public_keys(previous).items() if k != self.kid}
+
+    def verifier(self) -> TokenVerifier:
+        """A verifier of this issuer's tokens, old keys' included."""
+        pems = [self.public_pem, *(_pem(key) for key in self.previous.values())]
+        return TokenVerifier(b"".join(pems), issuer=self.issuer, audience=self.audience)
 
     def issue(
         self,
@@ -145,6 +192,7 @@ class TokenIssuer:
         roles: list[Role],
         *,
         merchant_id: str | None = None,
+        merchant_role: MerchantRole | None = None,
         ttl_seconds: int | None = None,
     ) -> str:
         now = int(time.time())
@@ -160,29 +208,109 @@ class TokenIssuer:
         }
         if merchant_id is not None:
             claims["merchant_id"] = merchant_id
+        if merchant_role is not None:
+            claims["merchant_role"] = merchant_role
         return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self.kid})
 
     def jwks(self) -> dict[str, Any]:
-        jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self._key.public_key()))
-        jwk.update({"kid": self.kid, "use": "sig", "alg": ALGORITHM})
-        return {"keys": [jwk]}
+        """The current key first, then the previous ones still in their overlap."""
+        keys = [(self.kid, self._key.public_key()), *self.previous.items()]
+        return {"keys": [_jwk(kid, key) for kid, key in keys]}
+
+
+def _jwk(kid: str, key: ec.EllipticCurvePublicKey) -> dict[str, Any]:
+    jwk: dict[str, Any] = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key))
+    jwk.update({"kid": kid, "use": "sig", "alg": ALGORITHM})
+    return jwk
+
+
+def _pem(key: ec.EllipticCurvePublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+class UnknownKey(InvalidToken):
+    """The token names a key this verifier does not hold (yet)."""
+
+
+# A JWKS is read again for an unknown key at most this often (a flood of tokens naming
+# made-up keys must not become a flood of requests to the gateway).
+_JWKS_MIN_INTERVAL = 30.0
 
 
 class TokenVerifier:
-    def __init__(self, public_key_pem: bytes, *, issuer: str, audience: str) -> None:
-        self._key = _load_public(public_key_pem)
+    def __init__(
+        self,
+        public_keys_pem: bytes = b"",
+        *,
+        issuer: str,
+        audience: str,
+        jwks_url: str | None = None,
+    ) -> None:
+        self._keys = load_public_keys(public_keys_pem)
+        if not self._keys and jwks_url is None:
+            raise ValueError("no EC (P-256) public key found, and no JWKS URL to read")
         self.issuer = issuer
         self.audience = audience
+        self.jwks_url = jwks_url
+        self._jwks_read_at = float("-inf")
 
     @classmethod
-    def from_file(cls, path: str | Path, *, issuer: str, audience: str) -> TokenVerifier:
-        return cls(Path(path).read_bytes(), issuer=issuer, audience=audience)
+    def from_file(
+        cls, path: str | Path, *, issuer: str, audience: str, jwks_url: str | None = None
+    ) -> TokenVerifier:
+        return cls(Path(path).read_bytes(), issuer=issuer, audience=audience, jwks_url=jwks_url)
+
+    @property
+    def key_ids(self) -> frozenset[str]:
+        return frozenset(self._keys)
+
+    async def read_jwks(self) -> bool:
+        """Adds the keys the JWKS publishes; False when it was read too recently or failed."""
+        now = time.monotonic()
+        if self.jwks_url is None or now - self._jwks_read_at < _JWKS_MIN_INTERVAL:
+            return False
+        self._jwks_read_at = now
+        try:
+            async with httpx.AsyncClient(timeout=3, trust_env=False) as client:
+                response = await client.get(self.jwks_url)
+            response.raise_for_status()
+            keys = [jwt.PyJWK(jwk) for jwk in response.json()["keys"]]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, jwt.PyJWTError):
+            return False
+        for jwk in keys:
+            if isinstance(jwk.key, ec.EllipticCurvePublicKey) and jwk.key_id:
+                self._keys[jwk.key_id] = jwk.key
+        return True
+
+    async def verify_async(self, token: str) -> Principal:
+        """:meth:`verify`, reading the JWKS again when the token names a key not known yet."""
+        try:
+            return self.verify(token)
+        except UnknownKey:
+            if await self.read_jwks():
+                return self.verify(token)
+            raise
+
+    def _key_for(self, token: str) -> ec.EllipticCurvePublicKey:
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError as exc:
+            raise InvalidToken("the token is malformed") from exc
+        if kid is None and len(self._keys) == 1:
+            return next(iter(self._keys.values()))  # a token from before key ids
+        key = self._keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise UnknownKey("the token is signed by a key this platform does not know")
+        return key
 
     def verify(self, token: str) -> Principal:
+        key = self._key_for(token)
         try:
             claims = jwt.decode(
                 token,
-                self._key,
+                key,
                 algorithms=[ALGORITHM],
                 issuer=self.issuer,
                 audience=self.audience,
@@ -212,10 +340,14 @@ class TokenVerifier:
             )
         if "staff" in roles and merchant_id is None:
             raise InvalidToken("a staff token must name its merchant")
+        merchant_role = claims.get("merchant_role")
+        if merchant_role is not None and merchant_role not in MERCHANT_ROLES:
+            raise InvalidToken("the token's merchant role is unknown")
         return Principal(
             sub=cast(str, sub),
             roles=roles,
             merchant_id=cast(str | None, merchant_id),
+            merchant_role=cast(MerchantRole | None, merchant_role),
             claims=claims,
         )
 
@@ -251,7 +383,7 @@ async def optional_user(
     verified = getattr(request.state, "principal", None)
     if isinstance(verified, Principal):  # already verified earlier in this request
         return verified
-    principal = _verifier(request).verify(credentials.credentials)
+    principal = await _verifier(request).verify_async(credentials.credentials)
     request.state.principal = principal
     return principal
 
