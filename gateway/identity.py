@@ -9,6 +9,8 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, model_validator
 
 from gateway.customers import repository as customers
+from gateway.sessions.service import SessionRevoked
+from gateway.staff import repository as staff
 from gateway.store import transaction
 from shared.auth import CurrentUser, MerchantRole, Role, TokenIssuer
 from shared.errors import NotFound, Unauthorized, responses
@@ -81,7 +83,7 @@ async def dev_login(body: DevLogin, request: Request) -> TokenResponse:
     response_model=Me,
     tags=["identity"],
     summary="Who you are: your roles, your merchant and your role there",
-    responses=responses(Unauthorized),
+    responses=responses(Unauthorized, SessionRevoked),
 )
 async def me(principal: CurrentUser, request: Request) -> Me:
     out = Me(
@@ -97,4 +99,10 @@ async def me(principal: CurrentUser, request: Request) -> Me:
         if customer is not None:
             out.phone = customer.phone
             out.mini_programs = await customers.apps_of(session, principal.sub)
+        member = await staff.get_staff(session, principal.sub)
+        if member is not None:
+            if member.status != "active":
+                raise SessionRevoked()
+            out.name, out.phone = member.name, member.phone
+            out.merchant_role = member.role if member.merchant_id else None  # type: ignore[assignment]
     return out

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
@@ -160,3 +161,26 @@ async def reconcile_ledger(args: argparse.Namespace) -> int:
         print(f"{row['id']}\tcommission {row['amount']}\tledger {row['ledger']}")
     print(f"commissions that differ from their entries: {len(off)}")
     return 1 if off else 0
+
+
+async def invite_admin(args: argparse.Namespace) -> int:
+    """``qunbuy admin invite``: a platform admin's invitation (the token is printed once)."""
+    from gateway.staff import service as staff
+    from gateway.staff.schemas import Person
+
+    try:
+        person = Person(name=args.name, email=args.email, phone=args.phone)
+    except ValidationError as exc:
+        raise PlatformError(f"the admin is not valid: {exc.errors()[0]['msg']}") from exc
+    async with (
+        _database(args, "gateway", "staff") as engine,
+        sessionmaker_for(engine)() as session,
+        session.begin(),
+    ):
+        invitation = await staff.invite_admin(
+            session, person, invited_by="qunbuy-cli", invite_ttl=args.ttl_hours * 3600
+        )
+    print(f"admin invited: {invitation.staff_id}")
+    print(f"invitation token (accept at POST /v1/auth/accept-invitation): {invitation.token}")
+    print(f"expires: {invitation.expires_at.isoformat()}")
+    return 0

@@ -14,7 +14,7 @@ import hashlib
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -111,9 +111,9 @@ def _new_invitation(ttl_seconds: int) -> tuple[str, dict[str, Any]]:
 async def _invite(
     session: AsyncSession,
     *,
-    merchant_id: str,
+    merchant_id: str | None,
     person: Person,
-    role: MerchantRole,
+    role: MerchantRole | Literal["admin"],
     invited_by: str,
     ttl_seconds: int,
 ) -> tuple[StaffRow, InvitationRow]:
@@ -236,6 +236,21 @@ async def invite(
         invited_by=principal.sub,
         ttl_seconds=invite_ttl,
     )
+
+
+async def invite_admin(
+    session: AsyncSession, person: Person, *, invited_by: str, invite_ttl: int
+) -> InvitationRow:
+    """A platform admin, invited (``qunbuy admin invite``: the first admin has no one above)."""
+    _, invitation = await _invite(
+        session,
+        merchant_id=None,
+        person=person,
+        role="admin",
+        invited_by=invited_by,
+        ttl_seconds=invite_ttl,
+    )
+    return invitation
 
 
 async def _member(session: AsyncSession, principal: Principal, staff_id: str) -> StaffRow:
