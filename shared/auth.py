@@ -25,6 +25,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from shared.errors import Forbidden, Unauthorized
@@ -34,17 +35,25 @@ __all__ = [
     "MAX_ID_LENGTH",
     "MERCHANT_ROLES",
     "ROLES",
+    "AnyCaller",
+    "AnyStaff",
+    "CatalogStaff",
     "CurrentUser",
     "MerchantRole",
     "MerchantRoleRequired",
+    "MerchantRolesRequired",
+    "MoneyStaff",
     "OptionalUser",
     "Principal",
     "Role",
+    "RolesRequired",
     "TokenIssuer",
     "TokenVerifier",
     "ensure_staff_of",
     "load_or_create_private_key",
+    "require_merchant_role",
     "require_roles",
+    "requirements_of",
 ]
 
 Role = Literal["customer", "distributor", "staff", "admin"]
@@ -400,15 +409,85 @@ CurrentUser = Annotated[Principal, Depends(current_user)]
 OptionalUser = Annotated[Principal | None, Depends(optional_user)]
 
 
-def require_roles(*roles: Role) -> Any:
-    """A dependency that admits callers holding any of ``roles`` (admins always pass)."""
+@dataclass(frozen=True)
+class RolesRequired:
+    """The dependency of :func:`require_roles`, readable from the routes (the role matrix)."""
 
-    async def dependency(principal: CurrentUser) -> Principal:
-        if not principal.is_admin and not principal.has(*roles):
-            raise RoleRequired(f"requires one of: {', '.join(roles)}")
+    roles: tuple[Role, ...]
+
+    async def __call__(self, principal: CurrentUser) -> Principal:
+        if not principal.is_admin and not principal.has(*self.roles):
+            raise RoleRequired(f"requires one of: {', '.join(self.roles)}")
         return principal
 
-    return Depends(dependency)
+
+def require_roles(*roles: Role) -> Any:
+    """A dependency that admits callers holding any of ``roles`` (admins always pass)."""
+    return Depends(RolesRequired(roles))
+
+
+@dataclass(frozen=True)
+class MerchantRolesRequired:
+    """The dependency of :func:`require_merchant_role`: the roles within a merchant an
+    endpoint needs, stated where the routes (OpenAPI's ``x-merchant-roles``, the role
+    matrix test) can read them."""
+
+    roles: tuple[MerchantRole, ...]
+    others: tuple[Role, ...] = ()
+
+    async def __call__(self, principal: CurrentUser) -> Principal:
+        if principal.is_admin:
+            return principal
+        if principal.has("staff"):
+            # A staff token without a merchant role predates roles: it holds them all.
+            if self.roles and principal.merchant_role in (None, *self.roles):
+                return principal
+            wanted = ", ".join(self.roles) or "none (not for staff)"
+            raise MerchantRoleRequired(f"requires one of these merchant roles: {wanted}")
+        if principal.has(*self.others):
+            return principal
+        raise RoleRequired(f"requires one of: {', '.join(('staff', *self.others))}")
+
+
+def require_merchant_role(*roles: MerchantRole, others: tuple[Role, ...] = ()) -> Any:
+    """Admins, and staff holding one of ``roles`` within their merchant; callers with one
+    of the ``others`` roles pass too (the endpoint then checks what is theirs)."""
+    return Depends(MerchantRolesRequired(roles, others))
+
+
+def requirements_of(dependant: Dependant) -> list[MerchantRolesRequired | RolesRequired]:
+    """The role requirements in an endpoint's dependencies (however deep): what it states."""
+    found: list[MerchantRolesRequired | RolesRequired] = []
+    for sub in dependant.dependencies:
+        if isinstance(sub.call, MerchantRolesRequired | RolesRequired):
+            found.append(sub.call)
+        found.extend(requirements_of(sub))
+    return found
+
+
+def merchant_requirement(dependant: Dependant) -> MerchantRolesRequired | None:
+    """What an endpoint's staff need, all its requirements taken together; None when it
+    states none."""
+    stated = [r for r in requirements_of(dependant) if isinstance(r, MerchantRolesRequired)]
+    if not stated:
+        return None
+    return MerchantRolesRequired(
+        tuple(r for r in MERCHANT_ROLES if all(r in s.roles for s in stated)),
+        tuple(r for r in ROLES if all(r in s.others for s in stated)),
+    )
+
+
+# The endpoints' usual requirements (docs/identity.md, "Roles"):
+# the merchant's catalogue and fulfilment (campaigns, shipping, distributors),
+CatalogStaff = Annotated[Principal, require_merchant_role("owner", "operator")]
+# money (refunds, captures, commission rates, withdrawals),
+MoneyStaff = Annotated[Principal, require_merchant_role("owner", "finance")]
+# any staff member's reading,
+AnyStaff = Annotated[Principal, require_merchant_role(*MERCHANT_ROLES)]
+# and endpoints of every signed-in caller, where staff read their merchant's rows.
+AnyCaller = Annotated[
+    Principal, require_merchant_role(*MERCHANT_ROLES, others=("customer", "distributor"))
+]
 
 
 def ensure_staff_of(principal: Principal, merchant_id: str) -> None:

@@ -39,10 +39,18 @@ from services.orders.orders.service import (
     RefundDecisionNotFound,
     VariantUnknown,
 )
-from services.orders.presales.router import Staff, campaign_out
+from services.orders.presales.router import campaign_out
 from services.orders.presales.schemas import CampaignOut
 from services.orders.presales.service import CampaignNotFound, CampaignStateConflict
-from shared.auth import CurrentUser, Principal, require_roles
+from shared.auth import (
+    AnyCaller,
+    AnyStaff,
+    CatalogStaff,
+    MoneyStaff,
+    Principal,
+    require_merchant_role,
+    require_roles,
+)
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
 from shared.idempotency import IDEMPOTENCY_ERRORS, FreshKey, IdempotencyKeyRequired
@@ -58,6 +66,10 @@ from shared.payments import (
 from shared.timezones import TimezoneQuery, UnknownTimezone
 
 Customer = Annotated[Principal, require_roles("customer")]
+# The buyer's own acts (paying the balance, asking for a refund): no staff role may.
+OrderBuyer = Annotated[Principal, require_merchant_role(others=("customer",))]
+# Cancelling a campaign refunds every order: its owners only.
+OwnerOnly = Annotated[Principal, require_merchant_role("owner")]
 _AUTH = (Unauthorized, Forbidden)
 _PAY = (
     *IDEMPOTENCY_ERRORS,
@@ -125,7 +137,7 @@ def orders_router() -> APIRouter:
         responses=responses(*_AUTH, InvalidCursor),
     )
     async def list_orders(
-        principal: CurrentUser,
+        principal: AnyCaller,
         session: SessionDep,
         page: PageDep,
         filters: Annotated[OrderFilters, Depends()],
@@ -147,7 +159,7 @@ def orders_router() -> APIRouter:
         },
     )
     async def export(
-        principal: Staff, request: Request, filters: Annotated[OrderFilters, Depends()]
+        principal: AnyStaff, request: Request, filters: Annotated[OrderFilters, Depends()]
     ) -> StreamingResponse:
         cols = repo.order_columns()
         stmt = rules.visible_orders(principal, filters).order_by(cols.created_at, cols.id)
@@ -164,7 +176,7 @@ def orders_router() -> APIRouter:
         responses=responses(*_AUTH, OrderNotFound),
     )
     async def get(
-        principal: CurrentUser, order_id: uuid.UUID, session: SessionDep, orders: OrdersDep
+        principal: AnyCaller, order_id: uuid.UUID, session: SessionDep, orders: OrdersDep
     ) -> OrderOut:
         order = await orders.visible_order(session, principal, order_id)
         stage = rules.BALANCE if order.balance_amount else rules.FIRST
@@ -178,7 +190,7 @@ def orders_router() -> APIRouter:
         responses=responses(*_AUTH, *_PAY, OrderNotFound, OrderStateConflict, BalanceWindowClosed),
     )
     async def pay_balance(
-        principal: CurrentUser,
+        principal: OrderBuyer,
         order_id: uuid.UUID,
         body: PayIn,
         orders: OrdersDep,
@@ -194,7 +206,11 @@ def orders_router() -> APIRouter:
         responses=responses(*_AUTH, OrderNotFound, OrderStateConflict),
     )
     async def ship(
-        principal: Staff, order_id: uuid.UUID, body: ShipIn, session: SessionDep, orders: OrdersDep
+        principal: CatalogStaff,
+        order_id: uuid.UUID,
+        body: ShipIn,
+        session: SessionDep,
+        orders: OrdersDep,
     ) -> OrderOut:
         order = await orders.ship(session, principal, order_id, body.carrier, body.tracking_number)
         return OrderOut.of(order)
@@ -206,7 +222,7 @@ def orders_router() -> APIRouter:
         responses=responses(*_AUTH, OrderNotFound, OrderStateConflict),
     )
     async def deliver(
-        principal: Staff, order_id: uuid.UUID, session: SessionDep, orders: OrdersDep
+        principal: CatalogStaff, order_id: uuid.UUID, session: SessionDep, orders: OrdersDep
     ) -> OrderOut:
         return OrderOut.of(await orders.deliver(session, principal, order_id))
 
@@ -218,7 +234,7 @@ def orders_router() -> APIRouter:
         responses=responses(*_AUTH, *IDEMPOTENCY_ERRORS, OrderNotFound, RefundAmountTooHigh),
     )
     async def request_refund(
-        principal: CurrentUser,
+        principal: OrderBuyer,
         order_id: uuid.UUID,
         body: RefundRequestIn,
         session: SessionDep,
@@ -237,7 +253,7 @@ def orders_router() -> APIRouter:
         responses=responses(*_AUTH, OrderNotFound),
     )
     async def refunds(
-        principal: CurrentUser, order_id: uuid.UUID, session: SessionDep, orders: OrdersDep
+        principal: AnyCaller, order_id: uuid.UUID, session: SessionDep, orders: OrdersDep
     ) -> list[RefundDecisionOut]:
         order = await orders.visible_order(session, principal, order_id)
         return [RefundDecisionOut.of(d) for d in await repo.refund_decisions(session, order.id)]
@@ -252,7 +268,7 @@ def orders_router() -> APIRouter:
         ),
     )
     async def staff_refund(
-        principal: Staff,
+        principal: MoneyStaff,
         order_id: uuid.UUID,
         body: RefundRequestIn,
         session: SessionDep,
@@ -271,7 +287,7 @@ def orders_router() -> APIRouter:
         ),
     )
     async def approve(
-        principal: Staff,
+        principal: MoneyStaff,
         order_id: uuid.UUID,
         refund_id: uuid.UUID,
         body: DecisionIn,
@@ -290,7 +306,7 @@ def orders_router() -> APIRouter:
         responses=responses(*_AUTH, OrderNotFound, RefundDecisionNotFound, OrderStateConflict),
     )
     async def reject(
-        principal: Staff,
+        principal: MoneyStaff,
         order_id: uuid.UUID,
         refund_id: uuid.UUID,
         body: DecisionIn,
@@ -309,7 +325,7 @@ def orders_router() -> APIRouter:
         responses=responses(*_AUTH, CampaignNotFound, UnknownTimezone),
     )
     async def stats(
-        principal: Staff,
+        principal: AnyStaff,
         campaign_id: uuid.UUID,
         session: SessionDep,
         tz: TimezoneQuery = "Asia/Shanghai",
@@ -325,7 +341,7 @@ def orders_router() -> APIRouter:
             **responses(*_AUTH, CampaignNotFound, CampaignStateConflict),
         },
     )
-    async def demand(principal: Staff, campaign_id: uuid.UUID, session: SessionDep) -> Response:
+    async def demand(principal: AnyStaff, campaign_id: uuid.UUID, session: SessionDep) -> Response:
         body = await reports.demand_csv(session, principal, campaign_id)
         return Response(
             body,
@@ -340,7 +356,7 @@ def orders_router() -> APIRouter:
         responses=responses(*_AUTH, CampaignNotFound, CampaignStateConflict),
     )
     async def fulfil(
-        principal: Staff, campaign_id: uuid.UUID, session: SessionDep, orders: OrdersDep
+        principal: CatalogStaff, campaign_id: uuid.UUID, session: SessionDep, orders: OrdersDep
     ) -> CampaignOut:
         await settlement.mark_fulfilled(orders, session, principal, campaign_id)
         return await campaign_out(session, campaign_id)
@@ -352,7 +368,7 @@ def orders_router() -> APIRouter:
         responses=responses(*_AUTH, CampaignNotFound, CampaignStateConflict),
     )
     async def cancel_campaign(
-        principal: Staff, campaign_id: uuid.UUID, session: SessionDep, orders: OrdersDep
+        principal: OwnerOnly, campaign_id: uuid.UUID, session: SessionDep, orders: OrdersDep
     ) -> CampaignOut:
         await settlement.cancel_campaign(orders, session, principal, campaign_id)
         return await campaign_out(session, campaign_id)
