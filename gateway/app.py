@@ -16,7 +16,7 @@ from gateway.config import GatewaySettings, get_settings
 from gateway.customers.router import router as customers_router
 from gateway.identity import router as identity_router
 from gateway.proxy import Gateway, UpstreamPool
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import RateLimiter, RouteLimits, parse_limit
 from gateway.sessions.router import router as sessions_router
 from gateway.staff.router import router as staff_router
 from gateway.wechat import WeChatClient
@@ -92,7 +92,8 @@ def create_app(settings: GatewaySettings | None = None) -> Gateway:
     app.state.token_issuer = issuer
     app.state.token_verifier = issuer.verifier()
     app.state.wechat = wechat
-    app.state.rate_limiter = RateLimiter(settings.redis_url)
+    limiter = RateLimiter(settings.redis_url)
+    app.state.rate_limiter = limiter
     app.state.sessionmaker = None
     app.state.upstreams = pool
     install_error_handlers(app)
@@ -131,4 +132,15 @@ def create_app(settings: GatewaySettings | None = None) -> Gateway:
     app.include_router(sessions_router)
     app.include_router(staff_router)
     # Resources of the services (gateway/routes.py) never reach this app: Gateway proxies them.
-    return Gateway(app, pool=pool, limits=settings.request_limits())
+    rate_limits = (
+        RouteLimits(
+            limiter,
+            app.state.token_verifier,
+            login=parse_limit(settings.rate_limit_login),
+            write=parse_limit(settings.rate_limit_write),
+            read=parse_limit(settings.rate_limit_read),
+        )
+        if settings.rate_limits_enabled
+        else None
+    )
+    return Gateway(app, pool=pool, limits=settings.request_limits(), rate_limits=rate_limits)

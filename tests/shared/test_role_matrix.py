@@ -186,7 +186,7 @@ async def test_each_role_is_let_in_or_refused_as_the_endpoint_states(
 ) -> None:
     service, method, path = endpoint
     route = _route(apps, service, method, path)
-    body = {} if method in ("POST", "PUT", "PATCH") else None
+    body: dict[str, Any] | None = {} if method in ("POST", "PUT", "PATCH") else None
     response = await clients[service].request(
         method, _fill(path), json=body, headers=token(issuer, caller)
     )
