@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from gateway.config import GatewaySettings, get_settings
 from gateway.customers.router import router as customers_router
 from gateway.identity import router as identity_router
+from gateway.openapi import MergedOpenAPI
 from gateway.proxy import Gateway, UpstreamPool
 from gateway.ratelimit import RateLimiter, RouteLimits, parse_limit
 from gateway.sessions.router import router as sessions_router
@@ -68,6 +69,8 @@ def create_app(settings: GatewaySettings | None = None) -> Gateway:
         )
         api.state.sessionmaker = sessionmaker_for(engine) if engine is not None else None
         await pool.start()
+        stop = asyncio.Event()
+        documents = asyncio.create_task(merged.run(settings.openapi_refresh_seconds, stop))
         # Everything made at start-up lives as long as the process: moved out of the
         # collector's reach, a full collection no longer walks it (a 30-40 ms pause every few
         # thousand proxied requests, which was the gateway's p99).
@@ -82,6 +85,8 @@ def create_app(settings: GatewaySettings | None = None) -> Gateway:
             yield
         finally:
             gc.set_threshold(*thresholds)
+            stop.set()
+            await documents
             await pool.close()
             await wechat.close()
             if engine is not None:
@@ -132,6 +137,10 @@ def create_app(settings: GatewaySettings | None = None) -> Gateway:
     app.include_router(sessions_router)
     app.include_router(staff_router)
     # Resources of the services (gateway/routes.py) never reach this app: Gateway proxies them.
+    # One document for the platform: the services' public endpoints with the gateway's own.
+    merged = MergedOpenAPI(app.openapi, pool)
+    app.openapi = lambda: merged.document  # type: ignore[method-assign]
+    app.state.openapi = merged
     rate_limits = (
         RouteLimits(
             limiter,

@@ -49,6 +49,8 @@ class GatewaySettings(LimitSettings):
     # Failed staff sign-ins before more are refused (429 login_throttled).
     login_failures_per_account: str = Field("5/15minutes", alias="LOGIN_FAILURES_PER_ACCOUNT")
     login_failures_per_address: str = Field("30/15minutes", alias="LOGIN_FAILURES_PER_ADDRESS")
+    # How often the services' OpenAPI documents are read again for the merged one.
+    openapi_refresh_seconds: float = Field(30.0, alias="OPENAPI_REFRESH_SECONDS", gt=0)
     upstream_connect_timeout: float = Field(2.0, alias="UPSTREAM_CONNECT_TIMEOUT")
     upstream_read_timeout: float = Field(30.0, alias="UPSTREAM_READ_TIMEOUT")
     upstream_pool_size: int = Field(200, alias="UPSTREAM_POOL_SIZE")
