@@ -78,9 +78,9 @@ def _ms(text: str) -> float:
     return float(value) * _UNITS[unit]
 
 
-def wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
+def wrk(url: str, seconds: int, connections: int, headers: list[str]) -> dict[str, float]:
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", *headers, url],
         check=True,
         capture_output=True,
         text=True,
@@ -95,6 +95,17 @@ def wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
         "p99_ms": p99,
         "non_2xx": float(errors.group(1)) if errors else 0,
     }
+
+
+def dev_token(port: int) -> str:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/auth/dev-login",
+        data=b'{"roles": ["customer"]}',
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        token: str = json.loads(response.read())["access_token"]
+        return token
 
 
 NGINX_CONF = """
@@ -137,6 +148,9 @@ def main() -> int:
             "QUNBUY_MODE": "embedded",
             "JWT_PRIVATE_KEY_FILE": str(tmp / "jwt.pem"),
             "ORDERS_URL": f"http://127.0.0.1:{ports['upstream']}",
+            # Rate limits on, as in production (the check runs on every request), with a
+            # limit this run never reaches.
+            "RATE_LIMIT_READ": "100000000/minute",
         }
         gateway = production("gateway", ports["gateway"], gateway_env)
         procs.append(gateway)
@@ -155,9 +169,14 @@ def main() -> int:
             targets["nginx proxy"] = f"http://127.0.0.1:{ports['nginx']}/v1/orders/o1"
         for url in targets.values():
             wait_http(url)
+        # Authenticated, as a signed-in customer's requests are: the gateway counts them
+        # under the token's user id.
+        headers = ["-H", f"Authorization: Bearer {dev_token(ports['gateway'])}"]
         for url in targets.values():  # warm-up: pools filled, code paths hot
-            wrk(url, 2, args.connections)
-        results = {name: wrk(url, args.seconds, args.connections) for name, url in targets.items()}
+            wrk(url, 2, args.connections, headers)
+        results = {
+            name: wrk(url, args.seconds, args.connections, headers) for name, url in targets.items()
+        }
         rss = peak_rss_mib(gateway.pid)
     finally:
         for proc in procs:

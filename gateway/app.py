@@ -13,9 +13,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from gateway.config import GatewaySettings, get_settings
+from gateway.customers.router import router as customers_router
 from gateway.identity import router as identity_router
+from gateway.openapi import MergedOpenAPI
 from gateway.proxy import Gateway, UpstreamPool
-from shared.auth import TokenIssuer, TokenVerifier, load_or_create_private_key
+from gateway.ratelimit import RateLimiter, RouteLimits, parse_limit
+from gateway.sessions.router import router as sessions_router
+from gateway.staff.router import router as staff_router
+from gateway.wechat import WeChatClient
+from shared.auth import TokenIssuer, load_or_create_private_key
+from shared.db import make_engine, sessionmaker_for
 from shared.errors import install_error_handlers, problem_response
 from shared.limits import RequestLimitsMiddleware
 from shared.observability import RequestContextMiddleware, configure_logging, metrics_endpoint
@@ -31,11 +38,16 @@ def create_app(settings: GatewaySettings | None = None) -> Gateway:
     key_path = Path(settings.jwt_private_key_file)
     if not key_path.exists() and settings.mode != "embedded":
         raise RuntimeError(f"JWT_PRIVATE_KEY_FILE {key_path} does not exist")
+    previous = settings.jwt_previous_public_keys_file
     issuer = TokenIssuer(
         load_or_create_private_key(key_path),
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
         ttl_seconds=settings.token_ttl_seconds,
+        previous=Path(previous).read_bytes() if previous else b"",
+    )
+    wechat = WeChatClient(
+        settings.wechat_api_base, settings.wechat_apps(), timeout=settings.wechat_timeout_seconds
     )
     pool = UpstreamPool(
         settings.upstreams(),
@@ -45,8 +57,20 @@ def create_app(settings: GatewaySettings | None = None) -> Gateway:
     )
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(api: FastAPI) -> AsyncIterator[None]:
+        engine = (
+            make_engine(
+                settings.database_url,
+                pool_size=settings.db_pool_size,
+                pool_timeout=settings.db_pool_timeout_seconds,
+            )
+            if settings.database_url
+            else None
+        )
+        api.state.sessionmaker = sessionmaker_for(engine) if engine is not None else None
         await pool.start()
+        stop = asyncio.Event()
+        documents = asyncio.create_task(merged.run(settings.openapi_refresh_seconds, stop))
         # Everything made at start-up lives as long as the process: moved out of the
         # collector's reach, a full collection no longer walks it (a 30-40 ms pause every few
         # thousand proxied requests, which was the gateway's p99).
@@ -61,14 +85,21 @@ def create_app(settings: GatewaySettings | None = None) -> Gateway:
             yield
         finally:
             gc.set_threshold(*thresholds)
+            stop.set()
+            await documents
             await pool.close()
+            await wechat.close()
+            if engine is not None:
+                await engine.dispose()
 
     app = FastAPI(title="Qunbuy gateway", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.token_issuer = issuer
-    app.state.token_verifier = TokenVerifier(
-        issuer.public_pem, issuer=settings.jwt_issuer, audience=settings.jwt_audience
-    )
+    app.state.token_verifier = issuer.verifier()
+    app.state.wechat = wechat
+    limiter = RateLimiter(settings.redis_url)
+    app.state.rate_limiter = limiter
+    app.state.sessionmaker = None
     app.state.upstreams = pool
     install_error_handlers(app)
     install_openapi(app)
@@ -102,5 +133,23 @@ def create_app(settings: GatewaySettings | None = None) -> Gateway:
 
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     app.include_router(identity_router)
+    app.include_router(customers_router)
+    app.include_router(sessions_router)
+    app.include_router(staff_router)
     # Resources of the services (gateway/routes.py) never reach this app: Gateway proxies them.
-    return Gateway(app, pool=pool, limits=settings.request_limits())
+    # One document for the platform: the services' public endpoints with the gateway's own.
+    merged = MergedOpenAPI(app.openapi, pool)
+    app.openapi = lambda: merged.document  # type: ignore[method-assign]
+    app.state.openapi = merged
+    rate_limits = (
+        RouteLimits(
+            limiter,
+            app.state.token_verifier,
+            login=parse_limit(settings.rate_limit_login),
+            write=parse_limit(settings.rate_limit_write),
+            read=parse_limit(settings.rate_limit_read),
+        )
+        if settings.rate_limits_enabled
+        else None
+    )
+    return Gateway(app, pool=pool, limits=settings.request_limits(), rate_limits=rate_limits)

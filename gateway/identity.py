@@ -8,8 +8,12 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, model_validator
 
-from shared.auth import CurrentUser, Role, TokenIssuer
-from shared.errors import NotFound, responses
+from gateway.customers import repository as customers
+from gateway.sessions.service import SessionRevoked
+from gateway.staff import repository as staff
+from gateway.store import transaction
+from shared.auth import CurrentUser, MerchantRole, Role, TokenIssuer
+from shared.errors import NotFound, Unauthorized, responses
 
 router = APIRouter()
 
@@ -23,6 +27,7 @@ class DevLogin(BaseModel):
     user_id: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
     roles: list[Role] = Field(default=["customer"], min_length=1)
     merchant_id: str | None = Field(None, min_length=1, max_length=64)
+    merchant_role: MerchantRole | None = None
 
     @model_validator(mode="after")
     def _staff_has_merchant(self) -> DevLogin:
@@ -42,6 +47,11 @@ class Me(BaseModel):
     user_id: str
     roles: list[Role]
     merchant_id: str | None
+    merchant_role: MerchantRole | None = None
+    name: str | None = None
+    phone: str | None = None
+    # The mini-programs (app ids) a customer has signed in with.
+    mini_programs: list[str] = Field(default_factory=list)
 
 
 @router.get("/.well-known/jwks.json", tags=["identity"], summary="Public keys that sign tokens")
@@ -62,14 +72,37 @@ async def dev_login(body: DevLogin, request: Request) -> TokenResponse:
         raise DevLoginDisabled()
     issuer: TokenIssuer = request.app.state.token_issuer
     user_id = body.user_id or f"dev_{uuid.uuid4().hex[:12]}"
-    token = issuer.issue(user_id, body.roles, merchant_id=body.merchant_id)
+    token = issuer.issue(
+        user_id, body.roles, merchant_id=body.merchant_id, merchant_role=body.merchant_role
+    )
     return TokenResponse(access_token=token, expires_in=issuer.ttl_seconds, user_id=user_id)
 
 
-@router.get("/v1/me", response_model=Me, tags=["identity"], summary="Who the token says you are")
-async def me(principal: CurrentUser) -> Me:
-    return Me(
+@router.get(
+    "/v1/me",
+    response_model=Me,
+    tags=["identity"],
+    summary="Who you are: your roles, your merchant and your role there",
+    responses=responses(Unauthorized, SessionRevoked),
+)
+async def me(principal: CurrentUser, request: Request) -> Me:
+    out = Me(
         user_id=principal.sub,
         roles=sorted(principal.roles),
         merchant_id=principal.merchant_id,
+        merchant_role=principal.merchant_role,
     )
+    if request.app.state.sessionmaker is None:
+        return out  # a development gateway without an identity store: the token's word
+    async with transaction(request) as session:
+        customer = await customers.get_customer(session, principal.sub)
+        if customer is not None:
+            out.phone = customer.phone
+            out.mini_programs = await customers.apps_of(session, principal.sub)
+        member = await staff.get_staff(session, principal.sub)
+        if member is not None:
+            if member.status != "active":
+                raise SessionRevoked()
+            out.name, out.phone = member.name, member.phone
+            out.merchant_role = member.role if member.merchant_id else None  # type: ignore[assignment]
+    return out

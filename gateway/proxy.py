@@ -26,6 +26,7 @@ from multidict import CIMultiDict
 from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
+from gateway.ratelimit import RouteLimits
 from gateway.routes import Target, resolve
 from shared.errors import send_problem
 from shared.limits import (
@@ -207,10 +208,12 @@ class Gateway:
         *,
         pool: UpstreamPool,
         limits: RequestLimits,
+        rate_limits: RouteLimits | None = None,
     ) -> None:
         self.api = api
         self.pool = pool
         self.limits = limits
+        self.rate_limits = rate_limits
         self._metrics = _Metrics()
 
     # The FastAPI app's router and state, so that tools that run an app's lifespan work here.
@@ -227,7 +230,12 @@ class Gateway:
             await self.api(scope, receive, send)
             return
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        target = resolve(raw_path.decode("latin-1")) if raw_path.startswith(b"/v1/") else None
+        public = raw_path.startswith(b"/v1/")
+        # The one check a proxied request gets beyond proxying (docs/identity.md).
+        limits = self.rate_limits
+        if public and limits is not None and not await limits.admit(scope, send, raw_path):
+            return
+        target = resolve(raw_path.decode("latin-1")) if public else None
         if target is None:
             await self.api(scope, receive, send)
             return

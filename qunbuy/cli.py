@@ -1,11 +1,13 @@
 """The ``qunbuy`` command.
 
 qunbuy up                     run the whole platform (embedded PostgreSQL by default)
-qunbuy migrate [--service S]  apply migrations (the Kubernetes migration Job runs this)
+qunbuy migrate [--service S]  apply migrations (the Kubernetes migration Job runs this);
+                              S: orders, crowdfund, referrals or gateway
 qunbuy events dead  --service S        list events that exhausted their retries
 qunbuy events redrive --service S [--id N ...]   put dead events back in line
 qunbuy jobs dead|redrive --service S [--id N ...]   the same for scheduled jobs
 qunbuy referrals reconcile    every commission against its ledger entries
+qunbuy admin invite --name N --email E   invite a platform admin (prints the invitation)
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     migrate = sub.add_parser("migrate", help="apply each service's migrations")
-    migrate.add_argument("--service", choices=["orders", "crowdfund", "referrals"])
+    migrate.add_argument("--service", choices=["orders", "crowdfund", "referrals", "gateway"])
     migrate.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
 
     events = sub.add_parser("events", help="inspect and re-drive the outbox")
@@ -65,6 +67,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
 
+    admin = sub.add_parser("admin", help="platform admins (the gateway's identity store)")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    invite = admin_sub.add_parser("invite", help="invite a platform admin; prints the token")
+    invite.add_argument("--name", required=True)
+    invite.add_argument("--email")
+    invite.add_argument("--phone")
+    invite.add_argument("--ttl-hours", type=int, default=72)
+    invite.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+
     add_payments_commands(sub)
     return parser
 
@@ -88,6 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from qunbuy.commands import jobs
 
             return asyncio.run(jobs(args))
+        if args.command == "admin":
+            from qunbuy.commands import invite_admin
+
+            return asyncio.run(invite_admin(args))
         if args.command == "referrals":
             from qunbuy.commands import reconcile_ledger
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
@@ -17,7 +18,7 @@ from qunbuy.pg import ensure_databases, wait_reachable
 from qunbuy.platform import Databases, PlatformError, open_databases
 from shared.db import make_engine, sessionmaker_for
 from shared.events import redrive_dead
-from shared.migrations import SERVICES, upgrade
+from shared.migrations import DATABASES, upgrade
 from shared.scheduler import redrive_dead as redrive_dead_jobs
 from shared.tables import PlatformTables
 
@@ -31,7 +32,7 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
-def prepare_databases(dbs: Databases, services: Sequence[str] = SERVICES) -> None:
+def prepare_databases(dbs: Databases, services: Sequence[str] = DATABASES) -> None:
     """Create the service databases when we own the server, then migrate them."""
     if dbs.server_url is not None:
         names = [dbs.urls[s].rsplit("/", 1)[-1].split("?", 1)[0] for s in services]
@@ -60,13 +61,13 @@ def prepare_databases(dbs: Databases, services: Sequence[str] = SERVICES) -> Non
 
 
 def migrate(data_dir: Path, service: str | None) -> int:
-    services = [service] if service else list(SERVICES)
+    services = [service] if service else list(DATABASES)
     dbs = open_databases(data_dir, services)
     try:
         prepare_databases(dbs, services)
     finally:
         dbs.stop()
-    print("migrations applied:", service or ", ".join(SERVICES))
+    print("migrations applied:", service or ", ".join(DATABASES))
     return 0
 
 
@@ -160,3 +161,26 @@ async def reconcile_ledger(args: argparse.Namespace) -> int:
         print(f"{row['id']}\tcommission {row['amount']}\tledger {row['ledger']}")
     print(f"commissions that differ from their entries: {len(off)}")
     return 1 if off else 0
+
+
+async def invite_admin(args: argparse.Namespace) -> int:
+    """``qunbuy admin invite``: a platform admin's invitation (the token is printed once)."""
+    from gateway.staff import service as staff
+    from gateway.staff.schemas import Person
+
+    try:
+        person = Person(name=args.name, email=args.email, phone=args.phone)
+    except ValidationError as exc:
+        raise PlatformError(f"the admin is not valid: {exc.errors()[0]['msg']}") from exc
+    async with (
+        _database(args, "gateway", "staff") as engine,
+        sessionmaker_for(engine)() as session,
+        session.begin(),
+    ):
+        invitation = await staff.invite_admin(
+            session, person, invited_by="qunbuy-cli", invite_ttl=args.ttl_hours * 3600
+        )
+    print(f"admin invited: {invitation.staff_id}")
+    print(f"invitation token (accept at POST /v1/auth/accept-invitation): {invitation.token}")
+    print(f"expires: {invitation.expires_at.isoformat()}")
+    return 0

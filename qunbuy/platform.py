@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qunbuy.pg import EmbeddedPostgres, database_url
-from shared.migrations import SERVICES
+from shared.migrations import DATABASES
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = ROOT / ".qunbuy"
@@ -46,12 +46,13 @@ class Databases:
             self.embedded.stop()
 
 
-def configured_urls(services: Sequence[str] = SERVICES) -> dict[str, str] | None:
+def configured_urls(services: Sequence[str] = DATABASES) -> dict[str, str] | None:
     """Per-service URLs from the environment, or None to use the embedded server.
 
-    ``QUNBUY_DATABASE_URL`` names a server: its databases qunbuy_orders, qunbuy_crowdfund and
-    qunbuy_referrals are used (and created). ``ORDERS_DATABASE_URL`` and friends name one
-    service's database directly and win over it. Only ``services`` need a URL (a migration
+    ``QUNBUY_DATABASE_URL`` names a server: its databases qunbuy_orders, qunbuy_crowdfund,
+    qunbuy_referrals and qunbuy_gateway (identity) are used (and created).
+    ``ORDERS_DATABASE_URL`` and friends (``GATEWAY_DATABASE_URL``) name one database
+    directly and win over it. Only ``services`` need a URL (a migration
     Job for one service is given that service's credentials and no others).
     """
     server = os.environ.get("QUNBUY_DATABASE_URL")
@@ -73,7 +74,7 @@ def configured_urls(services: Sequence[str] = SERVICES) -> dict[str, str] | None
     return urls
 
 
-def open_databases(data_dir: Path, services: Sequence[str] = SERVICES) -> Databases:
+def open_databases(data_dir: Path, services: Sequence[str] = DATABASES) -> Databases:
     urls = configured_urls(services)
     if urls is not None:
         server = os.environ.get("QUNBUY_DATABASE_URL")

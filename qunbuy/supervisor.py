@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import ipaddress
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -27,6 +28,10 @@ from qunbuy.platform import (
 )
 from shared.auth import load_or_create_private_key, public_pem
 
+# The embedded default's stand-in for WeChat (qunbuy/fake_wechat.py), on the port after the
+# four processes', and its mini-programs (secrets made afresh each run: its state is memory).
+FAKE_WECHAT = "qunbuy.fake_wechat:create_app"
+DEV_MINI_PROGRAMS = ("wx0000000000000001", "wx0000000000000002")
 STARTUP_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 _PR_SET_PDEATHSIG = 1
@@ -83,6 +88,9 @@ def _environments(
     # mode is simply what the operator set, development by default.
     mode = os.environ.get("QUNBUY_MODE", "embedded")
     envs: dict[str, dict[str, str]] = {}
+    if "wechat" in ports:
+        apps = ",".join(f"{app}={secrets.token_urlsafe(24)}" for app in DEV_MINI_PROGRAMS)
+        envs["wechat"] = {**base, "FAKE_WECHAT_APPS": apps}
     for service in ("orders", "crowdfund", "referrals"):
         subscribers = ",".join(
             f"{name}=http://{host}:{ports[name]}" for name in SUBSCRIBERS[service]
@@ -102,8 +110,12 @@ def _environments(
         "ORDERS_URL": f"http://{host}:{ports['orders']}",
         "CROWDFUND_URL": f"http://{host}:{ports['crowdfund']}",
         "REFERRALS_URL": f"http://{host}:{ports['referrals']}",
+        "DATABASE_URL": urls["gateway"],
         "PORT": str(ports["gateway"]),
     }
+    if "wechat" in ports:
+        envs["gateway"]["WECHAT_API_BASE"] = f"http://{host}:{ports['wechat']}"
+        envs["gateway"]["WECHAT_APP_SECRETS"] = envs["wechat"]["FAKE_WECHAT_APPS"]
     return envs
 
 
@@ -139,11 +151,21 @@ def _check_mode(host: str) -> None:
         )
 
 
+def _ports(port_base: int | None) -> dict[str, int]:
+    """The processes' ports, and the fake WeChat's when the embedded default runs one (it
+    does unless a WeChat is configured)."""
+    names = list(PORTS)
+    if os.environ.get("QUNBUY_MODE", "embedded") == "embedded" and not os.environ.get(
+        "WECHAT_API_BASE"
+    ):
+        names.append("wechat")
+    base = next(iter(PORTS.values())) if port_base is None else port_base
+    return {name: base + i for i, name in enumerate(names)}
+
+
 def run_platform(*, data_dir: Path, host: str, port_base: int | None = None) -> int:
     _check_mode(host)
-    ports = (
-        dict(PORTS) if port_base is None else {name: port_base + i for i, name in enumerate(PORTS)}
-    )
+    ports = _ports(port_base)
     _check_ports(host, ports)
     data_dir.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
@@ -160,19 +182,19 @@ def run_platform(*, data_dir: Path, host: str, port_base: int | None = None) -> 
         prepare_databases(dbs)
         private, public = _keys(data_dir)
         envs = _environments(host, ports, dbs.urls, private, public)
-        for name in ("orders", "crowdfund", "referrals", "gateway"):
+        for name in [*(n for n in ports if n != "gateway"), "gateway"]:
             processes[name] = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
                 [
                     sys.executable,
                     "-m",
                     "uvicorn",
-                    APPS[name],
+                    APPS.get(name, FAKE_WECHAT),
                     "--factory",
                     "--host",
                     host,
                     "--port",
                     str(ports[name]),
-                    *SERVER_OPTIONS[name],
+                    *SERVER_OPTIONS.get(name, ()),
                     "--no-access-log",
                     "--log-level",
                     "warning",
@@ -202,8 +224,8 @@ def run_platform(*, data_dir: Path, host: str, port_base: int | None = None) -> 
                 else "configured PostgreSQL"
             )
             print(f"Qunbuy is running ({where}). Ctrl-C stops everything.", flush=True)
-            for name in ("gateway", "orders", "crowdfund", "referrals"):
-                print(f"  {name:<10} http://{host}:{ports[name]}", flush=True)
+            for name, port in ports.items():
+                print(f"  {name:<10} http://{host}:{port}", flush=True)
             print(f"  API docs   http://{host}:{ports['gateway']}/docs", flush=True)
         while not stop.is_set():
             for name, proc in processes.items():

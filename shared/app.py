@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 from fastapi import APIRouter, FastAPI, Request
@@ -161,9 +162,15 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
     app.state.tables = spec.tables
     app.state.job_handlers = spec.jobs
     app.state.service_name = spec.name
-    if settings.jwt_public_key_file:
-        app.state.token_verifier = TokenVerifier.from_file(
-            settings.jwt_public_key_file, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+    if settings.jwt_public_key_file or settings.jwt_jwks_url:
+        pem = (
+            Path(settings.jwt_public_key_file).read_bytes() if settings.jwt_public_key_file else b""
+        )
+        app.state.token_verifier = TokenVerifier(
+            pem,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            jwks_url=settings.jwt_jwks_url,
         )
     install_error_handlers(app)
     install_openapi(app)

@@ -1,23 +1,31 @@
 """User tokens: the gateway signs JWTs with an ES256 key, every service verifies them.
 
 Roles: ``customer``, ``distributor``, ``staff`` (with the ``merchant_id`` claim of the one
-merchant they work for) and ``admin`` (platform operators, who see every merchant).
+merchant they work for, and the ``merchant_role`` they hold there) and ``admin`` (platform
+operators, who see every merchant).
+
+Keys rotate: every token names its key (``kid``); a verifier holds every key it accepts (a key
+file may hold several PEM blocks, and a JWKS URL is read again when a token names a key it
+does not know yet).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
+import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from shared.errors import Forbidden, Unauthorized
@@ -25,20 +33,34 @@ from shared.text import unstorable_reason
 
 __all__ = [
     "MAX_ID_LENGTH",
+    "MERCHANT_ROLES",
     "ROLES",
+    "AnyCaller",
+    "AnyStaff",
+    "CatalogStaff",
     "CurrentUser",
+    "MerchantRole",
+    "MerchantRoleRequired",
+    "MerchantRolesRequired",
+    "MoneyStaff",
     "OptionalUser",
     "Principal",
     "Role",
+    "RolesRequired",
     "TokenIssuer",
     "TokenVerifier",
     "ensure_staff_of",
     "load_or_create_private_key",
+    "require_merchant_role",
     "require_roles",
+    "requirements_of",
 ]
 
 Role = Literal["customer", "distributor", "staff", "admin"]
 ROLES: tuple[Role, ...] = ("customer", "distributor", "staff", "admin")
+# What a staff member may do within their merchant (docs/identity.md, "Roles").
+MerchantRole = Literal["owner", "operator", "finance", "viewer"]
+MERCHANT_ROLES: tuple[MerchantRole, ...] = ("owner", "operator", "finance", "viewer")
 ALGORITHM = "ES256"
 # Users and merchants are referred to by these ids in every service's tables (String(100)).
 MAX_ID_LENGTH = 100
@@ -64,6 +86,11 @@ class RoleRequired(Forbidden):
     title = "Your role does not allow this"
 
 
+class MerchantRoleRequired(Forbidden):
+    code = "merchant_role_required"
+    title = "Your role within the merchant does not allow this"
+
+
 class OtherMerchant(Forbidden):
     code = "other_merchant"
     title = "This belongs to another merchant"
@@ -74,6 +101,9 @@ class Principal:
     sub: str
     roles: frozenset[Role]
     merchant_id: str | None = None
+    # None on staff tokens minted before roles within a merchant existed (and by the
+    # development login when none is asked for): such staff hold every merchant role.
+    merchant_role: MerchantRole | None = None
     claims: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -116,7 +146,11 @@ def public_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def key_id(public_key_pem: bytes) -> str:
-    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(_load_public(public_key_pem)))
+    return _kid(_load_public(public_key_pem))
+
+
+def _kid(key: ec.EllipticCurvePublicKey) -> str:
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key))
     digest = hashlib.sha256(f"{jwk['x']}.{jwk['y']}".encode()).digest()[:12]
     return jwt.utils.base64url_encode(digest).decode()
 
@@ -128,9 +162,24 @@ def _load_public(pem: bytes) -> ec.EllipticCurvePublicKey:
     return key
 
 
+_PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
+
+
+def load_public_keys(pem: bytes) -> dict[str, ec.EllipticCurvePublicKey]:
+    """Every public key in ``pem`` (one or more PEM blocks), by key id."""
+    keys = [_load_public(block) for block in _PEM_BLOCK.findall(pem)]
+    return {_kid(key): key for key in keys}
+
+
 class TokenIssuer:
     def __init__(
-        self, key: ec.EllipticCurvePrivateKey, *, issuer: str, audience: str, ttl_seconds: int
+        self,
+        key: ec.EllipticCurvePrivateKey,
+        *,
+        issuer: str,
+        audience: str,
+        ttl_seconds: int,
+        previous: bytes = b"",
     ) -> None:
         self._key = key
         self.issuer = issuer
@@ -138,6 +187,13 @@ class TokenIssuer:
         self.ttl_seconds = ttl_seconds
         self.public_pem = public_pem(key)
         self.kid = key_id(self.public_pem)
+        # Keys that signed tokens before the last rotation: published until those expire.
+        self.previous = {k: v for k, v in load_public_keys(previous).items() if k != self.kid}
+
+    def verifier(self) -> TokenVerifier:
+        """A verifier of this issuer's tokens, old keys' included."""
+        pems = [self.public_pem, *(_pem(key) for key in self.previous.values())]
+        return TokenVerifier(b"".join(pems), issuer=self.issuer, audience=self.audience)
 
     def issue(
         self,
@@ -145,6 +201,7 @@ class TokenIssuer:
         roles: list[Role],
         *,
         merchant_id: str | None = None,
+        merchant_role: MerchantRole | None = None,
         ttl_seconds: int | None = None,
     ) -> str:
         now = int(time.time())
@@ -160,29 +217,109 @@ class TokenIssuer:
         }
         if merchant_id is not None:
             claims["merchant_id"] = merchant_id
+        if merchant_role is not None:
+            claims["merchant_role"] = merchant_role
         return jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self.kid})
 
     def jwks(self) -> dict[str, Any]:
-        jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self._key.public_key()))
-        jwk.update({"kid": self.kid, "use": "sig", "alg": ALGORITHM})
-        return {"keys": [jwk]}
+        """The current key first, then the previous ones still in their overlap."""
+        keys = [(self.kid, self._key.public_key()), *self.previous.items()]
+        return {"keys": [_jwk(kid, key) for kid, key in keys]}
+
+
+def _jwk(kid: str, key: ec.EllipticCurvePublicKey) -> dict[str, Any]:
+    jwk: dict[str, Any] = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key))
+    jwk.update({"kid": kid, "use": "sig", "alg": ALGORITHM})
+    return jwk
+
+
+def _pem(key: ec.EllipticCurvePublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+class UnknownKey(InvalidToken):
+    """The token names a key this verifier does not hold (yet)."""
+
+
+# A JWKS is read again for an unknown key at most this often (a flood of tokens naming
+# made-up keys must not become a flood of requests to the gateway).
+_JWKS_MIN_INTERVAL = 30.0
 
 
 class TokenVerifier:
-    def __init__(self, public_key_pem: bytes, *, issuer: str, audience: str) -> None:
-        self._key = _load_public(public_key_pem)
+    def __init__(
+        self,
+        public_keys_pem: bytes = b"",
+        *,
+        issuer: str,
+        audience: str,
+        jwks_url: str | None = None,
+    ) -> None:
+        self._keys = load_public_keys(public_keys_pem)
+        if not self._keys and jwks_url is None:
+            raise ValueError("no EC (P-256) public key found, and no JWKS URL to read")
         self.issuer = issuer
         self.audience = audience
+        self.jwks_url = jwks_url
+        self._jwks_read_at = float("-inf")
 
     @classmethod
-    def from_file(cls, path: str | Path, *, issuer: str, audience: str) -> TokenVerifier:
-        return cls(Path(path).read_bytes(), issuer=issuer, audience=audience)
+    def from_file(
+        cls, path: str | Path, *, issuer: str, audience: str, jwks_url: str | None = None
+    ) -> TokenVerifier:
+        return cls(Path(path).read_bytes(), issuer=issuer, audience=audience, jwks_url=jwks_url)
+
+    @property
+    def key_ids(self) -> frozenset[str]:
+        return frozenset(self._keys)
+
+    async def read_jwks(self) -> bool:
+        """Adds the keys the JWKS publishes; False when it was read too recently or failed."""
+        now = time.monotonic()
+        if self.jwks_url is None or now - self._jwks_read_at < _JWKS_MIN_INTERVAL:
+            return False
+        self._jwks_read_at = now
+        try:
+            async with httpx.AsyncClient(timeout=3, trust_env=False) as client:
+                response = await client.get(self.jwks_url)
+            response.raise_for_status()
+            keys = [jwt.PyJWK(jwk) for jwk in response.json()["keys"]]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, jwt.PyJWTError):
+            return False
+        for jwk in keys:
+            if isinstance(jwk.key, ec.EllipticCurvePublicKey) and jwk.key_id:
+                self._keys[jwk.key_id] = jwk.key
+        return True
+
+    async def verify_async(self, token: str) -> Principal:
+        """:meth:`verify`, reading the JWKS again when the token names a key not known yet."""
+        try:
+            return self.verify(token)
+        except UnknownKey:
+            if await self.read_jwks():
+                return self.verify(token)
+            raise
+
+    def _key_for(self, token: str) -> ec.EllipticCurvePublicKey:
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError as exc:
+            raise InvalidToken("the token is malformed") from exc
+        if kid is None and len(self._keys) == 1:
+            return next(iter(self._keys.values()))  # a token from before key ids
+        key = self._keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise UnknownKey("the token is signed by a key this platform does not know")
+        return key
 
     def verify(self, token: str) -> Principal:
+        key = self._key_for(token)
         try:
             claims = jwt.decode(
                 token,
-                self._key,
+                key,
                 algorithms=[ALGORITHM],
                 issuer=self.issuer,
                 audience=self.audience,
@@ -212,10 +349,14 @@ class TokenVerifier:
             )
         if "staff" in roles and merchant_id is None:
             raise InvalidToken("a staff token must name its merchant")
+        merchant_role = claims.get("merchant_role")
+        if merchant_role is not None and merchant_role not in MERCHANT_ROLES:
+            raise InvalidToken("the token's merchant role is unknown")
         return Principal(
             sub=cast(str, sub),
             roles=roles,
             merchant_id=cast(str | None, merchant_id),
+            merchant_role=cast(MerchantRole | None, merchant_role),
             claims=claims,
         )
 
@@ -251,7 +392,7 @@ async def optional_user(
     verified = getattr(request.state, "principal", None)
     if isinstance(verified, Principal):  # already verified earlier in this request
         return verified
-    principal = _verifier(request).verify(credentials.credentials)
+    principal = await _verifier(request).verify_async(credentials.credentials)
     request.state.principal = principal
     return principal
 
@@ -268,15 +409,85 @@ CurrentUser = Annotated[Principal, Depends(current_user)]
 OptionalUser = Annotated[Principal | None, Depends(optional_user)]
 
 
-def require_roles(*roles: Role) -> Any:
-    """A dependency that admits callers holding any of ``roles`` (admins always pass)."""
+@dataclass(frozen=True)
+class RolesRequired:
+    """The dependency of :func:`require_roles`, readable from the routes (the role matrix)."""
 
-    async def dependency(principal: CurrentUser) -> Principal:
-        if not principal.is_admin and not principal.has(*roles):
-            raise RoleRequired(f"requires one of: {', '.join(roles)}")
+    roles: tuple[Role, ...]
+
+    async def __call__(self, principal: CurrentUser) -> Principal:
+        if not principal.is_admin and not principal.has(*self.roles):
+            raise RoleRequired(f"requires one of: {', '.join(self.roles)}")
         return principal
 
-    return Depends(dependency)
+
+def require_roles(*roles: Role) -> Any:
+    """A dependency that admits callers holding any of ``roles`` (admins always pass)."""
+    return Depends(RolesRequired(roles))
+
+
+@dataclass(frozen=True)
+class MerchantRolesRequired:
+    """The dependency of :func:`require_merchant_role`: the roles within a merchant an
+    endpoint needs, stated where the routes (OpenAPI's ``x-merchant-roles``, the role
+    matrix test) can read them."""
+
+    roles: tuple[MerchantRole, ...]
+    others: tuple[Role, ...] = ()
+
+    async def __call__(self, principal: CurrentUser) -> Principal:
+        if principal.is_admin:
+            return principal
+        if principal.has("staff"):
+            # A staff token without a merchant role predates roles: it holds them all.
+            if self.roles and principal.merchant_role in (None, *self.roles):
+                return principal
+            wanted = ", ".join(self.roles) or "none (not for staff)"
+            raise MerchantRoleRequired(f"requires one of these merchant roles: {wanted}")
+        if principal.has(*self.others):
+            return principal
+        raise RoleRequired(f"requires one of: {', '.join(('staff', *self.others))}")
+
+
+def require_merchant_role(*roles: MerchantRole, others: tuple[Role, ...] = ()) -> Any:
+    """Admins, and staff holding one of ``roles`` within their merchant; callers with one
+    of the ``others`` roles pass too (the endpoint then checks what is theirs)."""
+    return Depends(MerchantRolesRequired(roles, others))
+
+
+def requirements_of(dependant: Dependant) -> list[MerchantRolesRequired | RolesRequired]:
+    """The role requirements in an endpoint's dependencies (however deep): what it states."""
+    found: list[MerchantRolesRequired | RolesRequired] = []
+    for sub in dependant.dependencies:
+        if isinstance(sub.call, MerchantRolesRequired | RolesRequired):
+            found.append(sub.call)
+        found.extend(requirements_of(sub))
+    return found
+
+
+def merchant_requirement(dependant: Dependant) -> MerchantRolesRequired | None:
+    """What an endpoint's staff need, all its requirements taken together; None when it
+    states none."""
+    stated = [r for r in requirements_of(dependant) if isinstance(r, MerchantRolesRequired)]
+    if not stated:
+        return None
+    return MerchantRolesRequired(
+        tuple(r for r in MERCHANT_ROLES if all(r in s.roles for s in stated)),
+        tuple(r for r in ROLES if all(r in s.others for s in stated)),
+    )
+
+
+# The endpoints' usual requirements (docs/identity.md, "Roles"):
+# the merchant's catalogue and fulfilment (campaigns, shipping, distributors),
+CatalogStaff = Annotated[Principal, require_merchant_role("owner", "operator")]
+# money (refunds, captures, commission rates, withdrawals),
+MoneyStaff = Annotated[Principal, require_merchant_role("owner", "finance")]
+# any staff member's reading,
+AnyStaff = Annotated[Principal, require_merchant_role(*MERCHANT_ROLES)]
+# and endpoints of every signed-in caller, where staff read their merchant's rows.
+AnyCaller = Annotated[
+    Principal, require_merchant_role(*MERCHANT_ROLES, others=("customer", "distributor"))
+]
 
 
 def ensure_staff_of(principal: Principal, merchant_id: str) -> None:

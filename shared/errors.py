@@ -74,6 +74,8 @@ class DomainError(Exception):
     status: ClassVar[int] = 400
     code: ClassVar[str] = "bad_request"
     title: ClassVar[str] = "Bad request"
+    # Seconds a client should wait before trying again (sent as Retry-After), if any.
+    retry_after: int | None = None
 
     def __init__(self, detail: str | None = None, **extra: Any) -> None:
         super().__init__(detail or self.title)
@@ -321,14 +323,16 @@ _STATUS_CODES = {
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
     return problem_response(
         request,
         status=exc.status,
         code=exc.code,
         title=exc.title,
         detail=exc.detail,
-        headers=headers,
+        headers=headers or None,
         extra=exc.extra or None,
     )
 

@@ -1,4 +1,5 @@
-"""Alembic, driven from code: each service keeps its own history in its migrations/ folder."""
+"""Alembic, driven from code: each database keeps its own history in its owner's migrations/
+folder (services/<name>/migrations, and gateway/migrations for the gateway's identity store)."""
 
 from __future__ import annotations
 
@@ -14,17 +15,20 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from shared.db import to_async_url
 
-__all__ = ["SERVICES", "alembic_config", "check", "run_env", "upgrade"]
+__all__ = ["DATABASES", "SERVICES", "alembic_config", "check", "run_env", "upgrade"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("orders", "crowdfund", "referrals")
+# Every database of the platform: one per service, and the gateway's (identity).
+DATABASES = (*SERVICES, "gateway")
 
 
 def alembic_config(service: str, database_url: str) -> Config:
-    if service not in SERVICES:
+    if service not in DATABASES:
         raise ValueError(f"unknown service {service!r}")
+    folder = ROOT / "gateway" if service == "gateway" else ROOT / "services" / service
     config = Config()
-    config.set_main_option("script_location", str(ROOT / "services" / service / "migrations"))
+    config.set_main_option("script_location", str(folder / "migrations"))
     # Kept out of the ini options: a URL may contain '%', which configparser would interpret.
     config.attributes["database_url"] = database_url
     return config

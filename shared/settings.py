@@ -26,6 +26,9 @@ class ServiceSettings(LimitSettings):
     database_url: str = Field(..., alias="DATABASE_URL")
     # Public key (PEM) that verifies user tokens; the gateway holds the private half.
     jwt_public_key_file: str | None = Field(None, alias="JWT_PUBLIC_KEY_FILE")
+    # Or (and) the gateway's JWKS, read again when a token names a key not known yet: a
+    # rotated key is then accepted without restarting the service.
+    jwt_jwks_url: str | None = Field(None, alias="JWT_JWKS_URL")
     jwt_issuer: str = Field("qunbuy-gateway", alias="JWT_ISSUER")
     jwt_audience: str = Field("qunbuy", alias="JWT_AUDIENCE")
     # HMAC secret that signs events between services (and that receivers verify).

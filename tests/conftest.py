@@ -34,7 +34,7 @@ from qunbuy.pg import (
     local_server_answers,
 )
 from shared.auth import Role, TokenIssuer, public_pem
-from shared.migrations import SERVICES, upgrade
+from shared.migrations import DATABASES, upgrade
 from tests.helpers import free_port
 from tests.processes import Process
 
@@ -66,8 +66,8 @@ def worker_id_safe(worker_id: str) -> str:
 
 @contextmanager
 def migrated_databases(server_url: str, prefix: str) -> Iterator[dict[str, str]]:
-    """One fresh database per service, built by its migrations: {service: url}."""
-    names = {svc: f"{prefix}_{svc}" for svc in SERVICES}
+    """One fresh database per service (and the gateway's), built by its migrations."""
+    names = {svc: f"{prefix}_{svc}" for svc in DATABASES}
     asyncio.run(ensure_databases(server_url, list(names.values()), fresh=True))
     urls = {svc: database_url(server_url, name) for svc, name in names.items()}
     try:
@@ -268,7 +268,10 @@ def platform(
             "ORDERS_URL": processes["orders"].url,
             "CROWDFUND_URL": processes["crowdfund"].url,
             "REFERRALS_URL": processes["referrals"].url,
+            "DATABASE_URL": platform_db_urls["gateway"],
             "LOG_LEVEL": "INFO",
+            # Storms of requests by one test user: the limits have tests of their own.
+            "RATE_LIMITS_ENABLED": "false",
         },
     )
     try:

@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 
 from qunbuy.pg import EmbeddedPostgres, database_url, drop_databases, ensure_databases
 from shared.db import make_engine
-from shared.migrations import SERVICES, alembic_config
+from shared.migrations import DATABASES, alembic_config
 from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +53,7 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def port_block(size: int = 4) -> int:
+def port_block(size: int = 5) -> int:
     """A base port such that base .. base+size-1 are all free right now."""
     for _ in range(500):
         base = random.randint(20_000, 60_000)
@@ -205,8 +205,8 @@ def head(service: str) -> str:
 
 @pytest.fixture
 def db_env(pg_server_url: str) -> Iterator[dict[str, str]]:
-    """Three fresh, empty databases of this test, as <SERVICE>_DATABASE_URL variables."""
-    names = {s: f"qbt_cli_{uuid.uuid4().hex[:10]}_{s}" for s in SERVICES}
+    """Four fresh, empty databases of this test, as <SERVICE>_DATABASE_URL variables."""
+    names = {s: f"qbt_cli_{uuid.uuid4().hex[:10]}_{s}" for s in DATABASES}
     asyncio.run(ensure_databases(pg_server_url, list(names.values()), fresh=True))
     try:
         yield {
@@ -218,7 +218,7 @@ def db_env(pg_server_url: str) -> Iterator[dict[str, str]]:
 
 
 def urls(db_env: dict[str, str]) -> dict[str, str]:
-    return {s: db_env[f"{s.upper()}_DATABASE_URL"] for s in SERVICES}
+    return {s: db_env[f"{s.upper()}_DATABASE_URL"] for s in DATABASES}
 
 
 # --- qunbuy up ---------------------------------------------------------------------------
@@ -249,8 +249,8 @@ def test_up_serves_then_stops_on_a_signal(
 
         children = psutil.Process(cli.proc.pid).children(recursive=True)
         commands = sorted(" ".join(c.cmdline()) for c in children)
-        assert len(children) == 4, commands
-        for app in ("gateway.app", "services.orders.app", "services.crowdfund.app"):
+        assert len(children) == 5, commands  # the four processes and the fake WeChat
+        for app in ("gateway.app", "services.orders.app", "qunbuy.fake_wechat"):
             assert any(app in command for command in commands), commands
         assert (tmp_path / "data" / "keys" / "jwt-private.pem").exists()
 
@@ -273,11 +273,11 @@ def test_up_stops_cleanly_when_signalled_during_start_up(
     with qunbuy(args, base_env(**db_env), tmp_path) as cli:
         deadline = time.monotonic() + START_TIMEOUT
         children: list[psutil.Process] = []
-        while len(children) < 4 and time.monotonic() < deadline:  # all four spawned
+        while len(children) < 5 and time.monotonic() < deadline:  # all five spawned
             assert cli.proc.poll() is None, cli.stderr
             children = psutil.Process(cli.proc.pid).children(recursive=True)
             time.sleep(0.05)
-        assert len(children) == 4
+        assert len(children) == 5
         code, _ = stop(cli, signal.SIGTERM, group=False)
         assert code == 0, cli.stderr
         _, alive = psutil.wait_procs(children, timeout=5)
@@ -365,7 +365,7 @@ def test_up_reports_an_unreachable_database(tmp_path: Path, how: str) -> None:
         env = base_env(
             **{
                 f"{s.upper()}_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{closed}/qb_{s}"
-                for s in SERVICES
+                for s in DATABASES
             }
         )
     started = time.monotonic()
@@ -550,7 +550,7 @@ def test_up_stops_the_embedded_server_it_adopted_after_a_killed_supervisor(
 def test_migrate_applies_every_service(db_env: dict[str, str], tmp_path: Path) -> None:
     cli = run(["migrate", "--data-dir", str(tmp_path / "data")], base_env(**db_env), tmp_path)
     assert cli.proc.returncode == 0, cli.stderr
-    assert "migrations applied: orders, crowdfund, referrals" in cli.stdout
+    assert "migrations applied: orders, crowdfund, referrals, gateway" in cli.stdout
     for service, url in urls(db_env).items():
         assert sql(url, "SELECT version_num FROM alembic_version") == [(head(service),)]
         assert sql(url, "SELECT count(*) FROM outbox") == [(0,)]
@@ -682,7 +682,7 @@ def test_events_report_database_problems_in_one_line(
     unreachable = base_env(
         **{
             f"{s.upper()}_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{closed}/x"
-            for s in SERVICES
+            for s in DATABASES
         }
     )
     cli = run(["events", command, "--service", "orders", *data], unreachable, tmp_path)

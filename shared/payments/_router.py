@@ -13,7 +13,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Request, status
 from fastapi.responses import JSONResponse
 
-from shared.auth import CurrentUser, Principal, ensure_staff_of, require_roles
+from shared.auth import (
+    AnyCaller,
+    CurrentUser,
+    MoneyStaff,
+    Principal,
+    ensure_staff_of,
+    require_merchant_role,
+    require_roles,
+)
 from shared.errors import Forbidden, Unauthorized, problem_response, responses
 from shared.idempotency import IDEMPOTENCY_ERRORS, IdempotencyKeyRequired
 from shared.money import UnknownCurrency
@@ -72,6 +80,11 @@ def _context(request: Request) -> PaymentContext:
 
 PaymentsDep = Annotated[PaymentContext, Depends(_context)]
 Customer = Annotated[Principal, require_roles("customer")]
+# A payment's payer (no staff role acts as one), and the payer or the merchant's money staff.
+Payer = Annotated[Principal, require_merchant_role(others=("customer",))]
+PayerOrMoneyStaff = Annotated[
+    Principal, require_merchant_role("owner", "finance", others=("customer",))
+]
 _AUTH = (Unauthorized, Forbidden)
 _COMMON = (*_AUTH, PaymentsNotConfigured, PaymentProviderUnavailable, PaymentProviderRejected)
 
@@ -82,7 +95,7 @@ def _may_see(principal: Principal, payment: PaymentRow) -> bool:
 
 
 async def _payment_for_owner(
-    principal: CurrentUser, ctx: PaymentsDep, payment_id: uuid.UUID
+    principal: Payer, ctx: PaymentsDep, payment_id: uuid.UUID
 ) -> PaymentRow:
     """The payment, when ``principal`` paid it (admins see every payment). Anyone else gets
     the 404 of a payment that does not exist: whether it exists is not theirs to learn."""
@@ -93,7 +106,7 @@ async def _payment_for_owner(
 
 
 async def _payment_for_staff(
-    principal: CurrentUser, ctx: PaymentsDep, payment_id: uuid.UUID
+    principal: MoneyStaff, ctx: PaymentsDep, payment_id: uuid.UUID
 ) -> PaymentRow:
     """The payment, when ``principal`` is staff of its merchant (or an admin). The payer may
     see it but not act as staff on it (403); anyone else gets 404."""
@@ -180,7 +193,7 @@ def payments_router() -> APIRouter:
         responses=responses(*_AUTH, PaymentsNotConfigured, PaymentNotFound),
     )
     async def get_payment(
-        principal: CurrentUser, payment_id: uuid.UUID, ctx: PaymentsDep
+        principal: AnyCaller, payment_id: uuid.UUID, ctx: PaymentsDep
     ) -> PaymentOut:
         view = await service.get_payment_view(ctx, payment_id)
         if not _may_see(principal, view.payment):
@@ -243,7 +256,7 @@ def payments_router() -> APIRouter:
         responses=responses(*_COMMON, PaymentNotFound, PaymentNotCancelable),
     )
     async def cancel_payment(
-        principal: CurrentUser, payment_id: uuid.UUID, ctx: PaymentsDep
+        principal: PayerOrMoneyStaff, payment_id: uuid.UUID, ctx: PaymentsDep
     ) -> PaymentOut:
         view = await service.get_payment_view(ctx, payment_id)
         if not _may_see(principal, view.payment):
@@ -316,7 +329,7 @@ def payments_router() -> APIRouter:
         summary="A saved payment method's setup",
         responses=responses(*_AUTH, PaymentsNotConfigured, PaymentSetupNotFound),
     )
-    async def get_setup(principal: CurrentUser, setup_id: uuid.UUID, ctx: PaymentsDep) -> SetupOut:
+    async def get_setup(principal: AnyCaller, setup_id: uuid.UUID, ctx: PaymentsDep) -> SetupOut:
         row = await setups.get_setup(ctx, setup_id)
         if row.customer_id != principal.sub and not principal.is_admin:
             raise PaymentSetupNotFound()

@@ -268,7 +268,7 @@ def test_migrations_run_once_in_a_job_never_at_replica_start(tree: str) -> None:
     assert spec["restartPolicy"] == "Never"
     commands = [c["command"] + c.get("args", []) for c in containers(job)]
     # Init containers run one after the other, and the main container after them all.
-    assert commands == [["qunbuy", "migrate", "--service", s] for s in SERVICES]
+    assert commands == [["qunbuy", "migrate", "--service", s] for s in (*SERVICES, "gateway")]
     assert job["spec"]["backoffLimit"] <= 3
     assert "activeDeadlineSeconds" in job["spec"]
     for deployment in deployments(tree):

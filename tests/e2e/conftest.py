@@ -10,7 +10,9 @@ from tests.processes import Process
 
 
 @pytest.fixture
-def lone_gateway(private_key_file: Path, tmp_path: Path) -> Iterator[Callable[..., Process]]:
+def lone_gateway(
+    private_key_file: Path, db_urls: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[..., Process]]:
     """Starts extra gateways with chosen upstreams; stops them after the test."""
     started: list[Process] = []
 
@@ -22,7 +24,10 @@ def lone_gateway(private_key_file: Path, tmp_path: Path) -> Iterator[Callable[..
             env={
                 "QUNBUY_MODE": "production",
                 "JWT_PRIVATE_KEY_FILE": str(private_key_file),
+                "DATABASE_URL": db_urls["gateway"],
                 "LOG_LEVEL": "WARNING",
+                # Storms of requests by one test user: the limits have tests of their own.
+                "RATE_LIMITS_ENABLED": "false",
                 **env,
             },
         )

@@ -13,9 +13,12 @@ from tests.conftest import running
 
 
 def settings(tmp_path: Path, mode: str) -> GatewaySettings:
+    # Production needs its identity store; nothing here reaches it (the engine is lazy).
+    database = "postgresql://postgres@127.0.0.1:1/none" if mode == "production" else None
     return GatewaySettings(
         QUNBUY_MODE=mode,
         JWT_PRIVATE_KEY_FILE=str(tmp_path / "keys" / "jwt.pem"),
+        DATABASE_URL=database,
         LOG_LEVEL="WARNING",
     )
 
@@ -35,7 +38,15 @@ async def test_dev_login_issues_a_token_that_me_and_jwks_accept(
     assert login.status_code == 200, login.text
     token = login.json()["access_token"]
     me = await embedded.get("/v1/me", headers={"Authorization": f"Bearer {token}"})
-    assert me.json() == {"user_id": "u1", "roles": ["staff"], "merchant_id": "m1"}
+    assert me.json() == {
+        "user_id": "u1",
+        "roles": ["staff"],
+        "merchant_id": "m1",
+        "merchant_role": None,
+        "name": None,
+        "phone": None,
+        "mini_programs": [],
+    }
 
     keys = (await embedded.get("/.well-known/jwks.json")).json()["keys"]
     header = jwt.get_unverified_header(token)
@@ -77,6 +88,15 @@ async def test_dev_login_does_not_exist_in_production(tmp_path: Path) -> None:
         response = await prod.post("/v1/auth/dev-login", json={})
     assert response.status_code == 404
     assert response.json()["code"] == "dev_login_disabled"
+
+
+def test_production_needs_the_identity_store(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="DATABASE_URL"):
+        GatewaySettings(
+            QUNBUY_MODE="production",
+            JWT_PRIVATE_KEY_FILE=str(tmp_path / "k.pem"),
+            DATABASE_URL=None,
+        )
 
 
 async def test_me_without_token_is_401(embedded: httpx.AsyncClient) -> None:

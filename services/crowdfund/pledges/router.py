@@ -41,7 +41,7 @@ from services.crowdfund.pledges.service import (
 )
 from services.crowdfund.projects.router import Staff
 from services.crowdfund.projects.service import ProjectNotFound, RewardNotFound
-from shared.auth import CurrentUser, Principal, require_roles
+from shared.auth import AnyCaller, Principal, require_roles
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
 from shared.idempotency import IDEMPOTENCY_ERRORS, IdempotencyKeyRequired
@@ -113,7 +113,7 @@ async def place(
     responses=responses(*_AUTH, InvalidCursor),
 )
 async def list_pledges(
-    principal: CurrentUser,
+    principal: AnyCaller,
     session: SessionDep,
     page: PageDep,
     filters: Annotated[PledgeFilters, Depends()],
@@ -136,7 +136,7 @@ async def list_pledges(
     responses=responses(*_AUTH, PledgeNotFound),
 )
 async def get(
-    principal: CurrentUser, pledge_id: uuid.UUID, session: SessionDep, pledges: PledgesDep
+    principal: AnyCaller, pledge_id: uuid.UUID, session: SessionDep, pledges: PledgesDep
 ) -> PledgeOut:
     pledge = await pledges.visible_pledge(session, principal, pledge_id)
     if pledge.status == "pending" and pledge.customer_id == principal.sub:
@@ -154,7 +154,7 @@ async def get(
     responses=responses(*_AUTH, *_CHOICE, PledgeNotFound, PledgeStateConflict, PledgeLastHour),
 )
 async def change(
-    principal: CurrentUser,
+    principal: Customer,
     pledge_id: uuid.UUID,
     body: PledgeTerms,
     session: SessionDep,
@@ -179,7 +179,7 @@ async def change(
     ),
 )
 async def cancel(
-    principal: CurrentUser, pledge_id: uuid.UUID, session: SessionDep, pledges: PledgesDep
+    principal: Customer, pledge_id: uuid.UUID, session: SessionDep, pledges: PledgesDep
 ) -> PledgeOut:
     pledge = await pledges.cancel(session, principal, pledge_id)
     return PledgeOut.of(pledge, [])
@@ -210,7 +210,7 @@ async def staff_refund(
     responses=responses(*_AUTH, *_PAY, PledgeNotFound, PledgeStateConflict),
 )
 async def change_card(
-    principal: CurrentUser,
+    principal: Customer,
     pledge_id: uuid.UUID,
     body: PaymentMethodIn,
     pledges: PledgesDep,

@@ -45,7 +45,6 @@ from services.orders.eligibility.service import (
     ReservationNotFound,
     ReservationsNotOffered,
 )
-from services.orders.presales.router import Staff
 from services.orders.presales.service import (
     CampaignNotFound,
     CampaignStateConflict,
@@ -54,7 +53,7 @@ from services.orders.presales.service import (
     policy_merchant,
     staff_campaign,
 )
-from shared.auth import OptionalUser, Principal, require_roles
+from shared.auth import AnyStaff, CatalogStaff, OptionalUser, Principal, require_roles
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
 from shared.pagination import InvalidCursor, Page, PageDep, fetch_page
@@ -76,7 +75,7 @@ CustomerPath = Annotated[SafeStr, Path(min_length=1, max_length=100)]
     responses=responses(*_AUTH, MerchantRequired),
 )
 async def get_tiers(
-    principal: Staff, session: SessionDep, merchant_id: MerchantQuery = None
+    principal: AnyStaff, session: SessionDep, merchant_id: MerchantQuery = None
 ) -> TiersOut:
     return await service.get_tiers(session, policy_merchant(principal, merchant_id))
 
@@ -88,7 +87,7 @@ async def get_tiers(
     responses=responses(*_AUTH, MerchantRequired, MemberTiersInvalid, MemberTierInUse),
 )
 async def put_tiers(
-    principal: Staff, body: TiersIn, session: SessionDep, merchant_id: MerchantQuery = None
+    principal: CatalogStaff, body: TiersIn, session: SessionDep, merchant_id: MerchantQuery = None
 ) -> TiersOut:
     return await service.put_tiers(session, policy_merchant(principal, merchant_id), body)
 
@@ -100,7 +99,7 @@ async def put_tiers(
     responses=responses(*_AUTH, MerchantRequired),
 )
 async def get_member(
-    principal: Staff,
+    principal: AnyStaff,
     customer_id: CustomerPath,
     session: SessionDep,
     merchant_id: MerchantQuery = None,
@@ -115,7 +114,7 @@ async def get_member(
     responses=responses(*_AUTH, MerchantRequired, MemberTierUnknown),
 )
 async def put_member(
-    principal: Staff,
+    principal: CatalogStaff,
     customer_id: CustomerPath,
     body: MemberIn,
     session: SessionDep,
@@ -155,7 +154,7 @@ async def get_eligibility(
     ),
 )
 async def put_eligibility(
-    principal: Staff, campaign_id: uuid.UUID, body: EligibilityIn, session: SessionDep
+    principal: CatalogStaff, campaign_id: uuid.UUID, body: EligibilityIn, session: SessionDep
 ) -> EligibilityOut:
     campaign = await service.put_eligibility(session, principal, campaign_id, body)
     return await service.eligibility_out(session, campaign)
@@ -169,7 +168,7 @@ async def put_eligibility(
     responses=responses(*_AUTH, CampaignNotFound, CampaignStateConflict, PurchaseCodeBatchInvalid),
 )
 async def issue_codes(
-    principal: Staff, campaign_id: uuid.UUID, body: CodeBatchIn, session: SessionDep
+    principal: CatalogStaff, campaign_id: uuid.UUID, body: CodeBatchIn, session: SessionDep
 ) -> CodeBatchOut:
     return await service.issue_codes(session, principal, campaign_id, body)
 
@@ -181,7 +180,7 @@ async def issue_codes(
     responses=responses(*_AUTH, CampaignNotFound, InvalidCursor),
 )
 async def list_codes(
-    principal: Staff, campaign_id: uuid.UUID, session: SessionDep, page: PageDep
+    principal: AnyStaff, campaign_id: uuid.UUID, session: SessionDep, page: PageDep
 ) -> Page[CodeOut]:
     await staff_campaign(session, principal, campaign_id)
     sort, key = repo.code_columns()
@@ -259,7 +258,7 @@ async def get_draw(campaign_id: uuid.UUID, session: SessionDep) -> DrawOut:
         *_AUTH, CampaignNotFound, CampaignStateConflict, ReservationsNotOffered, DrawDone
     ),
 )
-async def draw(principal: Staff, campaign_id: uuid.UUID, session: SessionDep) -> DrawOut:
+async def draw(principal: CatalogStaff, campaign_id: uuid.UUID, session: SessionDep) -> DrawOut:
     await service.draw_now(session, principal, campaign_id)
     return await service.draw_out(session, campaign_id)
 

@@ -24,9 +24,9 @@ from services.orders.gifts.service import (
     GiftNotClaimable,
     GiftNotFound,
 )
-from services.orders.presales.router import Staff
+from services.orders.orders.router import Customer
 from services.orders.presales.service import MerchantRequired, policy_merchant
-from shared.auth import CurrentUser
+from shared.auth import AnyCaller, AnyStaff, CatalogStaff
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
 from shared.text import SafeStr
@@ -53,7 +53,7 @@ ClaimBaseUrl = Annotated[str, Depends(_claim_base_url)]
     responses=responses(*_AUTH, MerchantRequired),
 )
 async def get_policy(
-    principal: Staff, session: SessionDep, merchant_id: MerchantQuery = None
+    principal: AnyStaff, session: SessionDep, merchant_id: MerchantQuery = None
 ) -> GiftPolicyOut:
     return await service.get_policy(session, policy_merchant(principal, merchant_id))
 
@@ -65,7 +65,10 @@ async def get_policy(
     responses=responses(*_AUTH, MerchantRequired),
 )
 async def put_policy(
-    principal: Staff, body: GiftPolicyIn, session: SessionDep, merchant_id: MerchantQuery = None
+    principal: CatalogStaff,
+    body: GiftPolicyIn,
+    session: SessionDep,
+    merchant_id: MerchantQuery = None,
 ) -> GiftPolicyOut:
     merchant = policy_merchant(principal, merchant_id)
     return await service.put_policy(session, principal, merchant, body)
@@ -77,7 +80,7 @@ async def put_policy(
     summary="What a claim link holds: the message, the product, whether it can be claimed",
     responses=responses(*_AUTH, GiftNotFound),
 )
-async def preview(_: CurrentUser, body: ClaimLookup, session: SessionDep) -> GiftPreview:
+async def preview(_: Customer, body: ClaimLookup, session: SessionDep) -> GiftPreview:
     return await service.preview(session, body.token)
 
 
@@ -91,7 +94,7 @@ async def preview(_: CurrentUser, body: ClaimLookup, session: SessionDep) -> Gif
     ),
 )
 async def claim(
-    principal: CurrentUser, body: ClaimIn, session: SessionDep, base_url: ClaimBaseUrl
+    principal: Customer, body: ClaimIn, session: SessionDep, base_url: ClaimBaseUrl
 ) -> GiftOut:
     gift, order = await service.claim(session, principal, body.token, body.address)
     return service.gift_out(gift, order, principal, base_url)
@@ -104,7 +107,7 @@ async def claim(
     responses=responses(*_AUTH, GiftNotFound),
 )
 async def get(
-    principal: CurrentUser, order_id: uuid.UUID, session: SessionDep, base_url: ClaimBaseUrl
+    principal: AnyCaller, order_id: uuid.UUID, session: SessionDep, base_url: ClaimBaseUrl
 ) -> GiftOut:
     gift, order = await service.visible_gift(session, principal, order_id)
     return service.gift_out(gift, order, principal, base_url)

@@ -38,13 +38,12 @@ from services.orders.orders.service import (
     PresaleSoldOut,
     VariantUnknown,
 )
-from services.orders.presales.router import Staff
 from services.orders.presales.service import (
     CampaignNotFound,
     CampaignStateConflict,
     TermsLocked,
 )
-from shared.auth import CurrentUser, OptionalUser
+from shared.auth import AnyCaller, CatalogStaff, OptionalUser
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
 from shared.idempotency import FreshKey, IdempotencyKeyRequired
@@ -97,7 +96,7 @@ async def _answer(
     ),
 )
 async def put_offer(
-    principal: Staff, campaign_id: uuid.UUID, body: OfferIn, session: SessionDep
+    principal: CatalogStaff, campaign_id: uuid.UUID, body: OfferIn, session: SessionDep
 ) -> OfferOut:
     return OfferOut.of(await service.put_offer(session, principal, campaign_id, body))
 
@@ -209,7 +208,7 @@ async def join_group(
     responses=responses(*_AUTH, OrderNotFound, GroupNotFound),
 )
 async def group_of_order(
-    principal: CurrentUser,
+    principal: AnyCaller,
     order_id: uuid.UUID,
     session: SessionDep,
     orders: OrdersDep,

@@ -41,10 +41,18 @@ from services.orders.orders.service import (
     VariantUnknown,
 )
 from services.orders.pickup.service import DestinationConflict, PointInactive, PointUnknown
-from services.orders.presales.router import Staff, campaign_out
+from services.orders.presales.router import campaign_out
 from services.orders.presales.schemas import CampaignOut
 from services.orders.presales.service import CampaignNotFound, CampaignStateConflict
-from shared.auth import CurrentUser, Principal, require_roles
+from shared.auth import (
+    AnyCaller,
+    AnyStaff,
+    CatalogStaff,
+    MoneyStaff,
+    Principal,
+    require_merchant_role,
+    require_roles,
+)
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
 from shared.idempotency import IDEMPOTENCY_ERRORS, FreshKey, IdempotencyKeyRequired
@@ -60,6 +68,10 @@ from shared.payments import (
 from shared.timezones import TimezoneQuery, UnknownTimezone
 
 Customer = Annotated[Principal, require_roles("customer")]
+# The buyer's own acts (paying the balance, asking for a refund): no staff role may.
+OrderBuyer = Annotated[Principal, require_merchant_role(others=("customer",))]
+# Cancelling a campaign refunds every order: its owners only.
+OwnerOnly = Annotated[Principal, require_merchant_role("owner")]
 _AUTH = (Unauthorized, Forbidden)
 _PAY = (
     *IDEMPOTENCY_ERRORS,
@@ -130,7 +142,7 @@ def orders_router() -> APIRouter:
         responses=responses(*_AUTH, InvalidCursor),
     )
     async def list_orders(
-        principal: CurrentUser,
+        principal: AnyCaller,
         session: SessionDep,
         page: PageDep,
         filters: Annotated[OrderFilters, Depends()],
@@ -152,7 +164,7 @@ def orders_router() -> APIRouter:
         },
     )
     async def export(
-        principal: Staff, request: Request, filters: Annotated[OrderFilters, Depends()]
+        principal: AnyStaff, request: Request, filters: Annotated[OrderFilters, Depends()]
     ) -> StreamingResponse:
         cols = repo.order_columns()
         stmt = rules.visible_orders(principal, filters).order_by(cols.created_at, cols.id)
@@ -169,7 +181,7 @@ def orders_router() -> APIRouter:
         responses=responses(*_AUTH, OrderNotFound),
     )
     async def get(
-        principal: CurrentUser, order_id: uuid.UUID, session: SessionDep, orders: OrdersDep
+        principal: AnyCaller, order_id: uuid.UUID, session: SessionDep, orders: OrdersDep
     ) -> OrderOut:
         order = await orders.visible_order(session, principal, order_id)
         stage = rules.BALANCE if order.balance_amount else rules.FIRST
@@ -183,7 +195,7 @@ def orders_router() -> APIRouter:
         responses=responses(*_AUTH, *_PAY, OrderNotFound, OrderStateConflict, BalanceWindowClosed),
     )
     async def pay_balance(
-        principal: CurrentUser,
+        principal: OrderBuyer,
         order_id: uuid.UUID,
         body: PayIn,
         orders: OrdersDep,
@@ -199,7 +211,11 @@ def orders_router() -> APIRouter:
         responses=responses(*_AUTH, OrderNotFound, OrderStateConflict, GiftAwaitingClaim),
     )
     async def ship(
-        principal: Staff, order_id: uuid.UUID, body: ShipIn, session: SessionDep, orders: OrdersDep
+        principal: CatalogStaff,
+        order_id: uuid.UUID,
+        body: ShipIn,
+        session: SessionDep,
+        orders: OrdersDep,
     ) -> OrderOut:
         order = await orders.ship(session, principal, order_id, body.carrier, body.tracking_number)
         return OrderOut.of(order)
@@ -211,7 +227,7 @@ def orders_router() -> APIRouter:
         responses=responses(*_AUTH, OrderNotFound, OrderStateConflict),
     )
     async def deliver(
-        principal: Staff, order_id: uuid.UUID, session: SessionDep, orders: OrdersDep
+        principal: CatalogStaff, order_id: uuid.UUID, session: SessionDep, orders: OrdersDep
     ) -> OrderOut:
         return OrderOut.of(await orders.deliver(session, principal, order_id))
 
@@ -223,7 +239,7 @@ def orders_router() -> APIRouter:
         responses=responses(*_AUTH, *IDEMPOTENCY_ERRORS, OrderNotFound, RefundAmountTooHigh),
     )
     async def request_refund(
-        principal: CurrentUser,
+        principal: OrderBuyer,
         order_id: uuid.UUID,
         body: RefundRequestIn,
         session: SessionDep,
@@ -242,7 +258,7 @@ def orders_router() -> APIRouter:
         responses=responses(*_AUTH, OrderNotFound),
     )
     async def refunds(
-        principal: CurrentUser, order_id: uuid.UUID, session: SessionDep, orders: OrdersDep
+        principal: AnyCaller, order_id: uuid.UUID, session: SessionDep, orders: OrdersDep
     ) -> list[RefundDecisionOut]:
         order = await orders.visible_order(session, principal, order_id)
         return [RefundDecisionOut.of(d) for d in await repo.refund_decisions(session, order.id)]
@@ -257,7 +273,7 @@ def orders_router() -> APIRouter:
         ),
     )
     async def staff_refund(
-        principal: Staff,
+        principal: MoneyStaff,
         order_id: uuid.UUID,
         body: RefundRequestIn,
         session: SessionDep,
@@ -276,7 +292,7 @@ def orders_router() -> APIRouter:
         ),
     )
     async def approve(
-        principal: Staff,
+        principal: MoneyStaff,
         order_id: uuid.UUID,
         refund_id: uuid.UUID,
         body: DecisionIn,
@@ -295,7 +311,7 @@ def orders_router() -> APIRouter:
         responses=responses(*_AUTH, OrderNotFound, RefundDecisionNotFound, OrderStateConflict),
     )
     async def reject(
-        principal: Staff,
+        principal: MoneyStaff,
         order_id: uuid.UUID,
         refund_id: uuid.UUID,
         body: DecisionIn,
@@ -314,7 +330,7 @@ def orders_router() -> APIRouter:
         responses=responses(*_AUTH, CampaignNotFound, UnknownTimezone),
     )
     async def stats(
-        principal: Staff,
+        principal: AnyStaff,
         campaign_id: uuid.UUID,
         session: SessionDep,
         tz: TimezoneQuery = "Asia/Shanghai",
@@ -330,7 +346,7 @@ def orders_router() -> APIRouter:
             **responses(*_AUTH, CampaignNotFound, CampaignStateConflict),
         },
     )
-    async def demand(principal: Staff, campaign_id: uuid.UUID, session: SessionDep) -> Response:
+    async def demand(principal: AnyStaff, campaign_id: uuid.UUID, session: SessionDep) -> Response:
         body = await reports.demand_csv(session, principal, campaign_id)
         return Response(
             body,
@@ -345,7 +361,7 @@ def orders_router() -> APIRouter:
         responses=responses(*_AUTH, CampaignNotFound, CampaignStateConflict),
     )
     async def fulfil(
-        principal: Staff, campaign_id: uuid.UUID, session: SessionDep, orders: OrdersDep
+        principal: CatalogStaff, campaign_id: uuid.UUID, session: SessionDep, orders: OrdersDep
     ) -> CampaignOut:
         await settlement.mark_fulfilled(orders, session, principal, campaign_id)
         return await campaign_out(session, campaign_id)
@@ -357,7 +373,7 @@ def orders_router() -> APIRouter:
         responses=responses(*_AUTH, CampaignNotFound, CampaignStateConflict),
     )
     async def cancel_campaign(
-        principal: Staff, campaign_id: uuid.UUID, session: SessionDep, orders: OrdersDep
+        principal: OwnerOnly, campaign_id: uuid.UUID, session: SessionDep, orders: OrdersDep
     ) -> CampaignOut:
         await settlement.cancel_campaign(orders, session, principal, campaign_id)
         return await campaign_out(session, campaign_id)

@@ -37,9 +37,15 @@ from services.orders.pickup.service import (
     PickupNotReady,
     PointNotFound,
 )
-from services.orders.presales.router import Staff
 from services.orders.presales.service import CampaignNotFound, CampaignStateConflict
-from shared.auth import CurrentUser, OptionalUser, Principal, require_roles
+from shared.auth import (
+    AnyCaller,
+    CatalogStaff,
+    OptionalUser,
+    Principal,
+    require_merchant_role,
+    require_roles,
+)
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
 from shared.pagination import InvalidCursor, Page, PageDep, fetch_page, scope_to_owner
@@ -47,6 +53,10 @@ from shared.text import SafeStr
 
 router = APIRouter(prefix="/v1/pickup-points", tags=["pickup points"])
 Customer = Annotated[Principal, require_roles("customer")]
+# A point's leader (a customer; the service checks it is theirs) or the merchant's staff.
+LeaderOrStaff = Annotated[
+    Principal, require_merchant_role("owner", "operator", others=("customer",))
+]
 _AUTH = (Unauthorized, Forbidden)
 _OPERATOR = (*_AUTH, PointNotFound, LeaderRequired)
 
@@ -69,7 +79,7 @@ async def apply(principal: Customer, body: LeaderApply, session: SessionDep) -> 
     responses=responses(*_AUTH, InvalidCursor),
 )
 async def list_leaders(
-    principal: CurrentUser,
+    principal: AnyCaller,
     session: SessionDep,
     page: PageDep,
     status_is: Annotated[LeaderStatus | None, Query(alias="status")] = None,
@@ -91,7 +101,7 @@ async def list_leaders(
     responses=responses(*_AUTH, LeaderNotFound, LeaderStateConflict),
 )
 async def decide(
-    principal: Staff,
+    principal: CatalogStaff,
     leader_id: uuid.UUID,
     decision: Annotated[Literal["approve", "reject", "suspend"], Path()],
     body: DecisionIn,
@@ -107,7 +117,7 @@ async def decide(
     summary="Register a pickup point (an approved leader of the merchant)",
     responses=responses(*_AUTH, LeaderRequired),
 )
-async def register(principal: CurrentUser, body: PointCreate, session: SessionDep) -> PointOut:
+async def register(principal: Customer, body: PointCreate, session: SessionDep) -> PointOut:
     return PointOut.of(await service.register_point(session, principal, body))
 
 
@@ -146,7 +156,7 @@ async def get(principal: OptionalUser, point_id: uuid.UUID, session: SessionDep)
     responses=responses(*_OPERATOR),
 )
 async def update(
-    principal: CurrentUser, point_id: uuid.UUID, body: PointIn, session: SessionDep
+    principal: LeaderOrStaff, point_id: uuid.UUID, body: PointIn, session: SessionDep
 ) -> PointOut:
     return PointOut.of(await service.update_point(session, principal, point_id, body))
 
@@ -158,7 +168,7 @@ async def update(
     responses=responses(*_OPERATOR),
 )
 async def pick_list(
-    principal: CurrentUser,
+    principal: AnyCaller,
     point_id: uuid.UUID,
     session: SessionDep,
     campaign_id: uuid.UUID | None = None,
@@ -174,7 +184,7 @@ async def pick_list(
     responses=responses(*_OPERATOR, CampaignNotFound, CampaignStateConflict),
 )
 async def arrived(
-    principal: CurrentUser, point_id: uuid.UUID, body: ArrivalIn, session: SessionDep
+    principal: LeaderOrStaff, point_id: uuid.UUID, body: ArrivalIn, session: SessionDep
 ) -> ArrivalOut:
     point = await service.operated_point(session, principal, point_id)
     count = await service.mark_arrived(session, point, body.campaign_id)
@@ -188,7 +198,7 @@ async def arrived(
     responses=responses(*_OPERATOR, PickupCodeInvalid, PickupNotReady, PickupAlreadyCollected),
 )
 async def pick_up(
-    principal: CurrentUser,
+    principal: LeaderOrStaff,
     point_id: uuid.UUID,
     body: PickupIn,
     session: SessionDep,

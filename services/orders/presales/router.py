@@ -32,13 +32,12 @@ from services.orders.presales.service import (
     TiersInvalid,
     VariantsInvalid,
 )
-from shared.auth import Principal, require_roles
+from shared.auth import AnyStaff, CatalogStaff
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
 from shared.money import UnknownCurrency
 from shared.pagination import InvalidCursor, Page, PageDep, fetch_page, scope_to_merchant
 
-Staff = Annotated[Principal, require_roles("staff")]
 _AUTH = (Unauthorized, Forbidden)
 _TERMS = (
     TiersInvalid,
@@ -69,7 +68,9 @@ def presales_router() -> APIRouter:
         summary="Create a pre-sale campaign (a draft)",
         responses=responses(*_AUTH, *_TERMS, MerchantRequired, UnknownCurrency),
     )
-    async def create(principal: Staff, body: CampaignCreate, session: SessionDep) -> CampaignOut:
+    async def create(
+        principal: CatalogStaff, body: CampaignCreate, session: SessionDep
+    ) -> CampaignOut:
         campaign_id = await service.create_campaign(session, principal, body)
         return await campaign_out(session, campaign_id)
 
@@ -80,7 +81,7 @@ def presales_router() -> APIRouter:
         responses=responses(*_AUTH, InvalidCursor),
     )
     async def list_campaigns(
-        principal: Staff,
+        principal: AnyStaff,
         session: SessionDep,
         page: PageDep,
         status_is: Annotated[CampaignStatus | None, Query(alias="status")] = None,
@@ -102,7 +103,7 @@ def presales_router() -> APIRouter:
         responses=responses(*_AUTH, MerchantRequired),
     )
     async def get_policy(
-        principal: Staff,
+        principal: AnyStaff,
         session: SessionDep,
         merchant_id: Annotated[str | None, Query(max_length=100)] = None,
     ) -> MerchantPolicyOut:
@@ -115,7 +116,7 @@ def presales_router() -> APIRouter:
         responses=responses(*_AUTH, MerchantRequired),
     )
     async def put_policy(
-        principal: Staff,
+        principal: CatalogStaff,
         body: MerchantPolicyIn,
         session: SessionDep,
         merchant_id: Annotated[str | None, Query(max_length=100)] = None,
@@ -129,7 +130,7 @@ def presales_router() -> APIRouter:
         summary="A campaign, as its staff see it",
         responses=responses(*_AUTH, CampaignNotFound),
     )
-    async def get(principal: Staff, campaign_id: uuid.UUID, session: SessionDep) -> CampaignOut:
+    async def get(principal: AnyStaff, campaign_id: uuid.UUID, session: SessionDep) -> CampaignOut:
         await service.staff_campaign(session, principal, campaign_id)
         return await campaign_out(session, campaign_id)
 
@@ -140,7 +141,7 @@ def presales_router() -> APIRouter:
         responses=responses(*_AUTH, *_TERMS, CampaignNotFound, CampaignStateConflict, TermsLocked),
     )
     async def update(
-        principal: Staff,
+        principal: CatalogStaff,
         campaign_id: uuid.UUID,
         body: CampaignTerms,
         session: SessionDep,
@@ -156,7 +157,7 @@ def presales_router() -> APIRouter:
         responses=responses(*_AUTH, CampaignNotFound, CampaignStateConflict, ClosesInPast),
     )
     async def publish(
-        principal: Staff, campaign_id: uuid.UUID, session: SessionDep, request: Request
+        principal: CatalogStaff, campaign_id: uuid.UUID, session: SessionDep, request: Request
     ) -> CampaignOut:
         await service.publish(session, request.app.state.tables, principal, campaign_id)
         return await campaign_out(session, campaign_id)
@@ -167,7 +168,9 @@ def presales_router() -> APIRouter:
         summary="Stop taking orders (the kill switch); payments in flight still land",
         responses=responses(*_AUTH, CampaignNotFound, CampaignStateConflict),
     )
-    async def pause(principal: Staff, campaign_id: uuid.UUID, session: SessionDep) -> CampaignOut:
+    async def pause(
+        principal: CatalogStaff, campaign_id: uuid.UUID, session: SessionDep
+    ) -> CampaignOut:
         await service.set_paused(session, principal, campaign_id, paused=True)
         return await campaign_out(session, campaign_id)
 
@@ -177,7 +180,9 @@ def presales_router() -> APIRouter:
         summary="Take orders again",
         responses=responses(*_AUTH, CampaignNotFound, CampaignStateConflict),
     )
-    async def resume(principal: Staff, campaign_id: uuid.UUID, session: SessionDep) -> CampaignOut:
+    async def resume(
+        principal: CatalogStaff, campaign_id: uuid.UUID, session: SessionDep
+    ) -> CampaignOut:
         await service.set_paused(session, principal, campaign_id, paused=False)
         return await campaign_out(session, campaign_id)
 

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from services.referrals.commissions import repository as repo
 from services.referrals.commissions.repository import CommissionRow
 from services.referrals.commissions.schemas import CommissionOut
-from shared.auth import CurrentUser
+from shared.auth import AnyCaller
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
 from shared.pagination import InvalidCursor, Page, PageDep, fetch_page, scope_to_owner
@@ -23,7 +23,7 @@ def commissions_router() -> APIRouter:
         responses=responses(Unauthorized, Forbidden, InvalidCursor),
     )
     async def list_commissions(
-        principal: CurrentUser, session: SessionDep, page: PageDep
+        principal: AnyCaller, session: SessionDep, page: PageDep
     ) -> Page[CommissionOut]:
         cols = repo.commission_columns()
         stmt = repo.commissions_query()

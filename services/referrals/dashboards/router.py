@@ -10,9 +10,9 @@ from fastapi import APIRouter, Query
 from services.referrals.dashboards import service
 from services.referrals.dashboards.schemas import Dashboard, Leaderboard, ProgramReport
 from services.referrals.dashboards.service import NotInProgram
-from services.referrals.programs.router import MerchantQuery, Staff, merchant_for
+from services.referrals.programs.router import MerchantQuery, merchant_for
 from services.referrals.programs.service import DistributorNotFound
-from shared.auth import CurrentUser
+from shared.auth import AnyCaller, AnyStaff
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
 from shared.timezones import TimezoneQuery, UnknownTimezone
@@ -31,7 +31,7 @@ def dashboards_router() -> APIRouter:
         responses=responses(*_AUTH, NotInProgram),
     )
     async def leaderboard(
-        principal: CurrentUser,
+        principal: AnyCaller,
         session: SessionDep,
         merchant_id: Annotated[str, Query(min_length=1, max_length=100)],
         period: Literal["day", "week", "month"] = "week",
@@ -46,7 +46,7 @@ def dashboards_router() -> APIRouter:
         responses=responses(*_AUTH, DistributorNotFound, UnknownTimezone),
     )
     async def dashboard(
-        principal: CurrentUser,
+        principal: AnyCaller,
         distributor_id: uuid.UUID,
         session: SessionDep,
         tz: TimezoneQuery = "Asia/Shanghai",
@@ -61,7 +61,7 @@ def dashboards_router() -> APIRouter:
         responses=responses(*_AUTH, UnknownTimezone),
     )
     async def report(
-        principal: Staff,
+        principal: AnyStaff,
         session: SessionDep,
         merchant_id: MerchantQuery = None,
         tz: TimezoneQuery = "Asia/Shanghai",

@@ -14,7 +14,7 @@ from services.referrals.links.repository import LinkRow
 from services.referrals.links.schemas import ClickOut, LinkIn, LinkOut
 from services.referrals.links.service import LinkCodeExhausted, LinkNotFound, LinkTargetInvalid
 from services.referrals.programs.service import DistributorNotFound, DistributorStateConflict
-from shared.auth import CurrentUser, OptionalUser
+from shared.auth import AnyCaller, OptionalUser
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
 from shared.pagination import InvalidCursor, Page, PageDep, fetch_page, scope_to_owner
@@ -45,7 +45,7 @@ def links_router() -> APIRouter:
         ),
     )
     async def create(
-        principal: CurrentUser, body: LinkIn, session: SessionDep, request: Request
+        principal: AnyCaller, body: LinkIn, session: SessionDep, request: Request
     ) -> LinkOut:
         return service.out(await service.create(session, principal, body), _share_base(request))
 
@@ -56,7 +56,7 @@ def links_router() -> APIRouter:
         responses=responses(*_AUTH, InvalidCursor),
     )
     async def list_links(
-        principal: CurrentUser, session: SessionDep, page: PageDep, request: Request
+        principal: AnyCaller, session: SessionDep, page: PageDep, request: Request
     ) -> Page[LinkOut]:
         cols = repo.columns()
         stmt = repo.links_query()

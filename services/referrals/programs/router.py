@@ -30,12 +30,19 @@ from services.referrals.programs.service import (
     ProgramNotFound,
     RatesOverCap,
 )
-from shared.auth import CurrentUser, Principal, ensure_staff_of, require_roles
+from shared.auth import (
+    AnyCaller,
+    AnyStaff,
+    CatalogStaff,
+    MoneyStaff,
+    Principal,
+    ensure_staff_of,
+    require_roles,
+)
 from shared.db import SessionDep
 from shared.errors import DomainError, Forbidden, Unauthorized, responses
 from shared.pagination import InvalidCursor, Page, PageDep, fetch_page, scope_to_merchant
 
-Staff = Annotated[Principal, require_roles("staff")]
 Customer = Annotated[Principal, require_roles("customer")]
 TargetId = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")]
 MerchantQuery = Annotated[
@@ -76,7 +83,10 @@ def programs_router() -> APIRouter:
         responses=responses(*_AUTH, RatesOverCap, MerchantRequired),
     )
     async def put_rules(
-        principal: Staff, body: ProgramIn, session: SessionDep, merchant_id: MerchantQuery = None
+        principal: MoneyStaff,
+        body: ProgramIn,
+        session: SessionDep,
+        merchant_id: MerchantQuery = None,
     ) -> ProgramOut:
         merchant = merchant_for(principal, merchant_id)
         return ProgramOut.of(await service.put_rules(session, principal, merchant, body))
@@ -88,7 +98,7 @@ def programs_router() -> APIRouter:
         responses=responses(*_AUTH, RatesOverCap, ProgramNotFound, MerchantRequired),
     )
     async def put_override(
-        principal: Staff,
+        principal: MoneyStaff,
         target_type: Literal["presale", "project"],
         target_id: TargetId,
         body: OverrideIn,
@@ -106,7 +116,7 @@ def programs_router() -> APIRouter:
         responses=responses(*_AUTH, MerchantRequired),
     )
     async def delete_override(
-        principal: Staff,
+        principal: MoneyStaff,
         target_type: Literal["presale", "project"],
         target_id: TargetId,
         session: SessionDep,
@@ -122,7 +132,7 @@ def programs_router() -> APIRouter:
         responses=responses(*_AUTH, MerchantRequired),
     )
     async def list_overrides(
-        principal: Staff, session: SessionDep, merchant_id: MerchantQuery = None
+        principal: AnyStaff, session: SessionDep, merchant_id: MerchantQuery = None
     ) -> list[OverrideOut]:
         merchant = merchant_for(principal, merchant_id)
         return [OverrideOut.of(o) for o in await repo.overrides(session, merchant)]
@@ -134,7 +144,7 @@ def programs_router() -> APIRouter:
         responses=responses(*_AUTH, ProgramNotFound),
     )
     async def get_rules(
-        principal: CurrentUser,
+        principal: AnyCaller,
         session: SessionDep,
         merchant_id: Annotated[str, Query(min_length=1, max_length=100)],
     ) -> ProgramOut:
@@ -158,7 +168,7 @@ def programs_router() -> APIRouter:
         responses=responses(*_AUTH, ProgramNotFound, AlreadyDistributor, MerchantRequired),
     )
     async def add(
-        principal: Staff, body: AddIn, session: SessionDep, merchant_id: MerchantQuery = None
+        principal: CatalogStaff, body: AddIn, session: SessionDep, merchant_id: MerchantQuery = None
     ) -> DistributorOut:
         merchant = merchant_for(principal, merchant_id)
         return await _out(session, await service.add(session, principal, merchant, body))
@@ -170,7 +180,7 @@ def programs_router() -> APIRouter:
         responses=responses(*_AUTH, InvalidCursor),
     )
     async def list_distributors(
-        principal: Staff,
+        principal: AnyStaff,
         session: SessionDep,
         page: PageDep,
         status_is: Annotated[
@@ -196,7 +206,7 @@ def programs_router() -> APIRouter:
         responses=responses(*_AUTH, DistributorNotFound),
     )
     async def get(
-        principal: CurrentUser, distributor_id: uuid.UUID, session: SessionDep
+        principal: AnyCaller, distributor_id: uuid.UUID, session: SessionDep
     ) -> DistributorOut:
         return await _out(
             session, await service.visible_distributor(session, principal, distributor_id)
@@ -225,7 +235,7 @@ def programs_router() -> APIRouter:
         responses=responses(*_AUTH, DistributorNotFound),
     )
     async def verify(
-        principal: Staff, distributor_id: uuid.UUID, session: SessionDep
+        principal: CatalogStaff, distributor_id: uuid.UUID, session: SessionDep
     ) -> DistributorOut:
         return await _out(session, await service.verify(session, principal, distributor_id))
 
@@ -234,7 +244,7 @@ def programs_router() -> APIRouter:
 
 def _decision(action: str) -> Callable[..., Awaitable[DistributorOut]]:
     async def endpoint(
-        principal: Staff, distributor_id: uuid.UUID, session: SessionDep
+        principal: CatalogStaff, distributor_id: uuid.UUID, session: SessionDep
     ) -> DistributorOut:
         return await _out(session, await service.decide(session, principal, distributor_id, action))
 

@@ -7,7 +7,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, status
 
-from services.referrals.programs.router import Staff
 from services.referrals.programs.service import DistributorNotFound, DistributorStateConflict
 from services.referrals.withdrawals import repository as repo
 from services.referrals.withdrawals import service
@@ -20,7 +19,7 @@ from services.referrals.withdrawals.service import (
     WithdrawalNotFound,
     WithdrawalStateConflict,
 )
-from shared.auth import CurrentUser, Principal, require_roles
+from shared.auth import AnyCaller, MoneyStaff, Principal, require_roles
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
 from shared.idempotency import IDEMPOTENCY_ERRORS, IdempotencyKeyRequired
@@ -63,7 +62,7 @@ def withdrawals_router() -> APIRouter:
         responses=responses(*_AUTH, InvalidCursor),
     )
     async def list_withdrawals(
-        principal: CurrentUser, session: SessionDep, page: PageDep
+        principal: AnyCaller, session: SessionDep, page: PageDep
     ) -> Page[WithdrawalOut]:
         cols = repo.columns()
         stmt = repo.withdrawals_query()
@@ -87,7 +86,7 @@ def withdrawals_router() -> APIRouter:
         responses=responses(*_STAFF_ERRORS),
     )
     async def approve(
-        principal: Staff, withdrawal_id: uuid.UUID, session: SessionDep
+        principal: MoneyStaff, withdrawal_id: uuid.UUID, session: SessionDep
     ) -> WithdrawalOut:
         return WithdrawalOut.of(await service.approve(session, principal, withdrawal_id))
 
@@ -98,7 +97,7 @@ def withdrawals_router() -> APIRouter:
         responses=responses(*_STAFF_ERRORS),
     )
     async def paid(
-        principal: Staff, withdrawal_id: uuid.UUID, body: PaidIn, session: SessionDep
+        principal: MoneyStaff, withdrawal_id: uuid.UUID, body: PaidIn, session: SessionDep
     ) -> WithdrawalOut:
         return WithdrawalOut.of(
             await service.mark_paid(session, principal, withdrawal_id, body.external_reference)
@@ -111,7 +110,7 @@ def withdrawals_router() -> APIRouter:
         responses=responses(*_STAFF_ERRORS),
     )
     async def reject(
-        principal: Staff, withdrawal_id: uuid.UUID, body: DecisionIn, session: SessionDep
+        principal: MoneyStaff, withdrawal_id: uuid.UUID, body: DecisionIn, session: SessionDep
     ) -> WithdrawalOut:
         return WithdrawalOut.of(
             await service.give_back(
@@ -126,7 +125,7 @@ def withdrawals_router() -> APIRouter:
         responses=responses(*_STAFF_ERRORS),
     )
     async def failed(
-        principal: Staff, withdrawal_id: uuid.UUID, body: DecisionIn, session: SessionDep
+        principal: MoneyStaff, withdrawal_id: uuid.UUID, body: DecisionIn, session: SessionDep
     ) -> WithdrawalOut:
         return WithdrawalOut.of(
             await service.give_back(

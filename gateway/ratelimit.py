@@ -1,0 +1,167 @@
+"""Rate limits at the gateway, with the ``limits`` library: counters in Redis when
+``REDIS_URL`` is set (every replica shares them), in this process's memory otherwise.
+
+Two uses: the route classes of every request (login, money-moving writes, reads; fixed
+windows per caller), and the throttle of failed staff sign-ins (moving windows per account
+and per client address). A counter store that fails is logged and let through: a Redis
+outage must not take the platform down with it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import structlog
+from limits import RateLimitItem, parse
+from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+from limits.errors import StorageError
+from limits.storage import storage_from_string
+from starlette.types import Scope, Send
+
+from shared.auth import TokenVerifier
+from shared.errors import DomainError, send_problem
+
+__all__ = ["RateLimited", "RateLimiter", "RouteLimits", "parse_limit"]
+
+_log = structlog.get_logger("qunbuy.ratelimit")
+
+
+class RateLimited(DomainError):
+    status = 429
+    code = "rate_limited"
+    title = "Too many requests; try again later"
+
+    def __init__(self, retry_after: int, detail: str | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+def parse_limit(text: str) -> RateLimitItem:
+    """``"10/minute"``, ``"5 per 15 minutes"``: the limits library's notation."""
+    return parse(text)
+
+
+class RateLimiter:
+    def __init__(self, redis_url: str | None) -> None:
+        uri = "async+memory://" if not redis_url else f"async+{redis_url}"
+        # wrap_exceptions: whatever the Redis client raises arrives as a StorageError.
+        self.storage = storage_from_string(uri, wrap_exceptions=True)
+        self.shared = bool(redis_url)
+        self._fixed = FixedWindowRateLimiter(self.storage)
+        self._moving = MovingWindowRateLimiter(self.storage)
+
+    async def hit(self, item: RateLimitItem, *keys: str) -> int | None:
+        """Counts one request in a fixed window; the seconds to wait when over the limit."""
+        try:
+            if await self._fixed.hit(item, *keys):
+                return None
+            stats = await self._fixed.get_window_stats(item, *keys)
+        except StorageError as exc:
+            _log.warning("rate_limit_store_failed", error=type(exc).__name__)
+            return None
+        return max(1, math.ceil(stats.reset_time - time.time()))
+
+    async def exhausted(self, item: RateLimitItem, *keys: str) -> int | None:
+        """The seconds to wait when the moving window is full (nothing counted), else None."""
+        try:
+            if await self._moving.test(item, *keys):
+                return None
+            stats = await self._moving.get_window_stats(item, *keys)
+        except StorageError as exc:
+            _log.warning("rate_limit_store_failed", error=type(exc).__name__)
+            return None
+        return max(1, math.ceil(stats.reset_time - time.time()))
+
+    async def record(self, item: RateLimitItem, *keys: str) -> None:
+        """Counts one event in the moving window (a failed sign-in)."""
+        try:
+            await self._moving.hit(item, *keys)
+        except StorageError as exc:
+            _log.warning("rate_limit_store_failed", error=type(exc).__name__)
+
+    async def forget(self, item: RateLimitItem, *keys: str) -> None:
+        try:
+            await self._moving.clear(item, *keys)
+        except StorageError as exc:
+            _log.warning("rate_limit_store_failed", error=type(exc).__name__)
+
+
+# Route classes: what a caller may do how often (RATE_LIMIT_LOGIN, _WRITE, _READ).
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Tokens already verified, with their subject and expiry: a caller's next requests are
+# counted under their user id without verifying the signature again.
+_MAX_REMEMBERED = 10_000
+
+
+class RouteLimits:
+    """The rate limit of every request under /v1 except providers' webhooks, by caller (the
+    token's user id when it carries a valid one, the client address otherwise) and route
+    class: ``login`` (/v1/auth), ``write`` (every other method: orders, payments, pledges,
+    refunds, withdrawals move money) and ``read``."""
+
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        verifier: TokenVerifier,
+        *,
+        login: RateLimitItem,
+        write: RateLimitItem,
+        read: RateLimitItem,
+    ) -> None:
+        self.limiter = limiter
+        self._verifier = verifier
+        self._login, self._write, self._read = login, write, read
+        self._subjects: dict[bytes, tuple[str, float]] = {}
+
+    def route_class(self, method: str, path: bytes) -> tuple[str, RateLimitItem] | None:
+        if path.startswith(b"/v1/webhooks/"):
+            return None  # providers retry on their own schedule; their signatures are checked
+        if path.startswith(b"/v1/auth/"):
+            return "login", self._login
+        if method in _READS:
+            return "read", self._read
+        return "write", self._write
+
+    def caller(self, scope: Scope) -> str:
+        for name, value in scope["headers"]:
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                subject = self._subject(value[7:].strip())
+                if subject is not None:
+                    return f"user:{subject}"
+                break
+        client = scope.get("client")
+        return f"addr:{client[0] if client else 'unknown'}"
+
+    def _subject(self, token: bytes) -> str | None:
+        known = self._subjects.get(token)
+        if known is not None and known[1] > time.time():
+            return known[0]
+        try:
+            principal = self._verifier.verify(token.decode("ascii"))
+        except (DomainError, UnicodeDecodeError):
+            return None  # counted by address; the service answers the bad token
+        if len(self._subjects) >= _MAX_REMEMBERED:
+            self._subjects.clear()
+        self._subjects[token] = (principal.sub, float(principal.claims["exp"]))
+        return principal.sub
+
+    async def admit(self, scope: Scope, send: Send, path: bytes) -> bool:
+        """True when the request may go on; otherwise answers 429 and returns False."""
+        found = self.route_class(scope["method"], path)
+        if found is None:
+            return True
+        name, item = found
+        wait = await self.limiter.hit(item, name, self.caller(scope))
+        if wait is None:
+            return True
+        await send_problem(
+            scope,
+            send,
+            status=429,
+            code=RateLimited.code,
+            title=RateLimited.title,
+            detail=f"At most {item} {name} requests; try again in {wait} s.",
+            headers=[(b"retry-after", str(wait).encode()), (b"x-served-by", b"gateway")],
+        )
+        return False
