@@ -47,7 +47,7 @@ class GiftPreview(BaseModel):
     quantity: int
     status: GiftStatus
     claimable: bool = Field(description="Paid, unclaimed and not redirected or refunded.")
-    claim_by: datetime | None
+    claim_by: datetime
 
 
 class GiftOut(BaseModel):
@@ -59,7 +59,7 @@ class GiftOut(BaseModel):
     status: GiftStatus
     claimed: bool
     on_unclaimed: OnUnclaimed = Field(description="What happens if nobody claims it in time.")
-    claim_by: datetime | None = Field(description="Set when the order is paid.")
+    claim_by: datetime = Field(description="Unclaimed then, it is redirected or refunded.")
     claimed_at: datetime | None
     order_status: OrderStatus
     shipped_at: datetime | None

@@ -290,7 +290,7 @@ class Orders:
         if order is None:
             raise OrderInFlight()
         if body.gift is not None:
-            await gifts.attach(session, order, body.gift)
+            await gifts.attach(session, self.platform, order, body.gift)
         return order
 
     async def _refuse(
@@ -432,7 +432,6 @@ class Orders:
                 },
             )
             await campaigns.commit_units(session, order.campaign_id, order.sku, order.quantity)
-            await gifts.start_claim_window(session, self.platform, order.id)
             await self.publish(
                 session,
                 OrderPaid,
