@@ -78,7 +78,7 @@ class GiftOut(BaseModel):
 class GiftPolicyIn(BaseModel):
     model_config = _STRICT
 
-    claim_days: StrictInt = Field(ge=1, le=90, description="From payment until unclaimed.")
+    claim_days: StrictInt = Field(ge=1, le=90, description="From ordering until unclaimed.")
     on_unclaimed: OnUnclaimed = Field(
         description="`redirect`: ship to the buyer's own address (refunded without one); "
         "`refund`: everything paid goes back."
