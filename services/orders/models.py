@@ -457,8 +457,7 @@ order_gift = Table(
     Column("status", String(16), nullable=False, server_default="awaiting_claim"),
     # The merchant's terms when the gift was ordered: what happens to it unclaimed, and when.
     Column("on_unclaimed", String(16), nullable=False),
-    Column("claim_days", Integer, nullable=False),
-    Column("claim_by", DateTime(timezone=True)),
+    Column("claim_by", DateTime(timezone=True), nullable=False),
     Column("recipient_id", String(100)),
     Column("recipient_address", JSON_TYPE),
     Column("claimed_at", DateTime(timezone=True)),

@@ -109,7 +109,7 @@ class TestClaiming:
         placed = await gift_order(sim_orders, buyer, campaign_id, payment_method=None)
         assert placed["status"] == "pending_payment"
         mine = await gift_view(sim_orders, buyer, placed["id"])
-        assert (mine["claim_url"], mine["claim_by"]) == (None, None)
+        assert mine["claim_url"] is None
         # A token that leaked before payment still claims nothing.
         token = await leaked_token(sim_orders, placed["id"])
         refused = await claim(sim_orders, auth("customer"), token)

@@ -26,8 +26,7 @@ class GiftRow:
     token: str
     status: str
     on_unclaimed: str
-    claim_days: int
-    claim_by: datetime | None
+    claim_by: datetime
     recipient_id: str | None
     recipient_address: dict[str, Any] | None
     claimed_at: datetime | None
@@ -62,23 +61,6 @@ async def get_gift(
 
 async def gift_by_token(session: AsyncSession, token: str) -> GiftRow | None:
     row = (await session.execute(select(g).where(g.c.token == token))).first()
-    return None if row is None else GiftRow(**row._mapping)
-
-
-async def start_claim_window(session: AsyncSession, order_id: uuid.UUID) -> GiftRow | None:
-    """The order's first payment: its gift (if it is one) may be claimed for its claim days
-    from now. None for an order that is no gift, or whose window started already."""
-    row = (
-        await session.execute(
-            update(g)
-            .where(g.c.order_id == order_id, g.c.claim_by.is_(None))
-            .values(
-                claim_by=func.now() + func.make_interval(0, 0, 0, g.c.claim_days),
-                updated_at=func.now(),
-            )
-            .returning(g)
-        )
-    ).first()
     return None if row is None else GiftRow(**row._mapping)
 
 

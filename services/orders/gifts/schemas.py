@@ -47,7 +47,7 @@ class GiftPreview(BaseModel):
     quantity: int
     status: GiftStatus
     claimable: bool = Field(description="Paid, unclaimed and not redirected or refunded.")
-    claim_by: datetime | None
+    claim_by: datetime
 
 
 class GiftOut(BaseModel):
@@ -59,7 +59,7 @@ class GiftOut(BaseModel):
     status: GiftStatus
     claimed: bool
     on_unclaimed: OnUnclaimed = Field(description="What happens if nobody claims it in time.")
-    claim_by: datetime | None = Field(description="Set when the order is paid.")
+    claim_by: datetime = Field(description="Unclaimed then, it is redirected or refunded.")
     claimed_at: datetime | None
     order_status: OrderStatus
     shipped_at: datetime | None
@@ -78,7 +78,7 @@ class GiftOut(BaseModel):
 class GiftPolicyIn(BaseModel):
     model_config = _STRICT
 
-    claim_days: StrictInt = Field(ge=1, le=90, description="From payment until unclaimed.")
+    claim_days: StrictInt = Field(ge=1, le=90, description="From ordering until unclaimed.")
     on_unclaimed: OnUnclaimed = Field(
         description="`redirect`: ship to the buyer's own address (refunded without one); "
         "`refund`: everything paid goes back."

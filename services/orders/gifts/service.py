@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import httpx
@@ -67,9 +68,14 @@ class GiftAwaitingClaim(Conflict):
     title = "A gift ships once claimed (or redirected to its buyer)"
 
 
-async def attach(session: AsyncSession, order: OrderRow, gift: GiftIn) -> None:
-    """Makes a new order a gift, on the merchant's gift terms of today."""
+async def attach(
+    session: AsyncSession, tables: PlatformTables, order: OrderRow, gift: GiftIn
+) -> None:
+    """Makes a new order a gift, on the merchant's gift terms of today: claimable (once paid)
+    for its claim days from now, then redirected or refunded by its job."""
     policy = await repo.get_policy(session, order.merchant_id)
+    claim_days = DEFAULT_CLAIM_DAYS if policy is None else policy.claim_days
+    claim_by = order.created_at + timedelta(days=claim_days)
     await repo.insert_gift(
         session,
         {
@@ -77,19 +83,10 @@ async def attach(session: AsyncSession, order: OrderRow, gift: GiftIn) -> None:
             "message": gift.message,
             "token": secrets.token_urlsafe(32),
             "on_unclaimed": DEFAULT_ON_UNCLAIMED if policy is None else policy.on_unclaimed,
-            "claim_days": DEFAULT_CLAIM_DAYS if policy is None else policy.claim_days,
+            "claim_by": claim_by,
         },
     )
-
-
-async def start_claim_window(
-    session: AsyncSession, tables: PlatformTables, order_id: uuid.UUID
-) -> None:
-    """The order's first payment succeeded: if it is a gift, its claim window opens now."""
-    gift = await repo.start_claim_window(session, order_id)
-    if gift is not None:
-        assert gift.claim_by is not None
-        await schedule(session, tables, kind=UNCLAIMED_JOB, key=str(order_id), run_at=gift.claim_by)
+    await schedule(session, tables, kind=UNCLAIMED_JOB, key=str(order.id), run_at=claim_by)
 
 
 async def ensure_shippable(session: AsyncSession, order: OrderRow) -> None:

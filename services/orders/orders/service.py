@@ -326,7 +326,7 @@ class Orders:
         if order is None:
             raise OrderInFlight()
         if body.gift is not None:
-            await gifts.attach(session, order, body.gift)
+            await gifts.attach(session, self.platform, order, body.gift)
         return order
 
     async def _refuse(
@@ -471,7 +471,6 @@ class Orders:
             await campaigns.commit_units(session, order.campaign_id, order.sku, order.quantity)
             if order.group_id is not None:
                 await groups.member_paid(session, self.platform, order.id)
-            await gifts.start_claim_window(session, self.platform, order.id)
             await self.publish(
                 session,
                 OrderPaid,

@@ -2,7 +2,7 @@
 
 Revision ID: 0008
 Revises: 0007
-Create Date: 2026-12-02 00:10:00.889252
+Create Date: 2026-12-02 01:26:14.355069
 """
 
 from collections.abc import Sequence
@@ -67,8 +67,7 @@ def upgrade() -> None:
     sa.Column('token', sa.String(length=64), nullable=False),
     sa.Column('status', sa.String(length=16), server_default='awaiting_claim', nullable=False),
     sa.Column('on_unclaimed', sa.String(length=16), nullable=False),
-    sa.Column('claim_days', sa.Integer(), nullable=False),
-    sa.Column('claim_by', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('claim_by', sa.DateTime(timezone=True), nullable=False),
     sa.Column('recipient_id', sa.String(length=100), nullable=True),
     sa.Column('recipient_address', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
     sa.Column('claimed_at', sa.DateTime(timezone=True), nullable=True),
