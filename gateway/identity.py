@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, model_validator
@@ -104,5 +104,6 @@ async def me(principal: CurrentUser, request: Request) -> Me:
             if member.status != "active":
                 raise SessionRevoked()
             out.name, out.phone = member.name, member.phone
-            out.merchant_role = member.role if member.merchant_id else None  # type: ignore[assignment]
+            if member.merchant_id is not None:
+                out.merchant_role = cast(MerchantRole, member.role)
     return out

@@ -99,7 +99,7 @@ def create_app(apps: dict[str, str] | None = None) -> FastAPI:
 
     @app.middleware("http")
     async def outage(request: Request, call_next: Any) -> Response:
-        if request.url.path.startswith("/fake/"):
+        if request.url.path.startswith("/fake/") or request.url.path == "/healthz":
             return await call_next(request)  # type: ignore[no-any-return]
         if state.down:
             return PlainTextResponse("service unavailable", status_code=503)
@@ -152,6 +152,10 @@ def create_app(apps: dict[str, str] | None = None) -> FastAPI:
         if isinstance(taken, JSONResponse):
             return taken
         return {"errcode": 0, "errmsg": "ok", "phone_info": taken.value}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
 
     @app.post("/fake/login-codes")
     async def login_code(body: LoginCodeIn) -> dict[str, str]:

@@ -159,7 +159,11 @@ async def test_paths_are_forwarded_exactly_and_hidden_dot_segments_stop_at_the_g
     finally:
         server.close()
     assert ok.status_code == 200
-    assert seen == [b"/v1/orders/a%2Fb/%E5%9B%A2?x=%2F"]
+    # Besides the client's request, only the gateway's own reads of the services' OpenAPI
+    # documents (the merged one, docs/identity.md) reached the upstream.
+    assert [path for path in seen if path != b"/openapi.json"] == [
+        b"/v1/orders/a%2Fb/%E5%9B%A2?x=%2F"
+    ]
     assert [r.status_code for r in blocked] == [404, 404, 404]
     assert all(r.headers.get_list("x-served-by") == ["gateway"] for r in blocked)
 

@@ -82,10 +82,16 @@ async def test_bad_refund_amounts_are_refused_and_nothing_is_recorded(
 async def test_who_may_refund(sim_orders: PaymentsApp, auth: TokenFactory) -> None:
     payment, _ = await paid_payment(sim_orders, auth)
     path = f"/v1/payments/{payment['id']}/refunds"
-    # Neither a stranger nor another merchant's staff learns that the payment exists.
+    # Neither a stranger nor another merchant's staff learns that the payment exists: a
+    # customer may refund no payment (the same 403 for one that does not exist), and staff
+    # of another merchant find none.
     as_customer = await sim_orders.post(path, {"amount": 100}, auth("customer"))
-    assert as_customer.status_code == 404
-    assert as_customer.json()["code"] == "payment_not_found"
+    nowhere = await sim_orders.post(
+        f"/v1/payments/{uuid.uuid4()}/refunds", {"amount": 100}, auth("customer")
+    )
+    for refused in (as_customer, nowhere):
+        assert refused.status_code == 403
+        assert refused.json()["code"] == "role_required"
     other_staff = await sim_orders.post(path, {"amount": 100}, auth("staff", merchant_id="m_x"))
     assert other_staff.status_code == 404
     assert other_staff.json()["code"] == "payment_not_found"
