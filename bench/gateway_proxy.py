@@ -1,6 +1,7 @@
 """Gateway proxy throughput: direct vs gateway vs nginx, same upstream, same run.
 
     .venv/bin/python bench/gateway_proxy.py [--seconds 10] [--connections 32]
+    BENCH_RATE_LIMITS=false ...   # the same with the gateway's rate limits off, to see their cost
 
 Needs `wrk` and `nginx` on PATH (Debian: `apt-get install wrk nginx-light`); without nginx
 the nginx row is skipped. Prints requests/s, p50/p99 latency and the gateway's peak RSS.
@@ -151,6 +152,7 @@ def main() -> int:
             # Rate limits on, as in production (the check runs on every request), with a
             # limit this run never reaches.
             "RATE_LIMIT_READ": "100000000/minute",
+            "RATE_LIMITS_ENABLED": os.environ.get("BENCH_RATE_LIMITS", "true"),
         }
         gateway = production("gateway", ports["gateway"], gateway_env)
         procs.append(gateway)

@@ -148,7 +148,7 @@ async def reserved(url: str, campaign_id: str) -> int:
 
 
 async def run(args: argparse.Namespace, tmp: Path) -> None:
-    async with fresh_database("orders") as url:
+    async with fresh_database("orders") as url, fresh_database("gateway") as identity_url:
         # Stopped before the database is dropped.
         with stopped_at_exit() as procs:
             key = ec.generate_private_key(ec.SECP256R1())
@@ -207,6 +207,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
                     "QUNBUY_MODE": "production",
                     "JWT_PRIVATE_KEY_FILE": str(tmp / "jwt.pem"),
                     "ORDERS_URL": f"http://127.0.0.1:{ports[upstream]}",
+                    "DATABASE_URL": identity_url,  # the identity store (unused by the burst)
                     "LOG_LEVEL": "WARNING",
                 }
                 gateways[gw] = production("gateway", ports[gw], env)
