@@ -46,6 +46,12 @@ def orders_process(
         "orders",
         DATABASE_URL=storm_db["orders"],
         DB_POOL_SIZE="5",
+        # Starvation is a circular wait (a request holding a connection while it waits for
+        # another): it never resolves, whatever the timeout. A queue only waits its turn, and
+        # on a slow machine 1,000 requests queue for five connections longer than the
+        # production default of 30 s (2026-12-02: 33-39 s for the whole burst, also on the
+        # code before that day's changes); the test tells the two apart by waiting longer.
+        DB_POOL_TIMEOUT_SECONDS="100",
         PAYMENT_PROVIDER="simulated",
         SIMULATED_WEBHOOK_SECRET=TEST_SIMULATED_WEBHOOK_SECRET,
         PAYMENT_MAX_AMOUNT="100000000",
