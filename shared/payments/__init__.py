@@ -42,7 +42,13 @@ from shared.payments._errors import (
     WebhookPayloadInvalid,
     WebhookSignatureInvalid,
 )
-from shared.payments._hooks import PaymentChange, PaymentHook, PaymentHooks
+from shared.payments._hooks import (
+    PaymentChange,
+    PaymentHook,
+    PaymentHooks,
+    domain_reference,
+    parse_domain_reference,
+)
 from shared.payments._messages import customer_message
 from shared.payments._payments import (
     cancel_payment,
@@ -157,6 +163,7 @@ __all__ = [
     "create_setup",
     "customer_message",
     "define_payment_tables",
+    "domain_reference",
     "get_payment_view",
     "get_setup",
     "handle_webhook",
@@ -165,6 +172,7 @@ __all__ = [
     "make_context",
     "new_payment_id",
     "new_setup_id",
+    "parse_domain_reference",
     "payment_context",
     "payments_router",
     "reconcile",

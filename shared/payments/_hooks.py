@@ -10,7 +10,8 @@ change and never sees one that was not recorded. No self-subscription over HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -18,7 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.payments._repository import PaymentRow
 
-__all__ = ["PaymentChange", "PaymentHook", "PaymentHooks"]
+__all__ = [
+    "PaymentChange",
+    "PaymentHook",
+    "PaymentHooks",
+    "domain_reference",
+    "parse_domain_reference",
+]
 
 ChangeKind = Literal[
     "succeeded", "canceled", "failed", "refunded", "refund_failed", "disputed", "dispute_closed"
@@ -34,6 +41,24 @@ class PaymentChange:
 
 
 PaymentHook = Callable[[AsyncSession, PaymentChange], Awaitable[None]]
+
+
+def domain_reference(prefix: str, object_id: uuid.UUID, stage: str) -> str:
+    """A domain's payment reference: ``<prefix><object id>:<stage>`` (``order:<id>:first``)."""
+    return f"{prefix}{object_id}:{stage}"
+
+
+def parse_domain_reference(
+    prefix: str, stages: Collection[str], reference: str
+) -> tuple[uuid.UUID, str] | None:
+    """(object id, stage) of one of the domain's references, or None when it is not one."""
+    parts = reference.split(":")
+    if len(parts) != 3 or parts[0] + ":" != prefix or parts[2] not in stages:
+        return None
+    try:
+        return uuid.UUID(parts[1]), parts[2]
+    except ValueError:
+        return None
 
 
 class PaymentHooks:

@@ -66,10 +66,12 @@ from shared.payments import (
     PaymentsNotConfigured,
     SetupRow,
     create_setup,
+    domain_reference,
     get_payment_view,
     get_setup,
     new_payment_id,
     new_setup_id,
+    parse_domain_reference,
     record_payment,
     refund_payment,
     start_payment,
@@ -171,17 +173,11 @@ def now_utc() -> datetime:
 
 
 def payment_reference(pledge_id: uuid.UUID, stage: str) -> str:
-    return f"{REFERENCE_PREFIX}{pledge_id}:{stage}"
+    return domain_reference(REFERENCE_PREFIX, pledge_id, stage)
 
 
 def parse_reference(reference: str) -> tuple[uuid.UUID, str] | None:
-    parts = reference.split(":")
-    if len(parts) != 3 or parts[0] + ":" != REFERENCE_PREFIX or parts[2] not in (PAY, CHARGE):
-        return None
-    try:
-        return uuid.UUID(parts[1]), parts[2]
-    except ValueError:
-        return None
+    return parse_domain_reference(REFERENCE_PREFIX, (PAY, CHARGE), reference)
 
 
 def payment_fee(amount: int, bps: int) -> int:

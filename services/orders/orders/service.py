@@ -49,8 +49,10 @@ from shared.payments import (
     PaymentRow,
     PaymentsNotConfigured,
     create_payment,
+    domain_reference,
     get_payment_view,
     new_payment_id,
+    parse_domain_reference,
     record_payment,
     refund_payment,
     start_payment,
@@ -133,17 +135,11 @@ def now_utc() -> datetime:
 
 
 def payment_reference(order_id: uuid.UUID, stage: str) -> str:
-    return f"{REFERENCE_PREFIX}{order_id}:{stage}"
+    return domain_reference(REFERENCE_PREFIX, order_id, stage)
 
 
 def parse_reference(reference: str) -> tuple[uuid.UUID, str] | None:
-    parts = reference.split(":")
-    if len(parts) != 3 or parts[0] + ":" != REFERENCE_PREFIX or parts[2] not in (FIRST, BALANCE):
-        return None
-    try:
-        return uuid.UUID(parts[1]), parts[2]
-    except ValueError:
-        return None
+    return parse_domain_reference(REFERENCE_PREFIX, (FIRST, BALANCE), reference)
 
 
 @dataclass
