@@ -108,10 +108,11 @@ async def _call(
     ]
 
 
-@pytest.fixture(params=["orders", "referrals"])
+@pytest.fixture(params=["orders", "crowdfund", "referrals"])
 async def service_client(
     request: pytest.FixtureRequest, service_env: ServiceEnv
 ) -> AsyncIterator[httpx.AsyncClient]:
+    from services.crowdfund.app import create_app as create_crowdfund
     from services.orders.app import create_app as create_orders
     from services.referrals.app import create_app as create_referrals
     from tests.shared.payments.support import payments_env
@@ -120,6 +121,10 @@ async def service_client(
     if name == "orders":
         app = create_orders(
             settings_for("orders", service_env("orders", **payments_env("simulated")))
+        )
+    elif name == "crowdfund":
+        app = create_crowdfund(
+            settings_for("crowdfund", service_env("crowdfund", **payments_env("simulated")))
         )
     else:
         app = create_referrals(settings_for("referrals", service_env("referrals")))
