@@ -477,6 +477,8 @@ def merchant_requirement(dependant: Dependant) -> MerchantRolesRequired | None:
     )
 
 
+# A customer's own actions (ordering, pledging, claiming); admins pass too.
+Customer = Annotated[Principal, require_roles("customer")]
 # The endpoints' usual requirements (docs/identity.md, "Roles"):
 # the merchant's catalogue and fulfilment (campaigns, shipping, distributors),
 CatalogStaff = Annotated[Principal, require_merchant_role("owner", "operator")]

@@ -8,12 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 
 from services.crowdfund.charges.service import Charges
-from services.crowdfund.pledges.router import Customer, PledgesDep
+from services.crowdfund.pledges.router import PledgesDep
 from services.crowdfund.pledges.schemas import PaymentMethodIn, PledgeOut
 from services.crowdfund.pledges.service import PledgeNotFound, PledgeStateConflict
 from services.crowdfund.projects.router import Admin, project_out
 from services.crowdfund.projects.schemas import ProjectOut
 from services.crowdfund.projects.service import ProjectNotFound, ProjectStateConflict
+from shared.auth import Customer
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
 from shared.idempotency import IDEMPOTENCY_ERRORS, IdempotencyKeyRequired

@@ -41,7 +41,7 @@ from services.crowdfund.pledges.service import (
 )
 from services.crowdfund.projects.router import Staff
 from services.crowdfund.projects.service import ProjectNotFound, RewardNotFound
-from shared.auth import AnyCaller, Principal, require_roles
+from shared.auth import AnyCaller, Customer
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
 from shared.idempotency import IDEMPOTENCY_ERRORS, IdempotencyKeyRequired
@@ -55,7 +55,6 @@ from shared.payments import (
 )
 from shared.timezones import TimezoneQuery, UnknownTimezone
 
-Customer = Annotated[Principal, require_roles("customer")]
 _AUTH = (Unauthorized, Forbidden)
 _PAY = (
     *IDEMPOTENCY_ERRORS,

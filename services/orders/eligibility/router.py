@@ -53,14 +53,13 @@ from services.orders.presales.service import (
     policy_merchant,
     staff_campaign,
 )
-from shared.auth import AnyStaff, CatalogStaff, OptionalUser, Principal, require_roles
+from shared.auth import AnyStaff, CatalogStaff, Customer, OptionalUser
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
 from shared.pagination import InvalidCursor, Page, PageDep, fetch_page
 from shared.text import SafeStr
 
 router = APIRouter(prefix="/v1/presales", tags=["eligibility"])
-Customer = Annotated[Principal, require_roles("customer")]
 _AUTH = (Unauthorized, Forbidden)
 MerchantQuery = Annotated[
     str | None, Query(max_length=100, description="Admins name the merchant.")

@@ -24,9 +24,8 @@ from services.orders.gifts.service import (
     GiftNotClaimable,
     GiftNotFound,
 )
-from services.orders.orders.router import Customer
 from services.orders.presales.service import MerchantRequired, policy_merchant
-from shared.auth import AnyCaller, AnyStaff, CatalogStaff
+from shared.auth import AnyCaller, AnyStaff, CatalogStaff, Customer
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
 from shared.text import SafeStr

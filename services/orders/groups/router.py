@@ -26,7 +26,7 @@ from services.orders.groups.service import (
     GroupVariantUnpriced,
 )
 from services.orders.orders.repository import OrderRow
-from services.orders.orders.router import _PAY, Customer, OrdersDep
+from services.orders.orders.router import _PAY, OrdersDep
 from services.orders.orders.schemas import OrderOut, PaymentSummary
 from services.orders.orders.service import (
     CustomerLimitExceeded,
@@ -43,7 +43,7 @@ from services.orders.presales.service import (
     CampaignStateConflict,
     TermsLocked,
 )
-from shared.auth import AnyCaller, CatalogStaff, OptionalUser
+from shared.auth import AnyCaller, CatalogStaff, Customer, OptionalUser
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
 from shared.idempotency import FreshKey, IdempotencyKeyRequired

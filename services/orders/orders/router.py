@@ -48,10 +48,10 @@ from shared.auth import (
     AnyCaller,
     AnyStaff,
     CatalogStaff,
+    Customer,
     MoneyStaff,
     Principal,
     require_merchant_role,
-    require_roles,
 )
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
@@ -67,7 +67,6 @@ from shared.payments import (
 )
 from shared.timezones import TimezoneQuery, UnknownTimezone
 
-Customer = Annotated[Principal, require_roles("customer")]
 # The buyer's own acts (paying the balance, asking for a refund): no staff role may.
 OrderBuyer = Annotated[Principal, require_merchant_role(others=("customer",))]
 # Cancelling a campaign refunds every order: its owners only.

@@ -41,10 +41,10 @@ from services.orders.presales.service import CampaignNotFound, CampaignStateConf
 from shared.auth import (
     AnyCaller,
     CatalogStaff,
+    Customer,
     OptionalUser,
     Principal,
     require_merchant_role,
-    require_roles,
 )
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
@@ -52,7 +52,6 @@ from shared.pagination import InvalidCursor, Page, PageDep, fetch_page, scope_to
 from shared.text import SafeStr
 
 router = APIRouter(prefix="/v1/pickup-points", tags=["pickup points"])
-Customer = Annotated[Principal, require_roles("customer")]
 # A point's leader (a customer; the service checks it is theirs) or the merchant's staff.
 LeaderOrStaff = Annotated[
     Principal, require_merchant_role("owner", "operator", others=("customer",))
