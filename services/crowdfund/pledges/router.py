@@ -39,9 +39,8 @@ from services.crowdfund.pledges.service import (
     RewardNotAvailable,
     RewardSoldOut,
 )
-from services.crowdfund.projects.router import Staff
 from services.crowdfund.projects.service import ProjectNotFound, RewardNotFound
-from shared.auth import AnyCaller, Customer
+from shared.auth import AnyCaller, AnyStaff, Customer, MoneyStaff
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
 from shared.idempotency import IDEMPOTENCY_ERRORS, IdempotencyKeyRequired
@@ -191,7 +190,7 @@ async def cancel(
     responses=responses(*_AUTH, *IDEMPOTENCY_ERRORS, PledgeNotFound, PledgeRefundTooHigh),
 )
 async def staff_refund(
-    principal: Staff,
+    principal: MoneyStaff,
     pledge_id: uuid.UUID,
     body: RefundIn,
     session: SessionDep,
@@ -227,7 +226,7 @@ async def change_card(
     responses=responses(*_AUTH, ProjectNotFound, UnknownTimezone),
 )
 async def stats(
-    principal: Staff,
+    principal: AnyStaff,
     project_id: uuid.UUID,
     session: SessionDep,
     tz: TimezoneQuery = "Asia/Shanghai",
@@ -245,7 +244,7 @@ async def stats(
         **responses(*_AUTH, ProjectNotFound),
     },
 )
-async def backers(principal: Staff, project_id: uuid.UUID, session: SessionDep) -> Response:
+async def backers(principal: AnyStaff, project_id: uuid.UUID, session: SessionDep) -> Response:
     body = await reports.backers_csv(session, principal, project_id)
     return Response(
         body,

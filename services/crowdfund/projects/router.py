@@ -38,14 +38,14 @@ from services.crowdfund.projects.service import (
     StretchGoalInvalid,
     StretchGoalNotFound,
 )
-from shared.auth import Principal, require_roles
+from shared.auth import AnyStaff, CatalogStaff, Principal, require_roles
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
 from shared.events import EventPublisher
 from shared.money import UnknownCurrency
 from shared.pagination import InvalidCursor, Page, PageDep, fetch_page, scope_to_merchant
 
-Staff = Annotated[Principal, require_roles("staff")]
+# Reviewing and the kill switch are the platform's (docs/crowdfund.md, "Roles").
 Admin = Annotated[Principal, require_roles("admin")]
 _AUTH = (Unauthorized, Forbidden)
 _REWARD = (ProjectNotFound, ProjectStateConflict, RewardIsSecurity, RewardScheduleInvalid)
@@ -82,7 +82,7 @@ router = APIRouter(prefix="/v1/projects", tags=["projects"])
         *_AUTH, DeadlineInPast, DeadlineOutOfRange, MerchantRequired, UnknownCurrency
     ),
 )
-async def create(principal: Staff, body: ProjectCreate, session: SessionDep) -> ProjectOut:
+async def create(principal: CatalogStaff, body: ProjectCreate, session: SessionDep) -> ProjectOut:
     project_id = await service.create_project(session, principal, body)
     return await project_out(session, project_id)
 
@@ -94,7 +94,7 @@ async def create(principal: Staff, body: ProjectCreate, session: SessionDep) -> 
     responses=responses(*_AUTH, InvalidCursor),
 )
 async def list_projects(
-    principal: Staff,
+    principal: AnyStaff,
     session: SessionDep,
     page: PageDep,
     status_is: Annotated[ProjectStatus | None, Query(alias="status")] = None,
@@ -115,7 +115,7 @@ async def list_projects(
     summary="A project as its staff see it (the internal target included)",
     responses=responses(*_AUTH, ProjectNotFound),
 )
-async def get(principal: Staff, project_id: uuid.UUID, session: SessionDep) -> ProjectOut:
+async def get(principal: AnyStaff, project_id: uuid.UUID, session: SessionDep) -> ProjectOut:
     await service.staff_project(session, principal, project_id)
     return await project_out(session, project_id)
 
@@ -134,7 +134,7 @@ async def get(principal: Staff, project_id: uuid.UUID, session: SessionDep) -> P
     ),
 )
 async def update(
-    principal: Staff, project_id: uuid.UUID, body: ProjectTerms, session: SessionDep
+    principal: CatalogStaff, project_id: uuid.UUID, body: ProjectTerms, session: SessionDep
 ) -> ProjectOut:
     await service.update_terms(session, principal, project_id, body)
     return await project_out(session, project_id)
@@ -153,7 +153,7 @@ async def update(
         DeadlineOutOfRange,
     ),
 )
-async def submit(principal: Staff, project_id: uuid.UUID, session: SessionDep) -> ProjectOut:
+async def submit(principal: CatalogStaff, project_id: uuid.UUID, session: SessionDep) -> ProjectOut:
     await service.submit(session, principal, project_id)
     return await project_out(session, project_id)
 
@@ -233,7 +233,7 @@ async def public(project_id: uuid.UUID, session: SessionDep) -> PublicProject:
     responses=responses(*_AUTH, *_REWARD),
 )
 async def add_reward(
-    principal: Staff, project_id: uuid.UUID, body: RewardIn, session: SessionDep
+    principal: CatalogStaff, project_id: uuid.UUID, body: RewardIn, session: SessionDep
 ) -> RewardOut:
     return RewardOut.of(await service.add_reward(session, principal, project_id, body))
 
@@ -245,7 +245,7 @@ async def add_reward(
     responses=responses(*_AUTH, *_REWARD, RewardNotFound, RewardTermsLocked),
 )
 async def update_reward(
-    principal: Staff,
+    principal: CatalogStaff,
     project_id: uuid.UUID,
     reward_id: uuid.UUID,
     body: RewardIn,
@@ -264,7 +264,7 @@ async def update_reward(
     ),
 )
 async def delete_reward(
-    principal: Staff, project_id: uuid.UUID, reward_id: uuid.UUID, session: SessionDep
+    principal: CatalogStaff, project_id: uuid.UUID, reward_id: uuid.UUID, session: SessionDep
 ) -> None:
     await service.delete_reward(session, principal, project_id, reward_id)
 
@@ -277,7 +277,7 @@ async def delete_reward(
     responses=responses(*_AUTH, ProjectNotFound, ProjectStateConflict, StretchGoalInvalid),
 )
 async def add_stretch_goal(
-    principal: Staff,
+    principal: CatalogStaff,
     project_id: uuid.UUID,
     body: StretchGoalIn,
     session: SessionDep,
@@ -294,6 +294,6 @@ async def add_stretch_goal(
     responses=responses(*_AUTH, ProjectNotFound, ProjectStateConflict, StretchGoalNotFound),
 )
 async def delete_stretch_goal(
-    principal: Staff, project_id: uuid.UUID, goal_id: uuid.UUID, session: SessionDep
+    principal: CatalogStaff, project_id: uuid.UUID, goal_id: uuid.UUID, session: SessionDep
 ) -> None:
     await service.delete_stretch_goal(session, principal, project_id, goal_id)

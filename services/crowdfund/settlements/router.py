@@ -7,12 +7,13 @@ import uuid
 
 from fastapi import APIRouter
 
-from services.crowdfund.projects.router import Admin, Staff
+from services.crowdfund.projects.router import Admin
 from services.crowdfund.settlements import repository as repo
 from services.crowdfund.settlements import service
 from services.crowdfund.settlements.repository import SettlementRow
 from services.crowdfund.settlements.schemas import PaidIn, SettlementOut
 from services.crowdfund.settlements.service import SettlementNotFound, SettlementStateConflict
+from shared.auth import AnyStaff
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
 from shared.pagination import InvalidCursor, Page, PageDep, fetch_page, scope_to_merchant
@@ -28,7 +29,7 @@ router = APIRouter(tags=["settlements"])
     responses=responses(*_AUTH, SettlementNotFound),
 )
 async def project_settlement(
-    principal: Staff, project_id: uuid.UUID, session: SessionDep
+    principal: AnyStaff, project_id: uuid.UUID, session: SessionDep
 ) -> SettlementOut:
     return SettlementOut.of(await service.project_settlement(session, principal, project_id))
 
@@ -40,7 +41,7 @@ async def project_settlement(
     responses=responses(*_AUTH, InvalidCursor),
 )
 async def list_settlements(
-    principal: Staff, session: SessionDep, page: PageDep
+    principal: AnyStaff, session: SessionDep, page: PageDep
 ) -> Page[SettlementOut]:
     cols = repo.settlement_columns()
     stmt = scope_to_merchant(repo.settlements_query(), principal, cols.merchant_id)

@@ -6,13 +6,13 @@ import uuid
 
 from fastapi import APIRouter, status
 
-from services.crowdfund.projects.router import PublisherDep, Staff
+from services.crowdfund.projects.router import PublisherDep
 from services.crowdfund.projects.service import ProjectNotFound, ProjectStateConflict
 from services.crowdfund.updates import repository as repo
 from services.crowdfund.updates import service
 from services.crowdfund.updates.repository import UpdateRow
 from services.crowdfund.updates.schemas import UpdateIn, UpdateOut
-from shared.auth import OptionalUser
+from shared.auth import CatalogStaff, OptionalUser
 from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
 from shared.pagination import InvalidCursor, Page, PageDep, fetch_page
@@ -28,7 +28,7 @@ router = APIRouter(prefix="/v1/projects/{project_id}/updates", tags=["updates"])
     responses=responses(Unauthorized, Forbidden, ProjectNotFound, ProjectStateConflict),
 )
 async def post(
-    principal: Staff,
+    principal: CatalogStaff,
     project_id: uuid.UUID,
     body: UpdateIn,
     session: SessionDep,
