@@ -93,7 +93,8 @@ def create_app(settings: CrowdfundSettings | None = None) -> FastAPI:
         webhook_router(),
     ]
     if settings.payment_provider == "simulated":
-        routers.append(simulated_router())
+        # Under /v1/pledges, which the gateway sends here (/v1/payments goes to orders).
+        routers.append(simulated_router(prefix="/v1/pledges/payments"))
     spec = ServiceSpec(
         name="crowdfund",
         title="Qunbuy crowdfunding: projects, reward tiers, pledges",

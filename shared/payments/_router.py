@@ -338,13 +338,15 @@ def payments_router() -> APIRouter:
     return router
 
 
-def simulated_router() -> APIRouter:
+def simulated_router(prefix: str = "/v1/payments") -> APIRouter:
     """The simulated provider's own endpoint: mounted only where it is the provider, so that
-    nothing of it exists beside a real one."""
-    router = APIRouter(tags=["payments (simulated provider)"])
+    nothing of it exists beside a real one. ``prefix``: where the service's payments are
+    reached through the gateway (``/v1/payments`` is the orders service's; crowdfund's are
+    under ``/v1/pledges/payments``)."""
+    router = APIRouter(prefix=prefix, tags=["payments (simulated provider)"])
 
     @router.post(
-        "/v1/payments/{payment_id}/simulate-action",
+        "/{payment_id}/simulate-action",
         response_model=PaymentOut,
         summary="Simulated provider only: complete or fail the customer action",
         description=(

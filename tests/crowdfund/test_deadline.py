@@ -70,7 +70,7 @@ async def _wallet_pledge(
     )
     body: dict[str, Any] = placed.json()
     paid = await app.client.post(
-        f"/v1/payments/{body['payment']['id']}/simulate-action",
+        f"/v1/pledges/payments/{body['payment']['id']}/simulate-action",
         json={"succeed": True},
         headers=backer,
     )
@@ -326,7 +326,7 @@ async def test_authentication_required_then_the_backer_pays_with_3d_secure(
     )
     assert (refused.status_code, refused.json()["code"]) == (404, "pledge_not_found")
     done = await sim_crowdfund.client.post(
-        f"/v1/payments/{body['payment']['id']}/simulate-action",
+        f"/v1/pledges/payments/{body['payment']['id']}/simulate-action",
         json={"succeed": True},
         headers=backer,
     )

@@ -61,7 +61,7 @@ async def _pledged_total(app: PaymentsApp, project_id: str) -> tuple[int, int]:
 
 async def _simulate(app: PaymentsApp, backer: dict[str, str], payment_id: str) -> None:
     done = await app.client.post(
-        f"/v1/payments/{payment_id}/simulate-action", json={"succeed": True}, headers=backer
+        f"/v1/pledges/payments/{payment_id}/simulate-action", json={"succeed": True}, headers=backer
     )
     assert done.status_code == 200, done.text
 

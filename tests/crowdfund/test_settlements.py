@@ -42,7 +42,7 @@ async def test_a_settlement_statement_reconciles_to_the_fen(
         )
     ).json()  # fmt: skip
     await sim_crowdfund.client.post(
-        f"/v1/payments/{wallet['payment']['id']}/simulate-action",
+        f"/v1/pledges/payments/{wallet['payment']['id']}/simulate-action",
         json={"succeed": True},
         headers=wallet_backer,
     )

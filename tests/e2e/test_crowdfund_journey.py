@@ -1,6 +1,7 @@
 """Crowdfunding from end to end on real processes, through the gateway: a creator's project
 reviewed by an admin and launched, backers pledging through a distributor's link (cards
-saved, nothing charged), the deadline run by the worker, every card charged once, and the
+saved, nothing charged; a WeChat Pay pledge paid at once with the simulated provider), the
+deadline run by the worker, every card charged once, and the
 pledge events reaching referrals as the distributor's commissions.
 
 The deadline is ten days away when the project is approved (the rules allow no less than a
@@ -95,8 +96,36 @@ async def test_a_project_funded_through_a_distributors_link(
             )
             assert pledged["status"] == "confirmed", pledged
             pledges.append((backer, pledged))
+        # A fourth backer pays with WeChat Pay at once (a wallet cannot be charged later) and
+        # completes it with the simulated provider, through the gateway.
+        wallet_backer = auth("customer")
+        wallet = await post(
+            f"/v1/projects/{project_id}/pledges",
+            {
+                "reward_id": reward_id,
+                "amount": PRICE,
+                "region": "CN",
+                "method": "wechat_pay",
+                "payment_method": "pm_wechat_pay",
+            },
+            wallet_backer,
+        )
+        assert wallet["status"] == "pending", wallet
+        paid = await post(
+            f"/v1/pledges/payments/{wallet['payment']['id']}/simulate-action",
+            {"succeed": True},
+            wallet_backer,
+        )
+        assert paid["status"] == "succeeded", paid
+
+        async def wallet_collected() -> dict[str, Any] | None:
+            mine = await get(f"/v1/pledges/{wallet['id']}", wallet_backer)
+            return mine if mine["status"] == "collected" else None
+
+        collected = await eventually(wallet_collected, "the wallet payment collects the pledge")
+        assert collected["paid_total"] == PRICE
         public = await get(f"/v1/projects/{project_id}/public", {})
-        assert public["raised"] == 3 * PRICE
+        assert public["raised"] == 4 * PRICE
 
     # Ten days pass: the deadline is now.
     engine = make_engine(platform_db_urls["crowdfund"], pool_size=1)
