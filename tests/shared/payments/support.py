@@ -187,6 +187,15 @@ class PaymentsApp:
         async with self.app.state.sessionmaker() as session:
             return [dict(d) for d in await session.scalars(stmt)]
 
+    async def provider_transfers(self, **metadata: str) -> list[dict[str, Any]]:
+        """The simulated provider's transfers (payouts) whose metadata has these values."""
+        o = self.ctx.tables.simulated_object
+        stmt = select(o.c.data).where(o.c.type == "transfer")
+        for name, value in metadata.items():
+            stmt = stmt.where(o.c.data["metadata"][name].as_string() == value)
+        async with self.app.state.sessionmaker() as session:
+            return [dict(d) for d in await session.scalars(stmt)]
+
     async def post(
         self,
         path: str,
