@@ -10,6 +10,11 @@ provider definitely refused (nothing was paid: the domain returns the money). An
 an answer that does not say whether money moved (a concurrent request with the same key), is
 :class:`PaymentProviderUnavailable`: run again later, with the same key.
 
+Stripe keeps idempotency keys for 24 hours. A resumed payout (``look_first``: the job's
+second run or later, which may follow an answer lost long ago) first looks for a transfer of
+the same reference and attempt (``transfer_group`` and metadata), so a transfer made once is
+never made again, however late the retry.
+
 A transfer reversed later (``transfer.reversed``) reaches the domain through its payout
 hook (:meth:`PaymentHooks.register_payout`), found by the reference in the transfer's
 metadata.
@@ -76,6 +81,7 @@ async def pay_out(
     currency: str,
     attempt: int = 1,
     metadata: Mapping[str, str] | None = None,
+    look_first: bool = False,
 ) -> Payout:
     """Transfers ``amount`` to ``destination`` for the domain's ``reference`` (once per
     (reference, attempt), whoever calls). No maximum applies: a settlement may be large, and
@@ -89,11 +95,16 @@ async def pay_out(
         currency=code,
         destination=destination,
         reference=reference,
-        metadata={**(metadata or {}), "qunbuy_service": ctx.service},
+        metadata={
+            **(metadata or {}),
+            "qunbuy_service": ctx.service,
+            "qunbuy_attempt": str(attempt),
+        },
     )
     key = idempotency_key(ctx.service, "payout", reference, f"transfer:{attempt}")
     try:
-        transfer = await ctx.provider.create_transfer(request, idempotency_key=key)
+        made = await _made_before(ctx, reference, attempt) if look_first else None
+        transfer = made or await ctx.provider.create_transfer(request, idempotency_key=key)
     except ProviderUnavailable as exc:
         raise PaymentProviderUnavailable(exc.message) from exc
     except ProviderError as exc:
@@ -104,3 +115,12 @@ async def pay_out(
     if transfer.reversed:
         return Payout("failed", transfer, "transfer_reversed", "the transfer was reversed")
     return Payout("paid", transfer)
+
+
+async def _made_before(
+    ctx: PaymentContext, reference: str, attempt: int
+) -> ProviderTransfer | None:
+    for transfer in await ctx.provider.find_transfers(reference):
+        if transfer.metadata.get("qunbuy_attempt") == str(attempt):
+            return transfer
+    return None

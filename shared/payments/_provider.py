@@ -249,6 +249,11 @@ class PaymentProvider(Protocol):
 
     async def retrieve_transfer(self, transfer_id: str) -> ProviderTransfer: ...
 
+    async def find_transfers(self, reference: str) -> list[ProviderTransfer]:
+        """The transfers made for ``reference`` (its ``transfer_group``), newest first: what a
+        resumed payout looks for once the provider may have forgotten its idempotency key."""
+        ...
+
 
 def _str_map(value: Any) -> dict[str, str]:
     if not isinstance(value, Mapping):

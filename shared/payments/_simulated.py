@@ -841,6 +841,11 @@ class SimulatedProvider:
             raise ProviderNotFound(f"No such transfer: '{transfer_id}'", code="resource_missing")
         return transfer_from_object(transfer)
 
+    async def find_transfers(self, reference: str) -> list[ProviderTransfer]:
+        async with self._sessionmaker() as session:
+            found = await repo.sim_find(session, self._t, "transfer", "transfer_group", reference)
+        return [transfer_from_object(t) for t in reversed(found)]
+
     async def _reverse_transfer(self, session: AsyncSession, transfer: dict[str, Any]) -> None:
         reversal = {
             "id": _id("trr"),

@@ -381,3 +381,9 @@ class StripeProvider:
     async def retrieve_transfer(self, transfer_id: str) -> ProviderTransfer:
         transfer = await self._call(self.client.v1.transfers.retrieve_async(transfer_id))
         return transfer_from_object(_as_dict(transfer))
+
+    async def find_transfers(self, reference: str) -> list[ProviderTransfer]:
+        listed = await self._call(
+            self.client.v1.transfers.list_async({"transfer_group": reference, "limit": 100})
+        )
+        return [transfer_from_object(_as_dict(t)) for t in listed.data]

@@ -17,7 +17,7 @@ from typing import Any
 import stripe
 
 from services.crowdfund.settlements.service import PAYOUT_JOB, payout_reference
-from shared.payments import FAILING_PAYOUT_ACCOUNT, FAILING_PAYOUT_CODE
+from shared.payments import FAILING_PAYOUT_ACCOUNT, FAILING_PAYOUT_CODE, REVERSING_PAYOUT_ACCOUNT
 from shared.scheduler import Job
 from tests.conftest import TokenFactory
 from tests.crowdfund.project_support import (
@@ -234,3 +234,21 @@ async def test_a_payout_account_of_the_wrong_shape_is_refused(
         headers=other,
     )
     assert (elsewhere.status_code, elsewhere.json()["code"]) == (404, "project_not_found")
+
+
+async def test_a_reversed_transfer_makes_the_statement_failed_again(
+    sim_crowdfund: PaymentsApp, auth: TokenFactory
+) -> None:
+    app = sim_crowdfund
+    # The simulated provider makes the transfer, then reverses it (transfer.reversed), and
+    # the worker delivers the event to the webhook endpoint.
+    _, _staff, statement = await settled(
+        app, auth, account=REVERSING_PAYOUT_ACCOUNT, amounts=(9900,)
+    )
+    assert statement["status"] == "failed"
+    assert "transfer_reversed" in statement["failure_reason"]
+    assert statement["external_reference"].startswith("tr_sim_")
+    assert statement["paid_at"] is None
+    (made,) = await app.provider_transfers(reference=payout_reference(uuid.UUID(statement["id"])))
+    assert made["reversed"] is True
+    assert made["amount_reversed"] == statement["payout"]

@@ -291,6 +291,7 @@ class Settlements:
             currency=found.currency,
             attempt=found.payout_attempt,
             metadata={"merchant_id": found.merchant_id, "project_id": str(found.project_id)},
+            look_first=job.attempts > 1,
         )
         async with self._db()() as session, session.begin():
             locked = await repo.get_settlement(session, found.id, lock=True)

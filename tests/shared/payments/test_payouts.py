@@ -196,6 +196,8 @@ class TestSimulatedTransfers:
         assert not later.reversed
         await simulated.settle_due()
         assert (await simulated.retrieve_transfer(later.id)).amount_reversed == later.amount
+        (found,) = await simulated.find_transfers(request.reference)
+        assert found.id == first.id
 
 
 @dataclass
@@ -266,6 +268,35 @@ class TestPayOut:
         )
         assert again.transfer is not None
         assert again.transfer.id not in made
+        assert len(await transfers_in_group(localstripe_sdk, reference)) == 2
+
+    async def test_a_resumed_payout_finds_a_transfer_whose_key_the_provider_forgot(
+        self, stripe_provider: StripeProvider, localstripe_sdk: stripe.StripeClient
+    ) -> None:
+        # A transfer made by the first run, more than 24 hours ago: Stripe no longer knows
+        # the key it was made with (here: it was made with another one).
+        reference = f"withdrawal:{uuid.uuid4()}:payout"
+        earlier = TransferRequest(
+            amount=500,
+            currency="CNY",
+            destination="acct_1PayeeAccount01",
+            reference=reference,
+            metadata={"qunbuy_service": "referrals", "qunbuy_attempt": "1"},
+        )
+        first = await stripe_provider.create_transfer(earlier, idempotency_key=key())
+        ctx = context(stripe_provider)
+        args: dict[str, Any] = {
+            "reference": reference,
+            "destination": "acct_1PayeeAccount01",
+            "amount": 500,
+            "currency": "CNY",
+        }
+        resumed = await pay_out(ctx, **args, look_first=True)
+        assert resumed.transfer is not None
+        assert (resumed.status, resumed.transfer.id) == ("paid", first.id)
+        assert len(await transfers_in_group(localstripe_sdk, reference)) == 1
+        # Without looking first, the forgotten key would have paid a second time.
+        await pay_out(ctx, **args)
         assert len(await transfers_in_group(localstripe_sdk, reference)) == 2
 
     async def test_a_refusal_is_a_failed_result(self, stripe_provider: StripeProvider) -> None:
