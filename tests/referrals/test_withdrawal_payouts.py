@@ -200,6 +200,34 @@ class TestStripeTransfer:
         ]
         assert (await program.balances(seller["id"]))["withdrawn"] == 700
 
+    async def test_two_approvals_at_once_start_one_payout(
+        self,
+        stripe_referrals: PaymentsApp,
+        auth: TokenFactory,
+        localstripe_sdk: stripe.StripeClient,
+    ) -> None:
+        app = stripe_referrals
+        program = Program(app.client, auth)
+        seller, me, _ = await earner(program, app.client, 20000)
+        await app.client.post(f"/v1/distributors/{seller['id']}/verify", headers=program.staff)
+        await app.client.put(
+            f"/v1/distributors/{seller['id']}/payout-account",
+            json={"payout_account": ACCOUNT},
+            headers=me,
+        )
+        requested = (await withdraw(app.client, me, seller["id"], 1000)).json()
+        answers = await asyncio.gather(
+            *(
+                app.client.post(f"/v1/withdrawals/{requested['id']}/approve", headers=program.staff)
+                for _ in range(3)
+            )
+        )
+        assert sorted(a.status_code for a in answers) == [200, 409, 409]
+        assert await payout_jobs(app, requested["id"]) == 1
+        await run_jobs(app)
+        assert len(await transfers(localstripe_sdk, requested["id"])) == 1
+        assert (await program.balances(seller["id"]))["withdrawn"] == 1000
+
     async def test_a_refused_transfer_fails_and_the_money_returns(
         self,
         stripe_referrals: PaymentsApp,
