@@ -22,6 +22,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "/v1/commissions": ("referrals", "/v1/commissions"),
     "/v1/commission-rules": ("referrals", "/v1/commission-rules"),
     "/v1/withdrawals": ("referrals", "/v1/withdrawals"),
+    "/v1/webhooks/referrals": ("referrals", "/webhooks"),
 }
 
 

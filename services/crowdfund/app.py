@@ -50,14 +50,19 @@ def create_app(settings: CrowdfundSettings | None = None) -> FastAPI:
         batch=settings.charge_batch,
         concurrency=settings.charge_concurrency,
     )
+    payouts = settlements.Settlements(tables=platform)
     hooks = PaymentHooks()
     hooks.register(REFERENCE_PREFIX, pledges.on_payment)
+    hooks.register_payout(settlements.REFERENCE_PREFIX, payouts.on_payout_change)
     install = install_payments(payments, hooks)
 
     async def startup(app: FastAPI) -> None:
         await install(app)
         pledges.sessionmaker = app.state.sessionmaker
         pledges.payments = app.state.payments
+        payouts.sessionmaker = app.state.sessionmaker
+        payouts.payments = app.state.payments
+        app.state.settlements = payouts
         app.state.publisher = publisher
         app.state.pledges = pledges
         app.state.charges = charges
@@ -79,9 +84,6 @@ def create_app(settings: CrowdfundSettings | None = None) -> FastAPI:
 
     async def deadline(session: AsyncSession, job: Job) -> None:
         await charges.deadline(session, job)
-
-    async def settle(session: AsyncSession, job: Job) -> None:
-        await settlements.settle(session, platform, job)
 
     # Settlements first: /v1/projects/settlements must win over /v1/projects/{id}.
     routers = [
@@ -106,7 +108,8 @@ def create_app(settings: CrowdfundSettings | None = None) -> FastAPI:
         jobs={
             projects.LAUNCH_JOB: launch_project,
             projects.DEADLINE_JOB: deadline,
-            settlements.SETTLE_JOB: settle,
+            settlements.SETTLE_JOB: payouts.settle,
+            settlements.PAYOUT_JOB: Detached(payouts.run_payout),
             REFUND_JOB: Detached(pledges.run_refund),
         },
     )

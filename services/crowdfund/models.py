@@ -34,6 +34,8 @@ registry = make_registry()
 metadata = registry.metadata
 platform = define_platform_tables(metadata)
 payments = define_payment_tables(metadata)
+# A Stripe connected account id (shared.payments.PAYOUT_ACCOUNT_PATTERN), in SQL.
+PAYOUT_ACCOUNT_SQL = "'^acct_[A-Za-z0-9]{6,64}$'"
 
 
 class Base(SQLModel, registry=registry):
@@ -86,9 +88,16 @@ project = Table(
     Column("final_backers", Integer),
     Column("decided_at", DateTime(timezone=True)),
     Column("cancelled_at", DateTime(timezone=True)),
+    # The creator's Stripe connected account: the settlement's payout is transferred to it;
+    # without one, an admin pays outside and marks the settlement paid.
+    Column("payout_account", String(80)),
     *_timestamps(),
     CheckConstraint("goal > 0", name="goal_positive"),
     CheckConstraint("pledged_amount >= 0", name="pledged_not_negative"),
+    CheckConstraint(
+        f"payout_account IS NULL OR payout_account ~ {PAYOUT_ACCOUNT_SQL}",
+        name="payout_account_shape",
+    ),
     Index("ix_project_merchant", "merchant_id", "created_at"),
 )
 
@@ -275,14 +284,30 @@ settlement = Table(
     Column("payout", BigInteger, nullable=False),
     Column("pledges_collected", Integer, nullable=False),
     Column("pledges_dropped", Integer, nullable=False),
-    # pending | paid | owed (a negative payout: the creator owes it)
+    # pending | paying | paid | failed | owed (a negative payout: the creator owes it)
     Column("status", String(8), nullable=False),
+    # The bank transfer's reference, or the provider's transfer id (``tr_...``).
     Column("external_reference", String(200)),
+    # Who paid it (an admin), or started its transfer ("system": at settlement).
     Column("paid_by", String(100)),
     Column("paid_at", DateTime(timezone=True)),
+    # The transfer: the connected account paid, the attempt (each has its own provider
+    # idempotency key), and why the last one failed.
+    Column("payout_account", String(80)),
+    Column("payout_attempt", Integer, nullable=False, server_default="0"),
+    Column("failure_reason", String(500)),
     *_timestamps(),
     CheckConstraint(
         "payout = collected - refunds - platform_fee - payment_fees", name="payout_reconciles"
+    ),
+    CheckConstraint(
+        "status IN ('pending', 'paying', 'paid', 'failed', 'owed')", name="status_known"
+    ),
+    CheckConstraint("status <> 'owed' OR payout < 0", name="owed_is_negative"),
+    CheckConstraint("status NOT IN ('paying', 'paid') OR payout >= 0", name="paid_not_owed"),
+    CheckConstraint(
+        f"payout_account IS NULL OR payout_account ~ {PAYOUT_ACCOUNT_SQL}",
+        name="payout_account_shape",
     ),
     Index("ix_settlement_merchant", "merchant_id", "created_at"),
 )

@@ -14,9 +14,10 @@ from services.referrals.commissions.service import (
 from services.referrals.config import ReferralsSettings, get_settings
 from services.referrals.dashboards.router import dashboards_router
 from services.referrals.links.router import links_router
-from services.referrals.models import platform
+from services.referrals.models import payments, platform
 from services.referrals.programs.router import programs_router
 from services.referrals.withdrawals.router import withdrawals_router
+from services.referrals.withdrawals.service import PAYOUT_JOB, REFERENCE_PREFIX, Payouts
 from shared.app import ServiceSpec, create_service_app
 from shared.events import EventHandlers
 from shared.events.contracts import (
@@ -28,6 +29,14 @@ from shared.events.contracts import (
     PledgeDropped,
     PledgeRefunded,
 )
+from shared.payments import (
+    PaymentHooks,
+    close_payments,
+    install_payments,
+    run_simulated_provider,
+    webhook_router,
+)
+from shared.scheduler import Detached
 
 
 def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
@@ -36,6 +45,18 @@ def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
         handlers.on(contract)(on_order_event)
     for pledge in (PledgeCharged, PledgeRefunded, PledgeDropped):
         handlers.on(pledge)(on_pledge_event)
+    payouts = Payouts()
+    hooks = PaymentHooks()
+    hooks.register_payout(REFERENCE_PREFIX, payouts.on_payout_change)
+    install = install_payments(payments, hooks)
+
+    async def startup(app: FastAPI) -> None:
+        # Payments here are payouts only (Connect transfers of withdrawals).
+        await install(app)
+        payouts.sessionmaker = app.state.sessionmaker
+        payouts.payments = app.state.payments
+        app.state.payouts = payouts
+
     spec = ServiceSpec(
         name="referrals",
         title="Qunbuy referrals: links, attribution, commissions, withdrawals",
@@ -47,8 +68,12 @@ def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
             links_router(),
             commissions_router(),
             withdrawals_router(),
+            webhook_router(),
         ],
         event_handlers=handlers,
-        jobs={RELEASE_JOB: release_held},
+        on_startup=[startup],
+        on_shutdown=[close_payments],
+        periodic=[run_simulated_provider],
+        jobs={RELEASE_JOB: release_held, PAYOUT_JOB: Detached(payouts.run)},
     )
     return create_service_app(spec, settings or get_settings())

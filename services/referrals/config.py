@@ -4,10 +4,13 @@ from functools import lru_cache
 
 from pydantic import Field
 
-from shared.settings import ServiceSettings
+from shared.payments import PaymentSettings
 
 
-class ReferralsSettings(ServiceSettings):
+class ReferralsSettings(PaymentSettings):
+    """Payments are only payouts here: withdrawals paid by Connect transfers
+    (``PAYMENT_PROVIDER`` and friends, docs/payments.md)."""
+
     port: int = Field(8003, alias="PORT")
     # Where a share link points: the mini-program's landing page, given the link's code.
     share_base_url: str = Field(

@@ -28,11 +28,17 @@ from sqlalchemy import (
 from sqlmodel import SQLModel
 
 from shared.db import make_registry
+from shared.payments import define_payment_tables
 from shared.tables import define_platform_tables
 
 registry = make_registry()
 metadata = registry.metadata
 platform = define_platform_tables(metadata)
+# The payment layer's tables: payouts (Connect transfers) of withdrawals, their provider
+# events (webhook inbox) and the simulated provider's state. No payments are taken here.
+payments = define_payment_tables(metadata)
+# A Stripe connected account id (shared.payments.PAYOUT_ACCOUNT_PATTERN), in SQL.
+PAYOUT_ACCOUNT_SQL = "'^acct_[A-Za-z0-9]{6,64}$'"
 
 
 class Base(SQLModel, registry=registry):
@@ -113,9 +119,17 @@ distributor = Table(
     Column("decided_by", String(100)),
     Column("kyc_verified_by", String(100)),
     Column("kyc_verified_at", DateTime(timezone=True)),
+    # Their Stripe connected account: withdrawals approved while it is set are paid by a
+    # transfer to it; without one, staff pay outside and mark them paid.
+    Column("payout_account", String(80)),
+    Column("payout_account_set_by", String(100)),
     *_timestamps(),
     UniqueConstraint("merchant_id", "user_id"),
     CheckConstraint("upline_id IS NULL OR upline_id <> id", name="not_own_upline"),
+    CheckConstraint(
+        f"payout_account IS NULL OR payout_account ~ {PAYOUT_ACCOUNT_SQL}",
+        name="payout_account_shape",
+    ),
     Index("ix_distributor_merchant", "merchant_id", "created_at"),
 )
 
@@ -237,15 +251,26 @@ withdrawal = Table(
     Column("fee", BigInteger, nullable=False),
     Column("taken_back", BigInteger, nullable=False),  # owed amounts settled by this request
     Column("currency", String(3), nullable=False),
-    # requested | approved | paid | rejected | failed
+    # requested | approved | paying | paid | rejected | failed (docs/referrals.md)
     Column("status", String(16), nullable=False),
     Column("requested_by", String(100), nullable=False),
     Column("decided_by", String(100)),
     Column("reason", String(500)),
+    # The bank or WeChat transfer's reference, or the provider's transfer id (``tr_...``).
     Column("external_reference", String(200)),
     Column("paid_at", DateTime(timezone=True)),
+    # The connected account a transfer pays (copied at approval): set, it is ``paying``.
+    Column("payout_account", String(80)),
     *_timestamps(),
     CheckConstraint("amount > 0 AND fee >= 0 AND taken_back >= 0", name="amounts"),
+    CheckConstraint(
+        "status IN ('requested', 'approved', 'paying', 'paid', 'rejected', 'failed')",
+        name="status_known",
+    ),
+    CheckConstraint(
+        f"payout_account IS NULL OR payout_account ~ {PAYOUT_ACCOUNT_SQL}",
+        name="payout_account_shape",
+    ),
     Index("ix_withdrawal_distributor", "distributor_id", "created_at"),
     Index("ix_withdrawal_merchant", "merchant_id", "created_at"),
 )

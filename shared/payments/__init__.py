@@ -8,7 +8,8 @@ A service that takes payments:
   ``install_payments(payments)`` in ``on_startup``, ``close_payments`` in ``on_shutdown``
   and ``run_simulated_provider`` in ``periodic``;
 - calls the service functions (``create_payment``, ``charge_off_session``,
-  ``refund_payment``...) with ``payment_context(app)`` from its own domain code.
+  ``refund_payment``..., and ``pay_out`` for a payout to a connected account) with
+  ``payment_context(app)`` from its own domain code.
 
 Amounts are integer minor units with an ISO 4217 currency. Every provider call that
 creates or moves money carries an idempotency key derived from our object and the action
@@ -37,6 +38,7 @@ from shared.payments._errors import (
     PaymentSetupNotUsable,
     PaymentSimulationUnavailable,
     PaymentsNotConfigured,
+    PayoutAccountInvalid,
     RefundAmountInvalid,
     RefundExceedsRefundable,
     WebhookPayloadInvalid,
@@ -46,6 +48,8 @@ from shared.payments._hooks import (
     PaymentChange,
     PaymentHook,
     PaymentHooks,
+    PayoutChange,
+    PayoutHook,
     domain_reference,
     parse_domain_reference,
 )
@@ -61,7 +65,11 @@ from shared.payments._payments import (
     refund_payment,
     start_payment,
 )
+from shared.payments._payouts import PAYOUT_ACCOUNT_PATTERN, Payout, check_payout_account, pay_out
 from shared.payments._provider import (
+    FAILING_PAYOUT_ACCOUNT,
+    FAILING_PAYOUT_CODE,
+    REVERSING_PAYOUT_ACCOUNT,
     PaymentProvider,
     PaymentRequest,
     ProviderDispute,
@@ -71,7 +79,9 @@ from shared.payments._provider import (
     ProviderRefund,
     ProviderRejected,
     ProviderSetup,
+    ProviderTransfer,
     ProviderUnavailable,
+    TransferRequest,
 )
 from shared.payments._reconcile import reconcile
 from shared.payments._repository import PaymentRow, RefundRow, SetupRow, StatusChangeRow
@@ -101,6 +111,10 @@ from shared.payments._wiring import (
 from shared.payments.tables import PaymentTables, define_payment_tables
 
 __all__ = [
+    "FAILING_PAYOUT_ACCOUNT",
+    "FAILING_PAYOUT_CODE",
+    "PAYOUT_ACCOUNT_PATTERN",
+    "REVERSING_PAYOUT_ACCOUNT",
     "SIGNATURE_HEADER",
     "TEST_PAYMENT_METHODS",
     "WEBHOOK_PATH",
@@ -134,6 +148,10 @@ __all__ = [
     "PaymentTables",
     "PaymentView",
     "PaymentsNotConfigured",
+    "Payout",
+    "PayoutAccountInvalid",
+    "PayoutChange",
+    "PayoutHook",
     "ProviderDispute",
     "ProviderError",
     "ProviderNotFound",
@@ -141,6 +159,7 @@ __all__ = [
     "ProviderRefund",
     "ProviderRejected",
     "ProviderSetup",
+    "ProviderTransfer",
     "ProviderUnavailable",
     "RefundAmountInvalid",
     "RefundExceedsRefundable",
@@ -149,6 +168,7 @@ __all__ = [
     "SimulatedProvider",
     "StatusChangeRow",
     "TestPaymentMethod",
+    "TransferRequest",
     "WebhookPayloadInvalid",
     "WebhookSignatureInvalid",
     "apply_webhook_event",
@@ -156,6 +176,7 @@ __all__ = [
     "cancel_payment",
     "capture_payment",
     "charge_off_session",
+    "check_payout_account",
     "close_payments",
     "complete_simulated_action",
     "confirm_payment",
@@ -173,6 +194,7 @@ __all__ = [
     "new_payment_id",
     "new_setup_id",
     "parse_domain_reference",
+    "pay_out",
     "payment_context",
     "payments_router",
     "reconcile",

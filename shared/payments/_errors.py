@@ -12,6 +12,7 @@ Exception tree::
      |    +-- RefundExceedsRefundable       422 ``refund_exceeds_refundable``
      |    +-- PaymentMethodUnavailable      422 ``payment_method_unavailable``
      +-- PaymentReferenceReserved           422 ``payment_reference_reserved``
+     +-- PayoutAccountInvalid               422 ``payout_account_invalid``
      +-- PaymentDeclined                    402 ``payment_declined``
      +-- PaymentNotFound                    404 ``payment_not_found``
      +-- PaymentSetupNotFound               404 ``payment_setup_not_found``
@@ -56,6 +57,7 @@ __all__ = [
     "PaymentSimulationUnavailable",
     "PaymentStateConflict",
     "PaymentsNotConfigured",
+    "PayoutAccountInvalid",
     "RefundAmountInvalid",
     "RefundExceedsRefundable",
     "WebhookPayloadInvalid",
@@ -111,6 +113,12 @@ class PaymentReferenceReserved(DomainError):
     status = 422
     code = "payment_reference_reserved"
     title = "Payments for this reference are made by its own domain (for example, an order)"
+
+
+class PayoutAccountInvalid(DomainError):
+    status = 422
+    code = "payout_account_invalid"
+    title = "A payout account is a Stripe connected account id: acct_ and 6 to 64 letters or digits"
 
 
 class PaymentDeclined(DomainError):

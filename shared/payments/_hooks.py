@@ -6,6 +6,11 @@ events) runs the hook inside the transaction that records the payment's change. 
 raises, the change rolls back with it and the news is retried (a webhook answered 500 is
 sent again; an API request answered 500 resumes on retry), so the domain never misses a
 change and never sees one that was not recorded. No self-subscription over HTTP.
+
+Payouts (Connect transfers) have hooks of their own, by the same prefixes: the domain pays
+out from a job and records the answer itself; what comes later (``transfer.reversed``: the
+money came back) reaches it through its payout hook, in the transaction that records the
+provider event.
 """
 
 from __future__ import annotations
@@ -17,12 +22,15 @@ from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.payments._provider import ProviderTransfer
 from shared.payments._repository import PaymentRow
 
 __all__ = [
     "PaymentChange",
     "PaymentHook",
     "PaymentHooks",
+    "PayoutChange",
+    "PayoutHook",
     "domain_reference",
     "parse_domain_reference",
 ]
@@ -41,6 +49,20 @@ class PaymentChange:
 
 
 PaymentHook = Callable[[AsyncSession, PaymentChange], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class PayoutChange:
+    """A payout changed after it was made: ``reversed`` (in full or in part; the transfer's
+    ``amount_reversed`` says how much came back)."""
+
+    kind: Literal["reversed"]
+    reference: str
+    transfer: ProviderTransfer
+    event_id: str | None = None
+
+
+PayoutHook = Callable[[AsyncSession, PayoutChange], Awaitable[None]]
 
 
 def domain_reference(prefix: str, object_id: uuid.UUID, stage: str) -> str:
@@ -66,6 +88,7 @@ class PaymentHooks:
 
     def __init__(self) -> None:
         self._hooks: dict[str, PaymentHook] = {}
+        self._payout_hooks: dict[str, PayoutHook] = {}
 
     def register(self, prefix: str, hook: PaymentHook) -> None:
         if not prefix or prefix in self._hooks:
@@ -81,3 +104,17 @@ class PaymentHooks:
         matching = [p for p in self._hooks if reference.startswith(p)]
         if matching:
             await self._hooks[max(matching, key=len)](session, change)
+
+    def register_payout(self, prefix: str, hook: PayoutHook) -> None:
+        """What the domain owning ``prefix`` does when one of its payouts changes later."""
+        if not prefix or prefix in self._payout_hooks:
+            raise ValueError(f"a payout hook for {prefix!r} is already registered (or it is empty)")
+        self._payout_hooks[prefix] = hook
+
+    async def run_payout(self, session: AsyncSession, change: PayoutChange) -> bool:
+        """Runs the payout hook owning ``change.reference``; False when no domain owns it."""
+        matching = [p for p in self._payout_hooks if change.reference.startswith(p)]
+        if not matching:
+            return False
+        await self._payout_hooks[max(matching, key=len)](session, change)
+        return True

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 __all__ = [
+    "FAILING_PAYOUT_ACCOUNT",
+    "FAILING_PAYOUT_CODE",
+    "REVERSING_PAYOUT_ACCOUNT",
     "CaptureMethod",
     "Method",
     "PaymentProvider",
@@ -23,14 +26,24 @@ __all__ = [
     "ProviderRefund",
     "ProviderRejected",
     "ProviderSetup",
+    "ProviderTransfer",
     "ProviderUnavailable",
+    "TransferRequest",
     "dispute_from_object",
     "payment_from_intent",
     "refund_from_object",
     "setup_from_intent",
+    "transfer_from_object",
 ]
 
 Method = Literal["card", "wechat_pay", "alipay"]
+
+# Connected accounts that behave badly on purpose, in the simulated provider and in the test
+# stand-in for Stripe Connect (qunbuy.localstripe_connect): a transfer to the first is
+# refused when it is made; one to the second is made, then reversed (``transfer.reversed``).
+FAILING_PAYOUT_ACCOUNT = "acct_1FailingTransfers"
+REVERSING_PAYOUT_ACCOUNT = "acct_1ReversedTransfers"
+FAILING_PAYOUT_CODE = "insufficient_capabilities_for_transfer"
 CaptureMethod = Literal["automatic", "manual"]
 
 # Stripe's PaymentIntent statuses, which are ours too (a payment follows its intent).
@@ -135,6 +148,35 @@ class ProviderDispute:
     reason: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class TransferRequest:
+    """Money from the platform's balance to a connected account (Stripe Connect)."""
+
+    amount: int
+    currency: str  # ISO 4217, upper case
+    destination: str  # the connected account: ``acct_...``
+    # The domain's reference (``withdrawal:<id>:payout``): metadata and ``transfer_group``.
+    reference: str
+    metadata: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderTransfer:
+    id: str
+    amount: int
+    currency: str
+    destination: str | None
+    # What was taken back from the connected account (reversals), in minor units.
+    amount_reversed: int
+    reference: str | None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def reversed(self) -> bool:
+        """Reversed in full or in part: the payee did not keep all of it."""
+        return self.amount_reversed > 0
+
+
 class PaymentProvider(Protocol):
     """One payment provider. Every call that creates or changes money takes an idempotency key:
     the same key with the same parameters returns the first result and moves no money again."""
@@ -197,6 +239,20 @@ class PaymentProvider(Protocol):
     ) -> ProviderSetup: ...
 
     async def retrieve_setup(self, setup_id: str) -> ProviderSetup: ...
+
+    async def create_transfer(
+        self, request: TransferRequest, *, idempotency_key: str
+    ) -> ProviderTransfer:
+        """Pays ``request.amount`` to a connected account. A refusal (the account cannot take
+        transfers, the balance is short) is :class:`ProviderRejected`: nothing was paid."""
+        ...
+
+    async def retrieve_transfer(self, transfer_id: str) -> ProviderTransfer: ...
+
+    async def find_transfers(self, reference: str) -> list[ProviderTransfer]:
+        """The transfers made for ``reference`` (its ``transfer_group``), newest first: what a
+        resumed payout looks for once the provider may have forgotten its idempotency key."""
+        ...
 
 
 def _str_map(value: Any) -> dict[str, str]:
@@ -395,4 +451,27 @@ def dispute_from_object(obj: Mapping[str, Any]) -> ProviderDispute:
         currency=str(obj.get("currency") or "").upper(),
         status=str(obj.get("status") or "needs_response"),
         reason=_opt_str(obj.get("reason")),
+    )
+
+
+def transfer_from_object(obj: Mapping[str, Any]) -> ProviderTransfer:
+    """A Transfer (API response or the object of a ``transfer.*`` event)."""
+    destination = obj.get("destination")
+    if isinstance(destination, Mapping):
+        destination = destination.get("id")
+    metadata = _str_map(obj.get("metadata"))
+    amount = obj.get("amount")
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
+        raise ValueError("Transfer.amount is not an amount")
+    reversed_amount = _int(obj.get("amount_reversed"))
+    if obj.get("reversed") is True and reversed_amount == 0:
+        reversed_amount = amount
+    return ProviderTransfer(
+        id=str(obj["id"]),
+        amount=amount,
+        currency=str(obj.get("currency") or "").upper(),
+        destination=_opt_str(destination),
+        amount_reversed=min(amount, reversed_amount),
+        reference=metadata.get("reference") or _opt_str(obj.get("transfer_group")),
+        metadata=metadata,
     )

@@ -555,6 +555,20 @@ async def sim_children(
     return [dict(r) for r in rows]
 
 
+async def sim_find(
+    session: AsyncSession, t: PaymentTables, object_type: str, field: str, value: str
+) -> list[dict[str, Any]]:
+    """The simulated provider's objects of a type whose top-level ``field`` is ``value``,
+    oldest first."""
+    o = t.simulated_object
+    rows = await session.scalars(
+        select(o.c.data)
+        .where(o.c.type == object_type, o.c.data[field].as_string() == value)
+        .order_by(o.c.created_at, o.c.id)
+    )
+    return [dict(r) for r in rows]
+
+
 async def sim_claim_due(
     session: AsyncSession, t: PaymentTables, now: datetime, limit: int = 50
 ) -> list[dict[str, Any]]:

@@ -13,6 +13,9 @@ signed with the Stripe scheme and the simulated webhook secret, to the service's
 ``POST /webhooks/stripe`` — the handler Stripe's events go through.
 
 Test payment methods (``payment_method`` values) are listed in :data:`TEST_PAYMENT_METHODS`.
+Payouts (Connect transfers) go to any ``acct_`` id; :data:`FAILING_PAYOUT_ACCOUNT` refuses
+them, :data:`REVERSING_PAYOUT_ACCOUNT` takes them and reverses them after
+``settle_seconds``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.payments import _repository as repo
 from shared.payments._provider import (
+    FAILING_PAYOUT_ACCOUNT,
+    FAILING_PAYOUT_CODE,
+    REVERSING_PAYOUT_ACCOUNT,
     PaymentRequest,
     ProviderError,
     ProviderNotFound,
@@ -37,9 +43,12 @@ from shared.payments._provider import (
     ProviderRefund,
     ProviderRejected,
     ProviderSetup,
+    ProviderTransfer,
+    TransferRequest,
     payment_from_intent,
     refund_from_object,
     setup_from_intent,
+    transfer_from_object,
 )
 from shared.payments.tables import PaymentTables
 
@@ -779,6 +788,80 @@ class SimulatedProvider:
             raise ProviderNotFound(f"No such setup_intent: '{setup_id}'", code="resource_missing")
         return setup_from_intent(setup)
 
+    # --- payouts (Connect transfers) ------------------------------------------------------
+
+    async def create_transfer(
+        self, request: TransferRequest, *, idempotency_key: str
+    ) -> ProviderTransfer:
+        async def op(session: AsyncSession) -> dict[str, Any]:
+            if not request.destination.startswith("acct_"):
+                raise ProviderRejected(
+                    f"No such destination: '{request.destination}'", code="resource_missing"
+                )
+            if request.destination == FAILING_PAYOUT_ACCOUNT:
+                raise ProviderRejected(
+                    "Your destination account needs to have at least one of the following "
+                    "capabilities enabled: transfers, crypto_transfers, legacy_payments",
+                    code=FAILING_PAYOUT_CODE,
+                )
+            transfer = {
+                "id": _id("tr"),
+                "object": "transfer",
+                "amount": request.amount,
+                "amount_reversed": 0,
+                "created": int(time.time()),
+                "currency": request.currency.lower(),
+                "destination": request.destination,
+                "livemode": False,
+                "metadata": {**request.metadata, "reference": request.reference},
+                "reversals": {"object": "list", "data": [], "has_more": False},
+                "reversed": False,
+                "transfer_group": request.reference,
+            }
+            later = request.destination == REVERSING_PAYOUT_ACCOUNT
+            settle_at = _now() + timedelta(seconds=self.settle_seconds) if later else None
+            await repo.sim_put(session, self._t, transfer, settle_at=settle_at)
+            await self._emit(session, "transfer.created", transfer)
+            return transfer
+
+        fields = {
+            "op": "transfer",
+            "amount": request.amount,
+            "currency": request.currency,
+            "destination": request.destination,
+            "reference": request.reference,
+            "metadata": dict(request.metadata),
+        }
+        return transfer_from_object(await self._run(idempotency_key, fields, op))
+
+    async def retrieve_transfer(self, transfer_id: str) -> ProviderTransfer:
+        async with self._sessionmaker() as session:
+            transfer = await repo.sim_get(session, self._t, transfer_id)
+        if transfer is None or transfer.get("object") != "transfer":
+            raise ProviderNotFound(f"No such transfer: '{transfer_id}'", code="resource_missing")
+        return transfer_from_object(transfer)
+
+    async def find_transfers(self, reference: str) -> list[ProviderTransfer]:
+        async with self._sessionmaker() as session:
+            found = await repo.sim_find(session, self._t, "transfer", "transfer_group", reference)
+        return [transfer_from_object(t) for t in reversed(found)]
+
+    async def _reverse_transfer(self, session: AsyncSession, transfer: dict[str, Any]) -> None:
+        reversal = {
+            "id": _id("trr"),
+            "object": "transfer_reversal",
+            "amount": int(transfer["amount"]) - int(transfer["amount_reversed"]),
+            "created": int(time.time()),
+            "currency": transfer["currency"],
+            "metadata": {},
+            "transfer": transfer["id"],
+        }
+        transfer["amount_reversed"] = transfer["amount"]
+        transfer["reversed"] = True
+        transfer["reversals"] = {"object": "list", "data": [reversal], "has_more": False}
+        await repo.sim_put(session, self._t, transfer)
+        await self._emit(session, "transfer.reversed", transfer)
+
     # --- what the customer and time do --------------------------------------------------
 
     async def complete_action(self, payment_id: str, *, succeed: bool) -> ProviderPayment:
@@ -808,7 +891,8 @@ class SimulatedProvider:
         return payment_from_intent(await self._run(None, {}, op))
 
     async def settle_due(self, *, now: datetime | None = None) -> int:
-        """Settles what is due: processing payments succeed or fail, disputes open."""
+        """Settles what is due: processing payments succeed or fail, disputes open, transfers
+        to :data:`REVERSING_PAYOUT_ACCOUNT` are reversed."""
         async with self._sessionmaker() as session, session.begin():
             due = await repo.sim_claim_due(session, self._t, now or _now())
             for obj in due:
@@ -816,6 +900,8 @@ class SimulatedProvider:
                     await self._settle_intent(session, obj)
                 elif obj["object"] == "charge":
                     await self._open_dispute(session, obj)
+                elif obj["object"] == "transfer":
+                    await self._reverse_transfer(session, obj)
         return len(due)
 
     async def _settle_intent(self, session: AsyncSession, intent: dict[str, Any]) -> None:

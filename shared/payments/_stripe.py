@@ -8,6 +8,11 @@ Calls are chosen to work on Stripe and on localstripe (the fake the tests run ag
 a payment is created, then confirmed in a second call (its id is known before money
 moves); an off-session charge is one create with ``confirm`` and ``off_session``; a
 decline comes back as a 402 error, after which the intent is read again for its state.
+
+Payouts are Stripe Connect transfers (``/v1/transfers``) from the platform's balance to a
+connected account, grouped by the domain's reference (``transfer_group``). localstripe has
+no Connect: the tests run against ``qunbuy.localstripe_connect``, localstripe with the few
+transfer routes added (docs/payments.md, "Payouts").
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from stripe.params import (
     RefundCreateParams,
     SetupIntentConfirmParams,
     SetupIntentCreateParams,
+    TransferCreateParams,
 )
 
 from shared.payments._provider import (
@@ -34,10 +40,13 @@ from shared.payments._provider import (
     ProviderRefund,
     ProviderRejected,
     ProviderSetup,
+    ProviderTransfer,
     ProviderUnavailable,
+    TransferRequest,
     payment_from_intent,
     refund_from_object,
     setup_from_intent,
+    transfer_from_object,
 )
 from shared.payments._settings import STRIPE_API_VERSION
 
@@ -351,3 +360,30 @@ class StripeProvider:
     async def retrieve_setup(self, setup_id: str) -> ProviderSetup:
         setup = await self._call(self.client.v1.setup_intents.retrieve_async(setup_id))
         return setup_from_intent(_as_dict(setup))
+
+    async def create_transfer(
+        self, request: TransferRequest, *, idempotency_key: str
+    ) -> ProviderTransfer:
+        params: TransferCreateParams = {
+            "amount": request.amount,
+            "currency": request.currency.lower(),
+            "destination": request.destination,
+            "transfer_group": request.reference,
+            "metadata": {**request.metadata, "reference": request.reference},
+        }
+        transfer = await self._call(
+            self.client.v1.transfers.create_async(
+                params, options={"idempotency_key": idempotency_key}
+            )
+        )
+        return transfer_from_object(_as_dict(transfer))
+
+    async def retrieve_transfer(self, transfer_id: str) -> ProviderTransfer:
+        transfer = await self._call(self.client.v1.transfers.retrieve_async(transfer_id))
+        return transfer_from_object(_as_dict(transfer))
+
+    async def find_transfers(self, reference: str) -> list[ProviderTransfer]:
+        listed = await self._call(
+            self.client.v1.transfers.list_async({"transfer_group": reference, "limit": 100})
+        )
+        return [transfer_from_object(_as_dict(t)) for t in listed.data]

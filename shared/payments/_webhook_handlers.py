@@ -9,6 +9,7 @@ from typing import Any, Literal
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.payments import _repository as repo
+from shared.payments._hooks import PayoutChange
 from shared.payments._provider import (
     ProviderPayment,
     ProviderRefund,
@@ -17,6 +18,7 @@ from shared.payments._provider import (
     payment_from_intent,
     refund_from_object,
     setup_from_intent,
+    transfer_from_object,
 )
 from shared.payments._repository import PaymentRow
 from shared.payments._setups import setup_values
@@ -56,6 +58,8 @@ async def apply_webhook_event(
         return await _on_dispute(session, ctx, obj, event_id, snapshot)
     if object_type == "setup_intent":
         return await _on_setup(session, ctx, setup_from_intent(obj))
+    if object_type == "transfer":
+        return await _on_transfer(session, ctx, obj, event_id)
     return "ignored"
 
 
@@ -233,3 +237,19 @@ async def _on_setup(
         return "applied"
     await repo.update_setup(session, ctx.tables, row.id, setup_values(ps))
     return "applied"
+
+
+async def _on_transfer(
+    session: AsyncSession, ctx: PaymentContext, obj: Mapping[str, Any], event_id: str
+) -> WebhookOutcome:
+    """A payout's transfer: only a reversal changes anything (a made transfer was recorded
+    from the API's answer). The owning domain is found by the reference it carries."""
+    transfer = transfer_from_object(obj)
+    if not transfer.reversed:
+        return "ignored"
+    if transfer.reference is None:
+        return "unknown_object"
+    change = PayoutChange(
+        kind="reversed", reference=transfer.reference, transfer=transfer, event_id=event_id
+    )
+    return "applied" if await ctx.hooks.run_payout(session, change) else "unknown_object"

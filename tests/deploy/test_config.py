@@ -45,7 +45,8 @@ SETTINGS: dict[str, type[GatewaySettings] | type[ServiceSettings]] = {
     "referrals": ReferralsSettings,
 }
 SERVICES = ("orders", "crowdfund", "referrals")
-PAYING = ("orders", "crowdfund")
+# Referrals pays withdrawals out through the payment layer (Connect transfers).
+PAYING = ("orders", "crowdfund", "referrals")
 # Settings a process is to read that no settings class declares yet (none now: the
 # gateway's REDIS_URL is read). Anything else must be a declared alias, so a misspelt
 # variable fails here instead of being ignored by pydantic-settings.

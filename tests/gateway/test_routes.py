@@ -17,8 +17,12 @@ from gateway.routes import ROUTES, Target, resolve
             "/v1/webhooks/crowdfund/stripe",
             Target("crowdfund", "/webhooks/stripe", "/v1/webhooks/crowdfund"),
         ),
+        (
+            "/v1/webhooks/referrals/stripe",
+            Target("referrals", "/webhooks/stripe", "/v1/webhooks/referrals"),
+        ),
         ("/v1/presalesx", None),
-        ("/v1/webhooks/referrals/stripe", None),
+        ("/v1/webhooks/gateway/stripe", None),
         ("/v1", None),
         ("/internal/events", None),
         ("/v1/orders/../../internal/events", None),

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from shared.events import SIGNATURE_HEADER, Envelope, sign
-from shared.events.contracts import OrderEvent, OrderPaid, PledgeEvent
+from shared.events.contracts import OrderCompleted, OrderEvent, OrderPaid, PledgeEvent
 from tests.conftest import TEST_EVENT_SECRET, TokenFactory
 
 
@@ -148,3 +148,27 @@ async def pay(
     )
     assert answer.status_code == 200, answer.text
     return order
+
+
+async def earner(
+    program: Program, client: httpx.AsyncClient, paid: int
+) -> tuple[dict[str, Any], dict[str, str], Order]:
+    """A verified distributor whose order of ``paid`` completed (10 %: available)."""
+    await program.rules(level1_bps=1000, level2_bps=0, min_withdrawal=100, withdrawal_fee=50)
+    user = f"u_{uuid.uuid4().hex[:8]}"
+    seller = await program.join(user)
+    order = Order(program.merchant_id, f"buyer-{uuid.uuid4().hex[:6]}", seller["code"])
+    order.paid = paid
+    await deliver(client, order.event(OrderPaid, stage="full", amount=paid, fully_paid=True))
+    await deliver(client, order.event(OrderCompleted))
+    return seller, program.auth("customer", sub=user), order
+
+
+async def withdraw(
+    client: httpx.AsyncClient, who: dict[str, str], distributor_id: str, amount: int
+) -> httpx.Response:
+    return await client.post(
+        "/v1/withdrawals",
+        json={"distributor_id": distributor_id, "amount": amount},
+        headers={**who, "Idempotency-Key": uuid.uuid4().hex},
+    )

@@ -3,54 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from typing import Any
 
 import httpx
 
 from shared.events.contracts import OrderCompleted, OrderPaid, OrderRefunded
 from tests.conftest import TokenFactory
-from tests.referrals.commission_support import Order, Program, deliver
-
-
-async def _earner(
-    program: Program, client: httpx.AsyncClient, paid: int
-) -> tuple[dict[str, Any], dict[str, str], Order]:
-    """A verified distributor whose order of ``paid`` completed (10 %: available)."""
-    await program.rules(level1_bps=1000, level2_bps=0, min_withdrawal=100, withdrawal_fee=50)
-    user = f"u_{uuid.uuid4().hex[:8]}"
-    seller = await program.join(user)
-    order = Order(program.merchant_id, f"buyer-{uuid.uuid4().hex[:6]}", seller["code"])
-    order.paid = paid
-    await deliver(client, order.event(OrderPaid, stage="full", amount=paid, fully_paid=True))
-    await deliver(client, order.event(OrderCompleted))
-    return seller, program.auth("customer", sub=user), order
-
-
-async def _withdraw(
-    client: httpx.AsyncClient, who: dict[str, str], distributor_id: str, amount: int
-) -> httpx.Response:
-    return await client.post(
-        "/v1/withdrawals",
-        json={"distributor_id": distributor_id, "amount": amount},
-        headers={**who, "Idempotency-Key": uuid.uuid4().hex},
-    )
+from tests.referrals.commission_support import Order, Program, deliver, earner, withdraw
 
 
 async def test_a_withdrawal_needs_kyc_and_stays_between_the_minimum_and_what_is_available(
     referrals_client: httpx.AsyncClient, auth: TokenFactory
 ) -> None:
     program = Program(referrals_client, auth)
-    seller, me, _ = await _earner(program, referrals_client, 20000)  # 2000 available
-    unverified = await _withdraw(referrals_client, me, seller["id"], 1000)
+    seller, me, _ = await earner(program, referrals_client, 20000)  # 2000 available
+    unverified = await withdraw(referrals_client, me, seller["id"], 1000)
     assert (unverified.status_code, unverified.json()["code"]) == (409, "withdrawal_kyc_required")
     await referrals_client.post(f"/v1/distributors/{seller['id']}/verify", headers=program.staff)
-    small = await _withdraw(referrals_client, me, seller["id"], 99)
+    small = await withdraw(referrals_client, me, seller["id"], 99)
     assert (small.status_code, small.json()["code"]) == (422, "withdrawal_below_minimum")
-    big = await _withdraw(referrals_client, me, seller["id"], 1951)  # 2000 - 50 fee = 1950
+    big = await withdraw(referrals_client, me, seller["id"], 1951)  # 2000 - 50 fee = 1950
     assert (big.status_code, big.json()["code"]) == (422, "withdrawal_above_available")
     assert big.json()["most"] == 1950
-    someone_else = await _withdraw(referrals_client, auth("customer"), seller["id"], 100)
+    someone_else = await withdraw(referrals_client, auth("customer"), seller["id"], 100)
     assert someone_else.status_code == 404
     assert (await program.balances(seller["id"]))["available"] == 2000
 
@@ -59,9 +33,9 @@ async def test_approved_and_paid_moves_the_money_and_a_rejection_returns_it(
     referrals_client: httpx.AsyncClient, auth: TokenFactory
 ) -> None:
     program = Program(referrals_client, auth)
-    seller, me, _ = await _earner(program, referrals_client, 20000)
+    seller, me, _ = await earner(program, referrals_client, 20000)
     await referrals_client.post(f"/v1/distributors/{seller['id']}/verify", headers=program.staff)
-    first = await _withdraw(referrals_client, me, seller["id"], 1000)
+    first = await withdraw(referrals_client, me, seller["id"], 1000)
     assert first.status_code == 201, first.text
     assert (await program.balances(seller["id"]))["withdrawing"] == 1050
     wid = first.json()["id"]
@@ -81,7 +55,7 @@ async def test_approved_and_paid_moves_the_money_and_a_rejection_returns_it(
         "withdrawn": 1000,
         "owed": 0,
     }
-    second = await _withdraw(referrals_client, me, seller["id"], 500)
+    second = await withdraw(referrals_client, me, seller["id"], 500)
     rejected = await referrals_client.post(
         f"/v1/withdrawals/{second.json()['id']}/reject",
         json={"reason": "name mismatch"},
@@ -95,9 +69,9 @@ async def test_a_refund_after_withdrawal_is_owed_and_taken_from_the_next_withdra
     referrals_client: httpx.AsyncClient, auth: TokenFactory
 ) -> None:
     program = Program(referrals_client, auth)
-    seller, me, order = await _earner(program, referrals_client, 20000)  # 2000 available
+    seller, me, order = await earner(program, referrals_client, 20000)  # 2000 available
     await referrals_client.post(f"/v1/distributors/{seller['id']}/verify", headers=program.staff)
-    w = await _withdraw(referrals_client, me, seller["id"], 1900)  # + 50 fee: 50 left
+    w = await withdraw(referrals_client, me, seller["id"], 1900)  # + 50 fee: 50 left
     await referrals_client.post(f"/v1/withdrawals/{w.json()['id']}/approve", headers=program.staff)
     await referrals_client.post(
         f"/v1/withdrawals/{w.json()['id']}/paid",
@@ -115,9 +89,9 @@ async def test_a_refund_after_withdrawal_is_owed_and_taken_from_the_next_withdra
         referrals_client, another.event(OrderPaid, stage="full", amount=30000, fully_paid=True)
     )
     await deliver(referrals_client, another.event(OrderCompleted))
-    too_much = await _withdraw(referrals_client, me, seller["id"], 2001)  # 3000 - 950 - 50
+    too_much = await withdraw(referrals_client, me, seller["id"], 2001)  # 3000 - 950 - 50
     assert too_much.json()["most"] == 2000
-    taken = await _withdraw(referrals_client, me, seller["id"], 2000)
+    taken = await withdraw(referrals_client, me, seller["id"], 2000)
     assert taken.json()["taken_back"] == 950
     assert await program.balances(seller["id"]) == {
         "pending": 0,
@@ -132,10 +106,10 @@ async def test_concurrent_withdrawals_never_overdraw(
     referrals_client: httpx.AsyncClient, auth: TokenFactory
 ) -> None:
     program = Program(referrals_client, auth)
-    seller, me, _ = await _earner(program, referrals_client, 20000)  # 2000 available
+    seller, me, _ = await earner(program, referrals_client, 20000)  # 2000 available
     await referrals_client.post(f"/v1/distributors/{seller['id']}/verify", headers=program.staff)
     answers = await asyncio.gather(
-        *(_withdraw(referrals_client, me, seller["id"], 900) for _ in range(10))
+        *(withdraw(referrals_client, me, seller["id"], 900) for _ in range(10))
     )
     assert [a.status_code for a in answers].count(201) == 2  # 2 x (900 + 50) <= 2000
     assert {a.json()["code"] for a in answers if a.status_code != 201} == {

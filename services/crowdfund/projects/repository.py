@@ -56,6 +56,7 @@ class ProjectRow:
     final_backers: int | None
     decided_at: datetime | None
     cancelled_at: datetime | None
+    payout_account: str | None
     created_at: datetime
     updated_at: datetime
 

@@ -34,6 +34,9 @@ class SettlementRow:
     external_reference: str | None
     paid_by: str | None
     paid_at: datetime | None
+    payout_account: str | None
+    payout_attempt: int
+    failure_reason: str | None
     created_at: datetime
     updated_at: datetime
 

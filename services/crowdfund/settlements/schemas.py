@@ -20,6 +20,21 @@ class PaidIn(BaseModel):
     )
 
 
+class PayoutAccountIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    payout_account: SafeStr | None = Field(
+        max_length=80,
+        description="The creator's Stripe connected account id (acct_...); null removes it "
+        "(an admin then pays outside and marks the statement paid).",
+    )
+
+
+class PayoutAccountOut(BaseModel):
+    project_id: uuid.UUID
+    payout_account: str | None
+
+
 class SettlementOut(BaseModel):
     """collected - refunds - platform_fee - payment_fees = payout, to the fen."""
 
@@ -38,10 +53,18 @@ class SettlementOut(BaseModel):
     payout: int = Field(description="Negative: the creator owes it (status `owed`).")
     pledges_collected: int
     pledges_dropped: int
-    status: Literal["pending", "paid", "owed"]
-    external_reference: str | None
-    paid_by: str | None
+    status: Literal["pending", "paying", "paid", "failed", "owed"] = Field(
+        description="paying: transferred to `payout_account` now; failed: the transfer was "
+        "refused or reversed (`failure_reason`); owed: the creator owes it, no payout."
+    )
+    external_reference: str | None = Field(
+        description="The bank transfer's reference, or the provider's transfer id."
+    )
+    paid_by: str | None = Field(description="The admin who paid it, or started its transfer.")
     paid_at: datetime | None
+    payout_account: str | None
+    payout_attempt: int = Field(description="Transfers started for it (each its own).")
+    failure_reason: str | None
     created_at: datetime
 
     @classmethod
@@ -63,5 +86,8 @@ class SettlementOut(BaseModel):
             external_reference=x.external_reference,
             paid_by=x.paid_by,
             paid_at=x.paid_at,
+            payout_account=x.payout_account,
+            payout_attempt=x.payout_attempt,
+            failure_reason=x.failure_reason,
             created_at=x.created_at,
         )

@@ -50,6 +50,8 @@ class DistributorRow:
     decided_by: str | None
     kyc_verified_by: str | None
     kyc_verified_at: datetime | None
+    payout_account: str | None
+    payout_account_set_by: str | None
     created_at: datetime
     updated_at: datetime
 

@@ -19,6 +19,7 @@ from services.referrals.programs.schemas import (
     DistributorOut,
     OverrideIn,
     OverrideOut,
+    PayoutAccountIn,
     ProgramIn,
     ProgramOut,
 )
@@ -37,13 +38,19 @@ from shared.auth import (
     MoneyStaff,
     Principal,
     ensure_staff_of,
+    require_merchant_role,
     require_roles,
 )
 from shared.db import SessionDep
 from shared.errors import DomainError, Forbidden, Unauthorized, responses
 from shared.pagination import InvalidCursor, Page, PageDep, fetch_page, scope_to_merchant
+from shared.payments import PayoutAccountInvalid
 
 Customer = Annotated[Principal, require_roles("customer")]
+# The distributor themselves (checked by the service), or the merchant's money staff.
+PayeeOrMoneyStaff = Annotated[
+    Principal, require_merchant_role("owner", "finance", others=("customer", "distributor"))
+]
 TargetId = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")]
 MerchantQuery = Annotated[
     str | None, Query(max_length=100, description="Admins name the merchant.")
@@ -227,6 +234,24 @@ def programs_router() -> APIRouter:
             responses=responses(*_AUTH, DistributorNotFound, DistributorStateConflict),
             name=f"{action}_distributor",
         )
+
+    @router.put(
+        "/v1/distributors/{distributor_id}/payout-account",
+        response_model=DistributorOut,
+        summary="Set or remove the Stripe connected account withdrawals are transferred to "
+        "(the distributor, or money staff)",
+        responses=responses(*_AUTH, DistributorNotFound, PayoutAccountInvalid),
+    )
+    async def put_payout_account(
+        principal: PayeeOrMoneyStaff,
+        distributor_id: uuid.UUID,
+        body: PayoutAccountIn,
+        session: SessionDep,
+    ) -> DistributorOut:
+        row = await service.set_payout_account(
+            session, principal, distributor_id, body.payout_account
+        )
+        return await _out(session, row)
 
     @router.post(
         "/v1/distributors/{distributor_id}/verify",

@@ -75,6 +75,16 @@ class ApplyIn(BaseModel):
     )
 
 
+class PayoutAccountIn(BaseModel):
+    model_config = _STRICT
+
+    payout_account: SafeStr | None = Field(
+        max_length=80,
+        description="A Stripe connected account id (acct_...); null removes it (staff then "
+        "pay withdrawals outside and mark them paid).",
+    )
+
+
 class AddIn(BaseModel):
     """Staff add one of the merchant's own people (全员分销), active at once."""
 
@@ -105,6 +115,9 @@ class DistributorOut(BaseModel):
     kyc_verified: bool
     kyc_verified_by: str | None
     kyc_verified_at: datetime | None
+    payout_account: str | None = Field(
+        description="The Stripe connected account withdrawals are transferred to, if any."
+    )
     created_at: datetime
     balances: Balances | None = None
 
@@ -122,6 +135,7 @@ class DistributorOut(BaseModel):
             kyc_verified=d.kyc_verified_at is not None,
             kyc_verified_by=d.kyc_verified_by,
             kyc_verified_at=d.kyc_verified_at,
+            payout_account=d.payout_account,
             created_at=d.created_at,
             balances=balances,
         )

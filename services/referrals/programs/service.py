@@ -18,6 +18,7 @@ from services.referrals.programs.repository import DistributorRow, OverrideRow, 
 from services.referrals.programs.schemas import AddIn, ApplyIn, OverrideIn, ProgramIn
 from shared.auth import Principal, ensure_staff_of
 from shared.errors import Conflict, DomainError, NotFound
+from shared.payments import check_payout_account
 
 _CODE_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"  # no 0/O, 1/I: read aloud, typed by hand
 _CODE_LENGTH = 8
@@ -265,4 +266,21 @@ async def verify(
         return found
     return await repo.update_distributor(
         session, found.id, {"kyc_verified_by": principal.sub, "kyc_verified_at": now_utc()}
+    )
+
+
+async def set_payout_account(
+    session: AsyncSession, principal: Principal, distributor_id: uuid.UUID, value: str | None
+) -> DistributorRow:
+    """The distributor themselves, or their merchant's money staff, set (or remove) the
+    connected account that withdrawals approved from now on are transferred to."""
+    found = await repo.get_distributor(session, distributor_id, lock=True)
+    if found is None or not (
+        found.user_id == principal.sub or principal.acts_for(found.merchant_id)
+    ):
+        raise DistributorNotFound()
+    if value is not None:
+        check_payout_account(value)
+    return await repo.update_distributor(
+        session, found.id, {"payout_account": value, "payout_account_set_by": principal.sub}
     )

@@ -31,6 +31,7 @@ class WithdrawalRow:
     reason: str | None
     external_reference: str | None
     paid_at: datetime | None
+    payout_account: str | None
     created_at: datetime
     updated_at: datetime
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 
 from services.referrals.programs.service import DistributorNotFound, DistributorStateConflict
 from services.referrals.withdrawals import repository as repo
@@ -24,6 +24,7 @@ from shared.db import SessionDep
 from shared.errors import Forbidden, Unauthorized, responses
 from shared.idempotency import IDEMPOTENCY_ERRORS, IdempotencyKeyRequired
 from shared.pagination import InvalidCursor, Page, PageDep, fetch_page, scope_to_owner
+from shared.payments import PaymentContext
 
 Customer = Annotated[Principal, require_roles("customer", "distributor")]
 _AUTH = (Unauthorized, Forbidden)
@@ -82,18 +83,23 @@ def withdrawals_router() -> APIRouter:
     @router.post(
         "/{withdrawal_id}/approve",
         response_model=WithdrawalOut,
-        summary="Approve a requested withdrawal (staff)",
+        summary="Approve a requested withdrawal (staff): paid by a transfer to the "
+        "distributor's payout account when they have one, else by staff",
         responses=responses(*_STAFF_ERRORS),
     )
     async def approve(
-        principal: MoneyStaff, withdrawal_id: uuid.UUID, session: SessionDep
+        principal: MoneyStaff, withdrawal_id: uuid.UUID, session: SessionDep, request: Request
     ) -> WithdrawalOut:
-        return WithdrawalOut.of(await service.approve(session, principal, withdrawal_id))
+        transfers = isinstance(getattr(request.app.state, "payments", None), PaymentContext)
+        return WithdrawalOut.of(
+            await service.approve(session, principal, withdrawal_id, transfers=transfers)
+        )
 
     @router.post(
         "/{withdrawal_id}/paid",
         response_model=WithdrawalOut,
-        summary="Record that an approved withdrawal was paid outside, with its reference (staff)",
+        summary="Record that an approved withdrawal was paid outside, with its reference "
+        "(staff; not one paid by transfer)",
         responses=responses(*_STAFF_ERRORS),
     )
     async def paid(

@@ -43,10 +43,15 @@ class WithdrawalOut(BaseModel):
     fee: int
     taken_back: int = Field(description="Owed amounts (refunds after withdrawal) settled by it.")
     currency: str
-    status: Literal["requested", "approved", "paid", "rejected", "failed"]
+    status: Literal["requested", "approved", "paying", "paid", "rejected", "failed"] = Field(
+        description="paying: approved, and being paid by a transfer to `payout_account`."
+    )
     decided_by: str | None
     reason: str | None
-    external_reference: str | None
+    external_reference: str | None = Field(
+        description="The bank or WeChat transfer's reference, or the provider's transfer id."
+    )
+    payout_account: str | None
     paid_at: datetime | None
     created_at: datetime
 
@@ -64,6 +69,7 @@ class WithdrawalOut(BaseModel):
             decided_by=x.decided_by,
             reason=x.reason,
             external_reference=x.external_reference,
+            payout_account=x.payout_account,
             paid_at=x.paid_at,
             created_at=x.created_at,
         )

@@ -7,19 +7,29 @@ leaves available for ``withdrawing``. Paid: the amount goes to ``withdrawn`` and
 the merchant; rejected, or a payout that failed: both go back to available. Every step is a
 ledger entry; a withdrawal's state changes under its own lock, so a step happens once.
 
-Payouts are made outside (a bank or WeChat transfer) and marked paid by staff with its
-reference; paying through Stripe Connect is not built yet.
+How it is paid is decided at approval. When the distributor has a payout account (a Stripe
+connected account) and the payment layer is configured, the withdrawal becomes ``paying``
+and the payout job (detached: no transaction open while the provider works) transfers the
+amount through the payment layer, keyed by the withdrawal, so a second run or a second
+worker gets the first transfer back; the answer makes it ``paid`` (the transfer id is its
+reference) or ``failed`` (a refusal: the money returns to available). A transfer reversed
+later (``transfer.reversed``) makes a paid withdrawal ``failed`` and returns the money. Staff
+never mark a ``paying`` withdrawal: the transfer decides it. Without a payout account, staff
+pay outside (a bank or WeChat transfer) and mark it paid with its reference, or failed.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy.ext.asyncio import AsyncSession
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.referrals.commissions import repository as ledger
 from services.referrals.commissions.service import account
+from services.referrals.models import platform
 from services.referrals.programs import repository as programs
 from services.referrals.programs.service import (
     DistributorNotFound,
@@ -30,6 +40,21 @@ from services.referrals.withdrawals import repository as repo
 from services.referrals.withdrawals.repository import WithdrawalRow
 from shared.auth import Principal
 from shared.errors import Conflict, DomainError, NotFound
+from shared.payments import (
+    PaymentContext,
+    PaymentsNotConfigured,
+    PayoutChange,
+    domain_reference,
+    parse_domain_reference,
+    pay_out,
+)
+from shared.scheduler import Job, schedule
+
+_log = structlog.get_logger("qunbuy.referrals")
+
+PAYOUT_JOB = "withdrawal.payout"
+REFERENCE_PREFIX = "withdrawal:"
+PAYOUT = "payout"
 
 
 class KycRequired(Conflict):
@@ -61,6 +86,11 @@ class WithdrawalStateConflict(Conflict):
 
 def fee_account(merchant_id: str) -> str:
     return f"merchant:{merchant_id}:withdrawal_fees"
+
+
+def payout_reference(withdrawal_id: uuid.UUID) -> str:
+    """The payout's reference in the payment layer (its transfer's metadata and group)."""
+    return domain_reference(REFERENCE_PREFIX, withdrawal_id, PAYOUT)
 
 
 async def _post(
@@ -132,22 +162,29 @@ async def staff_withdrawal(
 
 
 async def approve(
-    session: AsyncSession, principal: Principal, withdrawal_id: uuid.UUID
+    session: AsyncSession, principal: Principal, withdrawal_id: uuid.UUID, *, transfers: bool
 ) -> WithdrawalRow:
+    """Approved: paid by a transfer (``paying``, the payout job scheduled) when ``transfers``
+    are configured and the distributor has a payout account, else by staff (``approved``)."""
     w = await staff_withdrawal(session, principal, withdrawal_id)
     if w.status != "requested":
         raise WithdrawalStateConflict(f"a {w.status} withdrawal cannot be approved")
-    return await repo.update_withdrawal(
-        session, w.id, {"status": "approved", "decided_by": principal.sub}
+    payee = await programs.get_distributor(session, w.distributor_id)
+    destination = payee.payout_account if payee is not None and transfers else None
+    if destination is None:
+        return await repo.update_withdrawal(
+            session, w.id, {"status": "approved", "decided_by": principal.sub}
+        )
+    approved = await repo.update_withdrawal(
+        session,
+        w.id,
+        {"status": "paying", "decided_by": principal.sub, "payout_account": destination},
     )
+    await schedule(session, platform, kind=PAYOUT_JOB, key=str(w.id), run_at=datetime.now(UTC))
+    return approved
 
 
-async def mark_paid(
-    session: AsyncSession, principal: Principal, withdrawal_id: uuid.UUID, reference: str
-) -> WithdrawalRow:
-    w = await staff_withdrawal(session, principal, withdrawal_id)
-    if w.status != "approved":
-        raise WithdrawalStateConflict(f"a {w.status} withdrawal cannot be paid")
+async def _paid(session: AsyncSession, w: WithdrawalRow, reference: str) -> WithdrawalRow:
     held = account(w.distributor_id, "withdrawing")
     await _post(session, w, "payout", held, account(w.distributor_id, "withdrawn"), w.amount)
     await _post(session, w, "fee", held, fee_account(w.merchant_id), w.fee)
@@ -156,6 +193,30 @@ async def mark_paid(
         w.id,
         {"status": "paid", "external_reference": reference, "paid_at": datetime.now(UTC)},
     )
+
+
+async def _returned(
+    session: AsyncSession, w: WithdrawalRow, values: dict[str, object]
+) -> WithdrawalRow:
+    """The amount and the fee back from withdrawing to available (not paid after all)."""
+    await _post(
+        session,
+        w,
+        "return",
+        account(w.distributor_id, "withdrawing"),
+        account(w.distributor_id, "available"),
+        w.amount + w.fee,
+    )
+    return await repo.update_withdrawal(session, w.id, values)
+
+
+async def mark_paid(
+    session: AsyncSession, principal: Principal, withdrawal_id: uuid.UUID, reference: str
+) -> WithdrawalRow:
+    w = await staff_withdrawal(session, principal, withdrawal_id)
+    if w.status != "approved":
+        raise WithdrawalStateConflict(f"a {w.status} withdrawal cannot be marked paid")
+    return await _paid(session, w, reference)
 
 
 async def give_back(
@@ -172,14 +233,80 @@ async def give_back(
     allowed = ("requested", "approved") if status == "rejected" else ("approved",)
     if w.status not in allowed:
         raise WithdrawalStateConflict(f"a {w.status} withdrawal cannot become {status}")
-    await _post(
-        session,
-        w,
-        "return",
-        account(w.distributor_id, "withdrawing"),
-        account(w.distributor_id, "available"),
-        w.amount + w.fee,
+    return await _returned(
+        session, w, {"status": status, "reason": reason, "decided_by": principal.sub}
     )
-    return await repo.update_withdrawal(
-        session, w.id, {"status": status, "reason": reason, "decided_by": principal.sub}
-    )
+
+
+# --- payouts by transfer ----------------------------------------------------------------
+
+
+def _failure(code: str | None, message: str | None) -> str:
+    return f"payout failed: {code or 'refused'}: {message or ''}".strip()[:500]
+
+
+@dataclass
+class Payouts:
+    """The payout job and hook; the database and payments are attached at start-up."""
+
+    sessionmaker: async_sessionmaker[AsyncSession] | None = None
+    payments: PaymentContext | None = field(default=None, repr=False)
+
+    def _db(self) -> async_sessionmaker[AsyncSession]:
+        assert self.sessionmaker is not None, "Payouts.sessionmaker is set at start-up"
+        return self.sessionmaker
+
+    async def run(self, job: Job) -> None:
+        """The detached payout job of one ``paying`` withdrawal: one transfer, keyed by the
+        withdrawal (a second run, or a second worker, gets the first one back). An outage
+        raises: the job runs again later with the same key."""
+        async with self._db()() as session:
+            w = await repo.get(session, uuid.UUID(job.key))
+        if w is None or w.status != "paying" or w.payout_account is None:
+            return  # decided already (the answer of an earlier run, or a reversal)
+        if self.payments is None:
+            raise PaymentsNotConfigured()
+        result = await pay_out(
+            self.payments,
+            reference=payout_reference(w.id),
+            destination=w.payout_account,
+            amount=w.amount,
+            currency=w.currency,
+            metadata={"merchant_id": w.merchant_id, "distributor_id": str(w.distributor_id)},
+            look_first=job.attempts > 1,
+        )
+        async with self._db()() as session, session.begin():
+            locked = await repo.get(session, w.id, lock=True)
+            if locked is None or locked.status != "paying":
+                return
+            if result.status == "paid":
+                assert result.transfer is not None
+                await _paid(session, locked, result.transfer.id)
+            else:
+                reason = _failure(result.failure_code, result.failure_message)
+                await _returned(session, locked, {"status": "failed", "reason": reason})
+        _log.info("withdrawal_payout", withdrawal_id=str(w.id), outcome=result.status)
+
+    async def on_payout_change(self, session: AsyncSession, change: PayoutChange) -> None:
+        """A transfer reversed in full (``transfer.reversed``, in the transaction recording
+        the provider event): the distributor did not get the money, so it returns to
+        available, as for a failed payout."""
+        parsed = parse_domain_reference(REFERENCE_PREFIX, (PAYOUT,), change.reference)
+        if parsed is None:
+            return
+        w = await repo.get(session, parsed[0], lock=True)
+        transfer = change.transfer
+        if w is None or transfer.amount_reversed < transfer.amount:
+            if w is not None:
+                _log.warning("withdrawal_transfer_partly_reversed", withdrawal_id=str(w.id))
+            return
+        reason = _failure("transfer_reversed", f"transfer {transfer.id} was reversed")
+        if w.status == "paying":
+            # The reversal's news came before the job recorded the transfer.
+            await _returned(session, w, {"status": "failed", "reason": reason})
+        elif w.status == "paid" and w.external_reference == transfer.id:
+            withdrawn = account(w.distributor_id, "withdrawn")
+            available = account(w.distributor_id, "available")
+            await _post(session, w, "reversal", withdrawn, available, w.amount)
+            await _post(session, w, "fee_reversal", fee_account(w.merchant_id), available, w.fee)
+            await repo.update_withdrawal(session, w.id, {"status": "failed", "reason": reason})

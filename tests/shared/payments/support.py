@@ -31,12 +31,23 @@ SIMULATED_WEBHOOK_SECRET = "whsec_test_simulated"
 
 @contextlib.contextmanager
 def localstripe_server(log_dir: Path) -> Iterator[str]:
-    """A localstripe process on a free port, for as long as the block runs."""
+    """A localstripe process on a free port, for as long as the block runs.
+
+    It is localstripe with Stripe Connect's transfer routes added (qunbuy.localstripe_connect):
+    localstripe has no Connect and no local Stripe Connect exists, so that part is our own
+    stand-in; every other route is localstripe's own."""
     port = free_port()
     log = (log_dir / f"localstripe-{port}.log").open("wb")
     # --from-scratch: start empty (localstripe otherwise loads its last state from /tmp).
     process = subprocess.Popen(
-        [sys.executable, "-m", "localstripe", "--port", str(port), "--from-scratch"],
+        [
+            sys.executable,
+            "-m",
+            "qunbuy.localstripe_connect",
+            "--port",
+            str(port),
+            "--from-scratch",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=log_dir,
@@ -171,6 +182,15 @@ class PaymentsApp:
         """The simulated provider's PaymentIntents whose metadata has these values."""
         o = self.ctx.tables.simulated_object
         stmt = select(o.c.data).where(o.c.type == "payment_intent")
+        for name, value in metadata.items():
+            stmt = stmt.where(o.c.data["metadata"][name].as_string() == value)
+        async with self.app.state.sessionmaker() as session:
+            return [dict(d) for d in await session.scalars(stmt)]
+
+    async def provider_transfers(self, **metadata: str) -> list[dict[str, Any]]:
+        """The simulated provider's transfers (payouts) whose metadata has these values."""
+        o = self.ctx.tables.simulated_object
+        stmt = select(o.c.data).where(o.c.type == "transfer")
         for name, value in metadata.items():
             stmt = stmt.where(o.c.data["metadata"][name].as_string() == value)
         async with self.app.state.sessionmaker() as session:
