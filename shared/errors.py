@@ -284,6 +284,7 @@ def _cannot_connect(exc: BaseException) -> bool:
 _UNAVAILABLE = {
     "database_unavailable": "The database connection was lost; retry the request",
     "database_busy": "The service is overloaded (no database connection came free); retry",
+    "database_conflict": "A concurrent change aborted this one, and nothing was written; retry",
 }
 
 
@@ -294,6 +295,9 @@ def database_unavailable(exc: BaseException) -> str | None:
     # No pooled connection came free, or the server has no connection slot left (53300).
     if is_pool_timeout(exc) or any(s.startswith("53") for s in _sqlstates(exc)):
         return "database_busy"
+    # The server rolled the transaction back (class 40: a deadlock, a serialization failure).
+    if any(s.startswith("40") for s in _sqlstates(exc)):
+        return "database_conflict"
     return None
 
 

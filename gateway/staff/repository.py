@@ -71,6 +71,13 @@ async def get_merchant(session: AsyncSession, merchant_id: str) -> MerchantRow |
     return MerchantRow(**row._mapping) if row is not None else None
 
 
+async def lock_merchant(session: AsyncSession, merchant_id: str) -> bool:
+    """Takes the merchant's row lock, the one every change of its staff takes first (so two
+    changes never lock staff rows in opposite orders); False when no such merchant."""
+    stmt = select(m.c.id).where(m.c.id == merchant_id).with_for_update()
+    return (await session.execute(stmt)).first() is not None
+
+
 async def update_merchant(
     session: AsyncSession, merchant_id: str, **values: Any
 ) -> MerchantRow | None:

@@ -254,7 +254,15 @@ async def invite_admin(
 
 
 async def _member(session: AsyncSession, principal: Principal, staff_id: str) -> StaffRow:
-    """A staff member the caller (an owner of their merchant, or an admin) manages."""
+    """A staff member the caller (an owner of their merchant, or an admin) manages, locked.
+
+    The merchant's row is locked first: changes of one merchant's staff run one after the
+    other, and the caller's own role is read after the lock (two owners demoting each other
+    at once: the second finds it is no longer an owner)."""
+    found = await repo.get_staff(session, staff_id)
+    if found is None or found.merchant_id is None:
+        raise StaffNotFound()
+    await repo.lock_merchant(session, found.merchant_id)
     row = await repo.get_staff(session, staff_id, for_update=True)
     if row is None or row.merchant_id is None or row.status == "removed":
         raise StaffNotFound()

@@ -46,6 +46,17 @@ async def crash(marker: str, session: SessionDep) -> dict[str, str]:
     raise RuntimeError("bug after the write")
 
 
+@router.post("/rolled-back/{marker}/{sqlstate}")
+async def rolled_back(marker: str, sqlstate: str, session: SessionDep) -> dict[str, str]:
+    """PostgreSQL aborts the transaction after the write (a deadlock, a serialization
+    failure): raised by the server itself with that SQLSTATE."""
+    await _write(session, marker)
+    await session.execute(
+        text(f"DO $$ BEGIN RAISE EXCEPTION 'aborted' USING ERRCODE = '{sqlstate}'; END $$")
+    )
+    return {"marker": marker}
+
+
 @router.post("/commit-fails/{marker}")
 async def commit_fails(marker: str, session: SessionDep) -> dict[str, str]:
     """The deferred constraint fires only at COMMIT, after the endpoint has returned."""
@@ -109,6 +120,18 @@ async def test_unexpected_error_rolls_back_and_is_500(
     assert response.status_code == 500
     assert response.json()["code"] == "internal_error"
     assert "bug after the write" not in response.text
+    assert await rows(app, marker) == 0
+
+
+@pytest.mark.parametrize("sqlstate", ["40P01", "40001"], ids=["deadlock", "serialization"])
+async def test_a_transaction_the_server_aborted_is_a_503_to_retry_and_wrote_nothing(
+    client: httpx.AsyncClient, app: FastAPI, sqlstate: str
+) -> None:
+    marker = uuid.uuid4().hex
+    response = await client.post(f"/rolled-back/{marker}/{sqlstate}")
+    assert response.status_code == 503, response.text
+    assert response.json()["code"] == "database_conflict"
+    assert response.headers["retry-after"] == "1"
     assert await rows(app, marker) == 0
 
 
