@@ -63,7 +63,8 @@ async def record_effect(session: AsyncSession, event: Marked, envelope: Envelope
 
 @dataclass
 class Counting:
-    """Records the event id of every POST that reaches the subscriber, duplicates included."""
+    """Records the event id of every event POSTed to the subscriber (alone or in a batch),
+    duplicates included."""
 
     app: ASGIApp
     posted_ids: list[str] = field(default_factory=list)
@@ -79,7 +80,10 @@ class Counting:
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 with contextlib.suppress(ValueError, KeyError, TypeError):
-                    self.posted_ids.append(json.loads(b"".join(chunks))["id"])
+                    posted = json.loads(b"".join(chunks))
+                    # One event, or a batch of them (/internal/events/batch).
+                    for event in posted["events"] if "events" in posted else [posted]:
+                        self.posted_ids.append(event["id"])
             return message
 
         await self.app(scope, recording_receive, send)
