@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 import traceback
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,6 +46,7 @@ __all__ = [
     "cancel",
     "redrive_dead",
     "schedule",
+    "schedule_many",
 ]
 
 _log = structlog.get_logger("qunbuy.scheduler")
@@ -102,6 +103,32 @@ async def schedule(
         raise ValueError("run_at must be timezone-aware")
     t = tables.scheduled_job
     stmt = insert(t).values(kind=kind, key=key, run_at=run_at, payload=dict(payload or {}))
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[t.c.kind, t.c.key],
+            set_={"run_at": stmt.excluded.run_at, "payload": stmt.excluded.payload},
+            where=t.c.status == "pending",
+        )
+    )
+    await notify_work(session)
+
+
+async def schedule_many(
+    session: AsyncSession,
+    tables: PlatformTables,
+    *,
+    kind: str,
+    runs: Sequence[tuple[str, datetime]],
+) -> None:
+    """:func:`schedule` for several keys (each once) in one statement: ``(key, run_at)``."""
+    if not runs:
+        return
+    if any(run_at.tzinfo is None for _, run_at in runs):
+        raise ValueError("run_at must be timezone-aware")
+    t = tables.scheduled_job
+    stmt = insert(t).values(
+        [{"kind": kind, "key": key, "run_at": run_at, "payload": {}} for key, run_at in runs]
+    )
     await session.execute(
         stmt.on_conflict_do_update(
             index_elements=[t.c.kind, t.c.key],
