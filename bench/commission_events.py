@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -175,6 +176,12 @@ async def reference(
     return time.perf_counter() - started
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (its own, not its children's)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def grow_ledger(url: str, merchant: str, distributor: str, total: int) -> None:
     """Ledger entries of other distributors of the merchant, up to ``total`` in all."""
     engine = make_engine(url, pool_size=1)
@@ -271,7 +278,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
                     )
                 ).json()
             events = [paid_event(merchant, seller["code"]) for _ in range(args.events)]
+            cpu_before = cpu_seconds(service.pid)
             wall, latencies = await feed(base, bodies_of(events, args.batch), args.concurrency)
+            cpu = cpu_seconds(service.pid) - cpu_before
             latencies.sort()
             engine = make_engine(url, pool_size=1)
             async with engine.connect() as conn:
@@ -288,6 +297,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
                 f"{statistics.median(latencies) * 1000:.1f} | "
                 f"{latencies[int(len(latencies) * 0.99) - 1] * 1000:.1f} | {wall:.1f} |"
             )
+            print(f"referrals process: {cpu / args.events * 1000:.2f} ms of CPU an event")
             assert entries == 2 * args.events, f"{entries} entries for {args.events} events"
             ref = await reference(
                 url, merchant, seller["id"], upline["id"], args.events, args.concurrency

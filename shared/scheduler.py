@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -125,16 +125,17 @@ async def schedule_many(
         return
     if any(run_at.tzinfo is None for _, run_at in runs):
         raise ValueError("run_at must be timezone-aware")
-    t = tables.scheduled_job
-    stmt = insert(t).values(
-        [{"kind": kind, "key": key, "run_at": run_at, "payload": {}} for key, run_at in runs]
-    )
+    t = tables.scheduled_job.name
+    # unnest, not a VALUES list: one statement text for any number of rows (compiled once).
     await session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[t.c.kind, t.c.key],
-            set_={"run_at": stmt.excluded.run_at, "payload": stmt.excluded.payload},
-            where=t.c.status == "pending",
-        )
+        text(
+            f"INSERT INTO {t} (kind, key, run_at, payload)"  # noqa: S608 - our table's name
+            " SELECT :kind, k, r, CAST('{}' AS jsonb)"
+            " FROM unnest(CAST(:keys AS text[]), CAST(:run_ats AS timestamptz[])) AS u(k, r)"
+            " ON CONFLICT (kind, key) DO UPDATE SET run_at = excluded.run_at,"
+            f" payload = excluded.payload WHERE {t}.status = 'pending'"
+        ),
+        {"kind": kind, "keys": [k for k, _ in runs], "run_ats": [r for _, r in runs]},
     )
     await notify_work(session)
 

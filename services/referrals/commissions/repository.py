@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -153,23 +153,29 @@ async def live_bindings(
     return {(r.merchant_id, r.customer_id): r.distributor_id for r in rows}
 
 
+_BIND_MANY = text(
+    """
+    INSERT INTO customer_binding (merchant_id, customer_id, distributor_id, bound_at, expires_at)
+    SELECT * FROM unnest(CAST(:merchant_id AS text[]), CAST(:customer_id AS text[]),
+        CAST(:distributor_id AS uuid[]), CAST(:bound_at AS timestamptz[]),
+        CAST(:expires_at AS timestamptz[]))
+    ON CONFLICT (merchant_id, customer_id) DO UPDATE SET distributor_id = excluded.distributor_id,
+        bound_at = excluded.bound_at, expires_at = excluded.expires_at
+    """
+)
+
+
 async def bind_many(session: AsyncSession, bindings: Sequence[NewBinding]) -> None:
-    """``bind`` for several customers (each once) in one statement."""
-    stmt = insert(b).values([asdict(x) for x in sorted(bindings, key=_binding_key)])
-    await session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[b.c.merchant_id, b.c.customer_id],
-            set_={
-                "distributor_id": stmt.excluded.distributor_id,
-                "bound_at": stmt.excluded.bound_at,
-                "expires_at": stmt.excluded.expires_at,
-            },
-        )
-    )
+    """``bind`` for several customers (each once) in one statement, in key order."""
+    ordered = sorted(bindings, key=lambda x: (x.merchant_id, x.customer_id))
+    await session.execute(_BIND_MANY, _arrays(ordered, NewBinding))
 
 
-def _binding_key(x: NewBinding) -> tuple[str, str]:
-    return x.merchant_id, x.customer_id
+def _arrays(rows: Sequence[Any], model: type[Any], prefix: str = "") -> dict[str, list[Any]]:
+    """One array parameter per field of ``model`` (a dataclass), for ``unnest``."""
+    return {
+        f"{prefix}{name}": [getattr(r, name) for r in rows] for name in model.__dataclass_fields__
+    }
 
 
 _INSERT_ATTRIBUTED = text(
@@ -225,14 +231,11 @@ async def insert_attributed(
     """Attributions, their commissions and the commissions' first entries, in one
     statement. A source attributed already (by a concurrent delivery) is left alone, and so
     are its commissions and entries here; returns the sources attributed now."""
-    params: dict[str, list[Any]] = {}
-    for prefix, given, model in (
-        ("a", attributions, NewAttribution),
-        ("c", commissions, NewCommission),
-        ("e", entries, NewEntry),
-    ):
-        for name in model.__dataclass_fields__:
-            params[f"{prefix}_{name}"] = [getattr(r, name) for r in given]
+    params = {
+        **_arrays(attributions, NewAttribution, "a_"),
+        **_arrays(commissions, NewCommission, "c_"),
+        **_arrays(entries, NewEntry, "e_"),
+    }
     inserted = await session.execute(_INSERT_ATTRIBUTED, params)
     return {(str(t), uuid.UUID(str(source_id))) for t, source_id in inserted}
 
