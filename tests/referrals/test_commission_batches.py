@@ -24,6 +24,7 @@ from shared.events.contracts import (
     OrderRefunded,
     contract_for,
 )
+from shared.scheduler import JobRunner
 from tests.conftest import TEST_EVENT_SECRET, TokenFactory
 from tests.referrals.commission_support import (
     Order,
@@ -234,9 +235,10 @@ async def test_an_event_that_breaks_its_contract_is_rejected_alone(
 
 async def _world(
     client: httpx.AsyncClient, auth: TokenFactory, tag: str
-) -> tuple[Program, list[Envelope], dict[uuid.UUID, str]]:
+) -> tuple[Program, list[list[Envelope]]]:
     """A program with a chain, a suspended distributor, a leader who is a distributor and
-    one who is not yet, a link, a campaign override; and the events of a day of orders."""
+    one who is not yet, a link, a campaign override; and three rounds of events: first
+    payments, then completions, refunds and balances, then refunds after completion."""
     program = Program(client, auth)
     assert (await program.rules(leader_bps=300, level2_bps=700)).status_code == 200
     override = await client.put(
@@ -289,7 +291,17 @@ async def _world(
     events += [paid(o12, 10000)]
     o13 = order("c11", seller["code"], pickup=f"{tag}new-leader")
     events += [paid(o13, 8000)]
-    return program, events, {}
+    later = [
+        o1.event(OrderCompleted),
+        refunded(o5, 2000),
+        paid(o13, 2000),
+        o2.event(OrderCompleted),
+        refunded(o7, 10000),
+        o9.event(OrderCompleted),  # again: nothing more
+        o12.event(OrderCompleted),
+    ]
+    last = [refunded(o1, 10000), o5.event(OrderCompleted), refunded(o2, 15000)]
+    return program, [events, later, last]
 
 
 async def _snapshot(client: httpx.AsyncClient, program: Program, tag: str) -> dict[str, Any]:
@@ -327,29 +339,63 @@ async def _snapshot(client: httpx.AsyncClient, program: Program, tag: str) -> di
 async def test_a_batch_writes_what_the_event_by_event_path_writes(
     referrals_client: httpx.AsyncClient, auth: TokenFactory
 ) -> None:
-    singly, single_events, _ = await _world(referrals_client, auth, "s-")
-    batched, batch_events, _ = await _world(referrals_client, auth, "b-")
+    singly, single_rounds = await _world(referrals_client, auth, "s-")
+    batched, batch_rounds = await _world(referrals_client, auth, "b-")
     # The reference: the event-by-event path itself, one transaction an event.
     app = referrals_client._transport.app  # type: ignore[attr-defined]
-    for envelope in single_events:
-        contract = contract_for(envelope.type, envelope.version)
-        assert contract is not None
-        event = contract.model_validate(envelope.payload)
-        assert isinstance(event, OrderEvent)
-        async with app.state.sessionmaker() as session, session.begin():
-            await service.on_source(session, service.Source.of_order(event), str(envelope.id))
-    answer = await deliver_batch(referrals_client, batch_events)
-    assert set(_statuses(answer)) == {"applied"}
+    for single_events, batch_events in zip(single_rounds, batch_rounds, strict=True):
+        for envelope in single_events:
+            contract = contract_for(envelope.type, envelope.version)
+            assert contract is not None
+            event = contract.model_validate(envelope.payload)
+            assert isinstance(event, OrderEvent)
+            async with app.state.sessionmaker() as session, session.begin():
+                await service.on_source(session, service.Source.of_order(event), str(envelope.id))
+        answer = await deliver_batch(referrals_client, batch_events)
+        assert set(_statuses(answer)) == {"applied"}
     one_by_one = await _snapshot(referrals_client, singly, "s-")
     at_once = await _snapshot(referrals_client, batched, "b-")
     assert at_once == one_by_one
     # What the world should hold, spelled out for a few of them.
     earned = {(who, payee, amount) for who, payee, _, _, amount, _ in at_once["commissions"]}
-    assert ("seller", "distributor", 3600) in earned  # 12 % of 30,000 (the override)
-    assert ("upline", "distributor", 1800) in earned  # 6 %
-    assert ("leader", "leader", 200) in earned  # 2 % of 10,000
-    assert ("new-leader", "leader", 200) in earned  # enrolled by their first commission
-    assert ("new-leader", "leader", 160) in earned  # and earning on the next
+    assert ("seller", "distributor", 2400) in earned  # 12 % of 20,000 (the override)
+    assert ("upline", "distributor", 1200) in earned  # 6 %
+    assert ("leader", "leader", 160) in earned  # 2 % of 8,000
+    # Enrolled by their first commission, and earning on the next (8,000 + 2,000).
+    assert [c[4] for c in at_once["commissions"] if c[0] == "new-leader"] == [200, 200]
+    # The refund after completion took from the available balance.
+    assert ("reverse", "distributor:seller:available", "merchant:M:commission_expense", 1200) in (
+        at_once["entries"]
+    )
     assert not any(who == "other" for who, *_ in at_once["commissions"])  # suspended
     assert not any(who == "leader" and amount == 0 for who, _, amount in earned)
+    await _reconciled(referrals_client)
+
+
+async def test_a_batch_schedules_each_sources_holding_period_once(
+    referrals_client: httpx.AsyncClient, auth: TokenFactory
+) -> None:
+    program = Program(referrals_client, auth)
+    assert (await program.rules(holding_days=0)).status_code == 200
+    seller, upline = await _chain(program)
+    orders = [Order(program.merchant_id, f"buyer-h{i}", seller["code"]) for i in range(3)]
+    answer = await deliver_batch(referrals_client, [paid(o, 10000) for o in orders])
+    assert _statuses(answer) == ["applied"] * 3
+    app = referrals_client._transport.app  # type: ignore[attr-defined]
+    jobs = app.state.tables.scheduled_job
+    keys = [f"order:{o.id}" for o in orders]
+    async with app.state.sessionmaker() as session:
+        scheduled = await session.scalar(
+            select(func.count()).where(jobs.c.key.in_(keys), jobs.c.status == "pending")
+        )
+    assert scheduled == 3
+    runner = JobRunner(
+        sessionmaker=app.state.sessionmaker,
+        tables=app.state.tables,
+        handlers=app.state.job_handlers,
+    )
+    assert await runner.run_due() == 3
+    assert (await program.balances(seller["id"]))["available"] == 3000
+    assert (await program.balances(upline["id"]))["available"] == 1500
+    assert (await program.balances(seller["id"]))["pending"] == 0
     await _reconciled(referrals_client)

@@ -8,15 +8,18 @@ few statements per delivery instead of some eighteen per event:
    deliveries sharing one (a replay, the same order's refund in another batch) queue instead
    of deadlocking;
 2. the merchants' programs, in one query;
-3. the common case, the first paid event of an order or pledge, set-based: the codes, the
+3. the first paid event of an order or pledge, set-based: the codes, the
    customers' bindings, the distributors with their uplines, the leaders and the overrides
    are read in one query each, and the attributions, their commissions and the commissions'
    first ledger entries are written in one statement (``repository.insert_attributed``);
-4. everything else event by event, in delivery order, by ``service.on_source``: a source
-   attributed already (its commissions are brought to their new targets, which may take
-   from an available balance under the distributor's lock), a source or a customer that
-   comes twice in the delivery (its events' order matters), and a pickup leader who is not
-   a distributor yet (their first commission enrols them).
+4. later events of attributed sources (a balance paid, a refund, the completion), set-based
+   too: the attributions and their commissions are read and locked in one query each, and
+   the new totals, amounts, states and ledger entries written in one statement
+   (``repository.settle_many``);
+5. everything else event by event, in delivery order, by ``service.on_source``: a refund
+   that takes from an available balance (it needs the distributor's lock and balance), a
+   source or a customer that comes twice in the delivery (its events' order matters), and a
+   pickup leader who is not a distributor yet (their first commission enrols them).
 
 What it writes is what ``service.on_source`` would write for the same events, entry for entry
 (tests/referrals/test_commission_batches.py delivers the same events both ways).
@@ -89,20 +92,29 @@ async def apply(session: AsyncSession, items: Sequence[Item]) -> None:
     rules = await programs.programs_of(session, {s.merchant_id for s, _ in items})
     items = [(s, e) for s, e in items if s.merchant_id in rules]  # the others run no program
     sources = Counter((s.type, s.id) for s, _ in items)
-    customers = Counter((s.merchant_id, s.customer_id) for s, _ in items)
-    alone = [
-        (s, e)
-        for s, e in items
-        if sources[(s.type, s.id)] == 1 and customers[(s.merchant_id, s.customer_id)] == 1
-    ]
+    alone = [(s, e) for s, e in items if sources[(s.type, s.id)] == 1]
     known = await repo.attributions_of(session, [(s.type, s.id) for s, _ in alone]) if alone else {}
-    fresh = [(s, e) for s, e in alone if (s.type, s.id) not in known and s.paid_total > 0]
+    # A customer's binding is read and written by the first paid events of their sources:
+    # two of them in one delivery go one after the other.
+    customers = Counter(
+        (s.merchant_id, s.customer_id) for s, _ in items if (s.type, s.id) not in known
+    )
+    fresh = [
+        (s, e)
+        for s, e in alone
+        if (s.type, s.id) not in known
+        and s.paid_total > 0
+        and customers[(s.merchant_id, s.customer_id)] == 1
+    ]
     # Unpaid events of sources nobody attributed change nothing (an unpaid order cancelled).
     done = {(s.type, s.id) for s, _ in alone if (s.type, s.id) not in known and s.paid_total == 0}
     done |= await _attribute(session, rules, fresh)
-    # The rest event by event, in delivery order: sources attributed already, sources and
-    # customers that come twice, leaders to enrol, and (defensively: the locks above keep
-    # it from happening) a source another delivery attributed meanwhile.
+    done |= await _settle_known(
+        session, [(s, e) for s, e in alone if (s.type, s.id) in known], known
+    )
+    # The rest event by event, in delivery order: sources and customers that come twice,
+    # leaders to enrol, reversals from an available balance, and (defensively: the locks
+    # above keep it from happening) a source another delivery attributed meanwhile.
     for source, event_id in items:
         if (source.type, source.id) not in done:
             await service.on_source(session, source, event_id)
@@ -246,6 +258,90 @@ async def _attribute(
     ]
     await schedule_many(session, platform, kind=RELEASE_JOB, runs=runs)
     return attributed
+
+
+async def _settle_known(
+    session: AsyncSession,
+    items: Sequence[Item],
+    known: dict[repo.SourceKey, repo.AttributionRow],
+) -> set[repo.SourceKey]:
+    """Later events of attributed sources, each alone in the delivery: their totals taken
+    and every commission brought to its target (accrued, reversed from pending, released at
+    completion) in one statement. A source whose reversal would take from an available
+    balance is left to ``service.on_source``: that needs the distributor's lock and balance.
+    Returns the sources settled here."""
+    if not items:
+        return set()
+    levels = await repo.commissions_of_many(session, [(s.type, s.id) for s, _ in items])
+    now = service.now_utc()
+    totals: list[repo.AttributionTotals] = []
+    changes: list[repo.CommissionChange] = []
+    entries: list[NewEntry] = []
+    done: set[repo.SourceKey] = set()
+    for s, event_id in items:
+        key = (s.type, s.id)
+        attr = known[key]
+        paid = max(attr.paid_total, s.paid_total)
+        refunded = max(attr.refunded_total, s.refunded_total)
+        completed = attr.completed or s.completed
+        plans = [_plan(level, paid, refunded, completed, event_id) for level in levels.get(key, [])]
+        if any(plan is None for plan in plans):
+            continue
+        for plan in plans:
+            assert plan is not None
+            change, moves = plan
+            if change is not None:
+                changes.append(change)
+            entries.extend(moves)
+        totals.append(
+            repo.AttributionTotals(
+                source_type=s.type,
+                source_id=s.id,
+                paid_total=paid,
+                refunded_total=refunded,
+                completed=completed,
+                refunded_after_completion_at=(
+                    now
+                    if attr.completed and s.refunded_total > attr.refunded_total
+                    else attr.refunded_after_completion_at
+                ),
+            )
+        )
+        done.add(key)
+    if totals:
+        await repo.settle_many(session, totals, changes, entries)
+    return done
+
+
+def _plan(
+    level: repo.CommissionRow, paid: int, refunded: int, completed: bool, event_id: str
+) -> tuple[repo.CommissionChange | None, list[NewEntry]] | None:
+    """What ``service._settle`` does to one commission, as data: its change and entries;
+    None when a reversal would take from an available balance (left to that path)."""
+    target = target_amount(paid, refunded, level.rate_bps)
+    delta = target - level.amount
+    state = level.state
+    d = level.distributor_id
+
+    def entry(kind: str, debit: str, credit: str, amount: int) -> NewEntry:
+        return NewEntry(
+            level.merchant_id, level.id, event_id, kind, debit, credit, amount, level.currency
+        )
+
+    expense = expense_account(level.merchant_id)
+    moves: list[NewEntry] = []
+    if delta > 0:
+        moves.append(entry("accrue", expense, account(d, state), delta))
+    elif delta < 0:
+        if state != "pending":
+            return None
+        moves.append(entry("reverse", account(d, "pending"), expense, -delta))
+    if completed and state == "pending":
+        if target > 0:
+            moves.append(entry("release", account(d, "pending"), account(d, "available"), target))
+        state = "available"
+    changed = target != level.amount or state != level.state
+    return (repo.CommissionChange(level.id, target, state) if changed else None), moves
 
 
 async def _write(

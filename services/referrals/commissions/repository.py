@@ -135,10 +135,95 @@ async def lock_keys(session: AsyncSession, keys: Collection[str]) -> None:
 async def attributions_of(
     session: AsyncSession, keys: Collection[SourceKey]
 ) -> dict[SourceKey, AttributionRow]:
+    """The attributions of these sources that exist, locked (in key order) with their
+    commissions to come: the holding period's release takes the same rows in that order."""
     rows = await session.execute(
-        select(a).where(tuple_(a.c.source_type, a.c.source_id).in_(list(keys)))
+        select(a)
+        .where(tuple_(a.c.source_type, a.c.source_id).in_(list(keys)))
+        .order_by(a.c.source_type, a.c.source_id)
+        .with_for_update()
     )
     return {(r.source_type, r.source_id): AttributionRow(**r._mapping) for r in rows}
+
+
+async def commissions_of_many(
+    session: AsyncSession, keys: Collection[SourceKey]
+) -> dict[SourceKey, list[CommissionRow]]:
+    """The commissions of these sources, locked, each source's in (payee, level) order."""
+    rows = await session.execute(
+        select(c)
+        .where(tuple_(c.c.source_type, c.c.source_id).in_(list(keys)))
+        .order_by(c.c.source_type, c.c.source_id, c.c.payee, c.c.level)
+        .with_for_update()
+    )
+    out: dict[SourceKey, list[CommissionRow]] = {}
+    for r in rows:
+        out.setdefault((r.source_type, r.source_id), []).append(CommissionRow(**r._mapping))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class AttributionTotals:
+    source_type: str
+    source_id: uuid.UUID
+    paid_total: int
+    refunded_total: int
+    completed: bool
+    refunded_after_completion_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CommissionChange:
+    id: uuid.UUID
+    amount: int
+    state: str
+
+
+_SETTLE_MANY = text(
+    """
+    WITH totals AS (
+        UPDATE attribution SET paid_total = t.paid_total, refunded_total = t.refunded_total,
+            completed = t.completed, refunded_after_completion_at = t.refunded_after_completion_at,
+            updated_at = now()
+        FROM unnest(CAST(:t_source_type AS text[]), CAST(:t_source_id AS uuid[]),
+            CAST(:t_paid_total AS bigint[]), CAST(:t_refunded_total AS bigint[]),
+            CAST(:t_completed AS boolean[]), CAST(:t_refunded_after_completion_at AS timestamptz[]))
+            AS t(source_type, source_id, paid_total, refunded_total, completed,
+                 refunded_after_completion_at)
+        WHERE attribution.source_type = t.source_type AND attribution.source_id = t.source_id
+    ), changes AS (
+        UPDATE commission SET amount = x.amount, state = x.state, updated_at = now()
+        FROM unnest(CAST(:x_id AS uuid[]), CAST(:x_amount AS bigint[]), CAST(:x_state AS text[]))
+            AS x(id, amount, state)
+        WHERE commission.id = x.id
+    )
+    INSERT INTO ledger_entry (merchant_id, commission_id, source_event, kind, debit_account,
+        credit_account, amount, currency)
+    SELECT * FROM unnest(CAST(:e_merchant_id AS text[]), CAST(:e_commission_id AS uuid[]),
+        CAST(:e_source_event AS text[]), CAST(:e_kind AS text[]),
+        CAST(:e_debit_account AS text[]), CAST(:e_credit_account AS text[]),
+        CAST(:e_amount AS bigint[]), CAST(:e_currency AS text[]))
+    ON CONFLICT DO NOTHING
+    """
+)
+
+
+async def settle_many(
+    session: AsyncSession,
+    totals: Sequence[AttributionTotals],
+    changes: Sequence[CommissionChange],
+    entries: Sequence[NewEntry],
+) -> None:
+    """Attributions' new totals, their commissions' new amounts and states, and the entries
+    that move them, in one statement (the rows are locked by the caller)."""
+    await session.execute(
+        _SETTLE_MANY,
+        {
+            **_arrays(totals, AttributionTotals, "t_"),
+            **_arrays(changes, CommissionChange, "x_"),
+            **_arrays(entries, NewEntry, "e_"),
+        },
+    )
 
 
 async def live_bindings(
