@@ -399,3 +399,33 @@ async def test_a_batch_schedules_each_sources_holding_period_once(
     assert (await program.balances(upline["id"]))["available"] == 1500
     assert (await program.balances(seller["id"]))["pending"] == 0
     await _reconciled(referrals_client)
+
+
+async def test_batches_and_single_deliveries_of_the_same_orders_race_to_one_result(
+    referrals_client: httpx.AsyncClient, auth: TokenFactory
+) -> None:
+    program = Program(referrals_client, auth)
+    assert (await program.rules()).status_code == 200
+    seller, upline = await _chain(program)
+    # Two orders of each customer: first payments of one customer come one after the other.
+    orders = [Order(program.merchant_id, f"buyer-r{i % 4}", seller["code"]) for i in range(8)]
+    payments = [paid(o, 20000) for o in orders]
+    refunds = [refunded(o, 5000) for o in orders]
+    completions = [o.event(OrderCompleted) for o in orders]
+    sent = await asyncio.gather(
+        deliver_batch(referrals_client, payments[:4] + completions[4:]),
+        deliver_batch(referrals_client, list(reversed(payments[4:])) + refunds[:4]),
+        *(deliver(referrals_client, e) for e in refunds[4:] + completions[:4] + payments[::3]),
+    )
+    assert {r.status_code for r in sent} == {200}
+    # Each order: 20,000 paid, 5,000 refunded, completed: 10 % and 5 % of 15,000, available.
+    assert await program.balances(seller["id"]) == {
+        "pending": 0,
+        "available": 8 * 1500,
+        "withdrawing": 0,
+        "withdrawn": 0,
+        "owed": 0,
+    }
+    assert (await program.balances(upline["id"]))["available"] == 8 * 750
+    assert (await _counts(referrals_client, program.merchant_id))[0] == 16
+    await _reconciled(referrals_client)
