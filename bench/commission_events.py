@@ -1,11 +1,13 @@
 """Commission events: paid-order events through the signed inbox, against plain inserts.
 
-    .venv/bin/python bench/commission_events.py [--events 100000] [--concurrency 16]
+    .venv/bin/python bench/commission_events.py [--events 100000] [--concurrency 16] [--batch 100]
 
 Starts the referrals service on a fresh database of the machine's PostgreSQL (127.0.0.1:5432)
 with a program (10 % and 5 %) and a two-level chain of distributors, then POSTs ``--events``
-signed ``order.paid`` events (each a new order through the level-1 distributor's code) to
-``/internal/events`` from ``--concurrency`` clients, as the relay of orders would. It prints
+signed ``order.paid`` events (each a new order through the level-1 distributor's code) from
+``--concurrency`` clients, as the relays of orders would: ``--batch`` events a POST to
+``/internal/events/batch`` (the relay's ``max_events_per_post``, 100), or with ``--batch 1``
+one event a POST to ``/internal/events`` (the relay before batches). It prints
 events/s and the time until every commission is on the ledger, and, in the same run, the
 reference: the same ledger rows (two commissions and two entries an event) written by plain
 inserts, one transaction an event, from as many connections. Then the dashboard's latency
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import statistics
 import sys
 import tempfile
@@ -36,12 +40,13 @@ from bench.support import fresh_database, stopped_at_exit  # noqa: E402
 from shared.auth import TokenIssuer, public_pem  # noqa: E402
 from shared.db import make_engine  # noqa: E402
 from shared.events import SIGNATURE_HEADER, Envelope, sign  # noqa: E402
+from shared.events._relay import RelayPolicy  # noqa: E402
 from shared.events.contracts import OrderPaid  # noqa: E402
 
 SECRET = "bench-secret"
 
 
-def paid_event(merchant: str, code: str) -> bytes:
+def paid_event(merchant: str, code: str) -> dict[str, object]:
     payload = OrderPaid(
         order_id=uuid.uuid4(),
         campaign_id=uuid.uuid4(),
@@ -58,11 +63,29 @@ def paid_event(merchant: str, code: str) -> bytes:
         fully_paid=True,
     )
     envelope = Envelope(type="order.paid", source="orders", payload=payload.model_dump(mode="json"))
-    return envelope.model_dump_json().encode()
+    return envelope.model_dump(mode="json")
 
 
-async def feed(url: str, bodies: list[bytes], concurrency: int) -> tuple[float, list[float]]:
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
+def bodies_of(events: list[dict[str, object]], batch: int) -> list[tuple[str, bytes, int]]:
+    """(path, body, events) of each POST, as the relay sends them (compact JSON)."""
+    if batch == 1:
+        return [("/internal/events", _compact(e), 1) for e in events]
+    return [
+        ("/internal/events/batch", _compact({"events": events[i : i + batch]}), batch)
+        for i in range(0, len(events), batch)
+    ]
+
+
+def _compact(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+async def feed(
+    url: str, bodies: list[tuple[str, bytes, int]], concurrency: int
+) -> tuple[float, list[float]]:
+    """POSTs every body from ``concurrency`` clients; returns the wall time and each POST's
+    latency. Every event of every batch must be applied."""
+    queue: asyncio.Queue[tuple[str, bytes, int]] = asyncio.Queue()
     for body in bodies:
         queue.put_nowait(body)
     latencies: list[float] = []
@@ -71,10 +94,10 @@ async def feed(url: str, bodies: list[bytes], concurrency: int) -> tuple[float, 
 
         async def worker() -> None:
             while not queue.empty():
-                body = queue.get_nowait()
+                path, body, n = queue.get_nowait()
                 started = time.perf_counter()
                 response = await client.post(
-                    "/internal/events",
+                    path,
                     content=body,
                     headers={
                         SIGNATURE_HEADER: sign(SECRET, body),
@@ -84,6 +107,10 @@ async def feed(url: str, bodies: list[bytes], concurrency: int) -> tuple[float, 
                 latencies.append(time.perf_counter() - started)
                 if response.status_code != 200:
                     raise RuntimeError(f"{response.status_code}: {response.text[:200]}")
+                if n > 1:
+                    statuses = {r["status"] for r in response.json()["results"]}
+                    if statuses != {"applied"}:
+                        raise RuntimeError(f"batch not applied: {statuses}")
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -147,6 +174,12 @@ async def reference(
     finally:
         await engine.dispose()
     return time.perf_counter() - started
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (its own, not its children's)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def grow_ledger(url: str, merchant: str, distributor: str, total: int) -> None:
@@ -244,8 +277,10 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
                         headers={"Authorization": f"Bearer {b_token}"},
                     )
                 ).json()
-            bodies = [paid_event(merchant, seller["code"]) for _ in range(args.events)]
-            wall, latencies = await feed(base, bodies, args.concurrency)
+            events = [paid_event(merchant, seller["code"]) for _ in range(args.events)]
+            cpu_before = cpu_seconds(service.pid)
+            wall, latencies = await feed(base, bodies_of(events, args.batch), args.concurrency)
+            cpu = cpu_seconds(service.pid) - cpu_before
             latencies.sort()
             engine = make_engine(url, pool_size=1)
             async with engine.connect() as conn:
@@ -253,15 +288,16 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
             await engine.dispose()
             print(
                 f"{args.events} order.paid events, {args.concurrency} clients,"
-                " one referrals process"
+                f" {args.batch} event(s) a POST, one referrals process"
             )
-            print("| target | events/s | p50 ms | p99 ms | time to the ledger s |")
+            print("| target | events/s | p50 ms a POST | p99 ms a POST | time to the ledger s |")
             print("|---|---:|---:|---:|---:|")
             print(
                 f"| signed inbox -> commissions | {args.events / wall:.0f} | "
                 f"{statistics.median(latencies) * 1000:.1f} | "
                 f"{latencies[int(len(latencies) * 0.99) - 1] * 1000:.1f} | {wall:.1f} |"
             )
+            print(f"referrals process: {cpu / args.events * 1000:.2f} ms of CPU an event")
             assert entries == 2 * args.events, f"{entries} entries for {args.events} events"
             ref = await reference(
                 url, merchant, seller["id"], upline["id"], args.events, args.concurrency
@@ -283,6 +319,9 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--big", type=int, default=1_000_000)
+    parser.add_argument(
+        "--batch", type=int, default=RelayPolicy().max_events_per_post, help="events a POST"
+    )
     args = parser.parse_args()
     asyncio.run(run(args, Path(tempfile.mkdtemp(prefix="qb-commissions-"))))
     return 0

@@ -61,6 +61,7 @@ def _relay_for(app: FastAPI) -> OutboxRelay:
             max_attempts=settings.event_max_attempts,
             backoff_base_seconds=settings.event_backoff_base_seconds,
             backoff_max_seconds=settings.event_backoff_max_seconds,
+            max_events_per_post=settings.event_max_events_per_post,
         ),
     )
 

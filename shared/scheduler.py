@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import random
 import traceback
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -46,6 +46,7 @@ __all__ = [
     "cancel",
     "redrive_dead",
     "schedule",
+    "schedule_many",
 ]
 
 _log = structlog.get_logger("qunbuy.scheduler")
@@ -108,6 +109,33 @@ async def schedule(
             set_={"run_at": stmt.excluded.run_at, "payload": stmt.excluded.payload},
             where=t.c.status == "pending",
         )
+    )
+    await notify_work(session)
+
+
+async def schedule_many(
+    session: AsyncSession,
+    tables: PlatformTables,
+    *,
+    kind: str,
+    runs: Sequence[tuple[str, datetime]],
+) -> None:
+    """:func:`schedule` for several keys (each once) in one statement: ``(key, run_at)``."""
+    if not runs:
+        return
+    if any(run_at.tzinfo is None for _, run_at in runs):
+        raise ValueError("run_at must be timezone-aware")
+    t = tables.scheduled_job.name
+    # unnest, not a VALUES list: one statement text for any number of rows (compiled once).
+    await session.execute(
+        text(
+            f"INSERT INTO {t} (kind, key, run_at, payload)"  # noqa: S608 - our table's name
+            " SELECT :kind, k, r, CAST('{}' AS jsonb)"
+            " FROM unnest(CAST(:keys AS text[]), CAST(:run_ats AS timestamptz[])) AS u(k, r)"
+            " ON CONFLICT (kind, key) DO UPDATE SET run_at = excluded.run_at,"
+            f" payload = excluded.payload WHERE {t}.status = 'pending'"
+        ),
+        {"kind": kind, "keys": [k for k, _ in runs], "run_ats": [r for _, r in runs]},
     )
     await notify_work(session)
 

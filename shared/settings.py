@@ -42,6 +42,9 @@ class ServiceSettings(LimitSettings):
     event_max_attempts: int = Field(12, alias="EVENT_MAX_ATTEMPTS")
     event_backoff_base_seconds: float = Field(1.0, alias="EVENT_BACKOFF_BASE_SECONDS")
     event_backoff_max_seconds: float = Field(600.0, alias="EVENT_BACKOFF_MAX_SECONDS")
+    # Events a relay POSTs at once to a subscriber (1: one event a POST, as before batches);
+    # a subscriber takes at most 500 (shared/events/_inbox.py).
+    event_max_events_per_post: int = Field(100, alias="EVENT_MAX_EVENTS_PER_POST", ge=1, le=500)
     log_level: str = Field("INFO", alias="LOG_LEVEL")
     db_pool_size: int = Field(10, alias="DB_POOL_SIZE")
     # How long a request waits for a pooled connection before it is answered 503

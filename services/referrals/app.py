@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from services.referrals.commissions import batch as commission_batch
 from services.referrals.commissions.router import commissions_router
-from services.referrals.commissions.service import (
-    RELEASE_JOB,
-    on_order_event,
-    on_pledge_event,
-    release_held,
-)
+from services.referrals.commissions.service import RELEASE_JOB, release_held
 from services.referrals.config import ReferralsSettings, get_settings
 from services.referrals.dashboards.router import dashboards_router
 from services.referrals.links.router import links_router
@@ -41,10 +37,16 @@ from shared.scheduler import Detached
 
 def create_app(settings: ReferralsSettings | None = None) -> FastAPI:
     handlers = EventHandlers()
-    for contract in (OrderPaid, OrderRefunded, OrderCompleted, OrderCancelled):
-        handlers.on(contract)(on_order_event)
-    for pledge in (PledgeCharged, PledgeRefunded, PledgeDropped):
-        handlers.on(pledge)(on_pledge_event)
+    # Every delivery of order and pledge events, one or a batch, takes the set-based path.
+    handlers.on_batch(
+        OrderPaid,
+        OrderRefunded,
+        OrderCompleted,
+        OrderCancelled,
+        PledgeCharged,
+        PledgeRefunded,
+        PledgeDropped,
+    )(commission_batch.on_events)
     payouts = Payouts()
     hooks = PaymentHooks()
     hooks.register_payout(REFERENCE_PREFIX, payouts.on_payout_change)

@@ -4,9 +4,11 @@
   model, receivers get it validated (:class:`EventHandlers`).
 - :class:`EventPublisher` writes events into the caller's transaction (no commit, no I/O).
 - :class:`OutboxRelay` claims due rows with ``FOR UPDATE SKIP LOCKED``, POSTs them signed to
-  each subscriber's ``/internal/events`` and reschedules failures with exponential backoff,
-  marking a row ``dead`` after the configured number of attempts.
-- :func:`inbox_router` verifies the signature and applies each event id once.
+  each subscriber (in batches to ``/internal/events/batch``, one alone to
+  ``/internal/events``), settles each row by its event's result and reschedules failures
+  with exponential backoff, marking a row ``dead`` after the configured number of attempts.
+- :func:`inbox_router` verifies the signature and applies each event id once, one event or
+  a batch (handlers may take a batch at once: ``EventHandlers.on_batch``).
 """
 
 from shared.events._envelope import Envelope

@@ -18,7 +18,7 @@ the relay keeps it until they are upgraded and it is re-driven: nothing is lost.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -90,6 +90,8 @@ def contract_for(event_type: str, version: int) -> type[EventPayload] | None:
 
 P = TypeVar("P", bound=EventPayload)
 Handler = Callable[[AsyncSession, Any, Envelope], Awaitable[None]]
+# A handler of many events at once: (payload, envelope) pairs, in the order they came.
+BatchHandler = Callable[[AsyncSession, Sequence[tuple[Any, Envelope]]], Awaitable[None]]
 
 
 class EventHandlers:
@@ -100,12 +102,22 @@ class EventHandlers:
         @handlers.on(PaymentSucceeded)
         async def accrue(session: AsyncSession, event: PaymentSucceeded, envelope: Envelope): ...
 
+        @handlers.on_batch(OrderPaid, OrderRefunded)
+        async def settle(session: AsyncSession, events: Sequence[tuple[OrderEvent, Envelope]]): ...
+
     A handler gets the validated payload (and the envelope: id, source, occurred_at), in the
-    transaction that records the event in the inbox.
+    transaction that records the event in the inbox. A batch handler gets every new event of
+    its types of one delivery at once (a single event as a list of one), in delivery order,
+    so it can apply them with set-based statements.
     """
 
     def __init__(self) -> None:
         self._by_type: dict[str, Handler] = {}
+        self._batch_by_type: dict[str, BatchHandler] = {}
+
+    def _claim(self, event_type: str) -> None:
+        if event_type in self._by_type or event_type in self._batch_by_type:
+            raise ValueError(f"{event_type} has a handler already")
 
     def on(
         self, contract: type[P]
@@ -116,15 +128,39 @@ class EventHandlers:
         def register(
             handler: Callable[[AsyncSession, P, Envelope], Awaitable[None]],
         ) -> Callable[[AsyncSession, P, Envelope], Awaitable[None]]:
-            if contract.event_type in self._by_type:
-                raise ValueError(f"{contract.event_type} has a handler already")
+            self._claim(contract.event_type)
             self._by_type[contract.event_type] = handler
             return handler
 
         return register
 
-    def handler(self, event_type: str) -> Handler | None:
-        return self._by_type.get(event_type)
+    def on_batch(self, *contracts: type[EventPayload]) -> Callable[[BatchHandler], BatchHandler]:
+        def register(handler: BatchHandler) -> BatchHandler:
+            for contract in contracts:
+                self._claim(contract.event_type)
+                self._batch_by_type[contract.event_type] = handler
+            return handler
+
+        return register
+
+    def handles(self, event_type: str) -> bool:
+        return event_type in self._by_type or event_type in self._batch_by_type
+
+    async def apply(self, session: AsyncSession, events: Sequence[tuple[Any, Envelope]]) -> None:
+        """Applies validated events: one-by-one handlers in order, then each batch handler
+        once with its events (in order). Events of different handlers must not depend on
+        each other's order: deliveries are retried on their own anyway."""
+        batches: dict[BatchHandler, list[tuple[Any, Envelope]]] = {}
+        for payload, envelope in events:
+            single = self._by_type.get(envelope.type)
+            if single is not None:
+                await single(session, payload, envelope)
+            else:
+                batches.setdefault(self._batch_by_type[envelope.type], []).append(
+                    (payload, envelope)
+                )
+        for handler, items in batches.items():
+            await handler(session, items)
 
 
 # --- payments (published by orders and crowdfund) ----------------------------------------

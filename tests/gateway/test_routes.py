@@ -25,7 +25,9 @@ from gateway.routes import ROUTES, Target, resolve
         ("/v1/webhooks/gateway/stripe", None),
         ("/v1", None),
         ("/internal/events", None),
+        ("/internal/events/batch", None),
         ("/v1/orders/../../internal/events", None),
+        ("/v1/orders/../../internal/events/batch", None),
         ("/v1/webhooks/orders/./stripe", None),
         # Encoded, double-encoded and slash-hidden dot segments never leave the gateway.
         ("/v1/orders/%2e%2e/%2e%2e/internal/events", None),

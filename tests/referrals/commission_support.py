@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -172,3 +173,18 @@ async def withdraw(
         json={"distributor_id": distributor_id, "amount": amount},
         headers={**who, "Idempotency-Key": uuid.uuid4().hex},
     )
+
+
+def signed_batch(
+    envelopes: list[Envelope], secret: str = TEST_EVENT_SECRET
+) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of a batch, as the relay sends it."""
+    body = json.dumps(
+        {"events": [e.model_dump(mode="json") for e in envelopes]}, separators=(",", ":")
+    ).encode()
+    return body, {SIGNATURE_HEADER: sign(secret, body), "content-type": "application/json"}
+
+
+async def deliver_batch(client: httpx.AsyncClient, envelopes: list[Envelope]) -> httpx.Response:
+    body, headers = signed_batch(envelopes)
+    return await client.post("/internal/events/batch", content=body, headers=headers)

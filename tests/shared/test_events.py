@@ -61,25 +61,42 @@ async def record_effect(session: AsyncSession, event: Marked, envelope: Envelope
     )
 
 
+class Poisoned(EventPayload, event_type="test.poisoned"):
+    """A test's own contract, whose handler fails (a bug in a handler)."""
+
+    marker: str
+
+
+@handlers.on(Poisoned)
+async def fail(session: AsyncSession, event: Poisoned, envelope: Envelope) -> None:
+    raise RuntimeError("a handler's bug")
+
+
 @dataclass
 class Counting:
-    """Records the event id of every POST that reaches the subscriber, duplicates included."""
+    """Records the event id of every event POSTed to the subscriber (alone or in a batch),
+    duplicates included."""
 
     app: ASGIApp
     posted_ids: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []
+        self.paths.append(scope["path"])
 
         async def recording_receive() -> Message:
             message = await receive()
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 with contextlib.suppress(ValueError, KeyError, TypeError):
-                    self.posted_ids.append(json.loads(b"".join(chunks))["id"])
+                    posted = json.loads(b"".join(chunks))
+                    # One event, or a batch of them (/internal/events/batch).
+                    for event in posted.get("events", [posted]):
+                        self.posted_ids.append(event["id"])
             return message
 
         await self.app(scope, recording_receive, send)
@@ -530,3 +547,71 @@ async def test_the_relay_ignores_proxy_settings_for_peers(
     async with serve(subscriber_app) as url:
         await drain(relay(maker, url), orders, events)
     assert await effects(referrals, marker) == {str(events[0].id): 1}
+
+
+class TestBatches:
+    async def test_a_subscribers_due_events_go_in_batches_each_applied_once(
+        self, engines: tuple[AsyncEngine, AsyncEngine], subscriber_app: Counting, marker: str
+    ) -> None:
+        orders, referrals = engines
+        maker = sessionmaker_for(orders)
+        events = await publish(maker, marker, n=25)
+        policy = RelayPolicy(max_attempts=5, max_events_per_post=10, backoff_base_seconds=0.01)
+        async with serve(subscriber_app) as url:
+            await drain(relay(maker, url, policy), orders, events)
+        assert [row["status"] for row in await outbox_rows(orders, events)] == ["delivered"] * 25
+        assert await effects(referrals, marker) == {str(e.id): 1 for e in events}
+        # 10 + 10 + 5: three POSTs, none of one event alone.
+        assert subscriber_app.paths.count("/internal/events/batch") >= 3
+        ours = {str(e.id) for e in events}
+        assert sorted(i for i in subscriber_app.posted_ids if i in ours) == sorted(ours)
+
+    async def test_a_batch_that_fails_is_sent_again_one_event_a_post(
+        self, engines: tuple[AsyncEngine, AsyncEngine], subscriber_app: Counting, marker: str
+    ) -> None:
+        """A handler's bug (500) on one event of a batch holds back only that event."""
+        orders, referrals = engines
+        maker = sessionmaker_for(orders)
+        async with maker() as session, session.begin():
+            good = [
+                await publisher().publish(session, Marked(marker=marker, n=i)) for i in range(3)
+            ]
+            poison = await publisher().publish(session, Poisoned(marker=marker))
+        async with serve(subscriber_app) as url:
+            await relay(maker, url).run_once()
+        rows = {row["event_id"]: row for row in await outbox_rows(orders, [*good, poison])}
+        assert [rows[e.id]["status"] for e in good] == ["delivered"] * 3
+        assert rows[poison.id]["status"] == "pending"
+        assert rows[poison.id]["last_error"].startswith("HTTP 500")
+        assert await effects(referrals, marker) == {str(e.id): 1 for e in good}
+        o = orders_platform.outbox
+        async with orders.begin() as conn:  # tidy: no other test's relay should meet it
+            await conn.execute(update(o).where(o.c.event_id == poison.id).values(status="dead"))
+
+    async def test_an_event_the_subscriber_rejects_is_retried_alone(
+        self, engines: tuple[AsyncEngine, AsyncEngine], subscriber_app: Counting, marker: str
+    ) -> None:
+        orders, referrals = engines
+        maker = sessionmaker_for(orders)
+        good = await publish(maker, marker, n=2)
+        broken = Envelope(type="test.marked", source="orders", payload={"marker": 5})
+        o = orders_platform.outbox
+        async with orders.begin() as conn:  # a publisher with an older contract, say
+            await conn.execute(
+                o.insert().values(
+                    event_id=broken.id,
+                    event_type=broken.type,
+                    subscriber="referrals",
+                    envelope=broken.model_dump(mode="json"),
+                )
+            )
+        async with serve(subscriber_app) as url:
+            await relay(maker, url).run_once()
+        rows = {row["event_id"]: row for row in await outbox_rows(orders, [*good, broken])}
+        assert [rows[e.id]["status"] for e in good] == ["delivered"] * 2
+        assert rows[broken.id]["status"] == "pending"
+        assert rows[broken.id]["attempts"] == 1
+        assert rows[broken.id]["last_error"].startswith("HTTP 422: invalid_event")
+        assert await effects(referrals, marker) == {str(e.id): 1 for e in good}
+        async with orders.begin() as conn:
+            await conn.execute(update(o).where(o.c.event_id == broken.id).values(status="dead"))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, case, func, select, union_all, update
+from sqlalchemy import Select, case, func, select, text, tuple_, union_all, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -61,6 +61,268 @@ class CommissionRow:
     state: str
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewAttribution:
+    source_type: str
+    source_id: uuid.UUID
+    merchant_id: str
+    customer_id: str
+    distributor_id: uuid.UUID | None
+    upline_id: uuid.UUID | None
+    link_id: uuid.UUID | None
+    leader_id: uuid.UUID | None
+    self_referral: bool
+    paid_total: int
+    refunded_total: int
+    currency: str
+    completed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NewCommission:
+    id: uuid.UUID
+    source_type: str
+    source_id: uuid.UUID
+    merchant_id: str
+    distributor_id: uuid.UUID
+    level: int
+    payee: str
+    rate_bps: int
+    currency: str
+    amount: int
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewEntry:
+    merchant_id: str
+    commission_id: uuid.UUID
+    source_event: str
+    kind: str
+    debit_account: str
+    credit_account: str
+    amount: int
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewBinding:
+    merchant_id: str
+    customer_id: str
+    distributor_id: uuid.UUID
+    bound_at: datetime
+    expires_at: datetime
+
+
+SourceKey = tuple[str, uuid.UUID]
+
+
+async def lock_keys(session: AsyncSession, keys: Collection[str]) -> None:
+    """Transaction-scoped advisory locks on ``keys`` (names of sources and customers), taken
+    in one order by every transaction, so that deliveries touching the same ones queue
+    instead of deadlocking."""
+    await session.execute(
+        text(
+            "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(x, 0) AS k"
+            " FROM unnest(CAST(:keys AS text[])) AS x ORDER BY 1) AS ordered"
+        ),
+        {"keys": sorted(set(keys))},
+    )
+
+
+async def attributions_of(
+    session: AsyncSession, keys: Collection[SourceKey]
+) -> dict[SourceKey, AttributionRow]:
+    """The attributions of these sources that exist, locked (in key order) with their
+    commissions to come: the holding period's release takes the same rows in that order."""
+    rows = await session.execute(
+        select(a)
+        .where(tuple_(a.c.source_type, a.c.source_id).in_(list(keys)))
+        .order_by(a.c.source_type, a.c.source_id)
+        .with_for_update()
+    )
+    return {(r.source_type, r.source_id): AttributionRow(**r._mapping) for r in rows}
+
+
+async def commissions_of_many(
+    session: AsyncSession, keys: Collection[SourceKey]
+) -> dict[SourceKey, list[CommissionRow]]:
+    """The commissions of these sources, locked, each source's in (payee, level) order."""
+    rows = await session.execute(
+        select(c)
+        .where(tuple_(c.c.source_type, c.c.source_id).in_(list(keys)))
+        .order_by(c.c.source_type, c.c.source_id, c.c.payee, c.c.level)
+        .with_for_update()
+    )
+    out: dict[SourceKey, list[CommissionRow]] = {}
+    for r in rows:
+        out.setdefault((r.source_type, r.source_id), []).append(CommissionRow(**r._mapping))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class AttributionTotals:
+    source_type: str
+    source_id: uuid.UUID
+    paid_total: int
+    refunded_total: int
+    completed: bool
+    refunded_after_completion_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CommissionChange:
+    id: uuid.UUID
+    amount: int
+    state: str
+
+
+_SETTLE_MANY = text(
+    """
+    WITH totals AS (
+        UPDATE attribution SET paid_total = t.paid_total, refunded_total = t.refunded_total,
+            completed = t.completed, refunded_after_completion_at = t.refunded_after_completion_at,
+            updated_at = now()
+        FROM unnest(CAST(:t_source_type AS text[]), CAST(:t_source_id AS uuid[]),
+            CAST(:t_paid_total AS bigint[]), CAST(:t_refunded_total AS bigint[]),
+            CAST(:t_completed AS boolean[]), CAST(:t_refunded_after_completion_at AS timestamptz[]))
+            AS t(source_type, source_id, paid_total, refunded_total, completed,
+                 refunded_after_completion_at)
+        WHERE attribution.source_type = t.source_type AND attribution.source_id = t.source_id
+    ), changes AS (
+        UPDATE commission SET amount = x.amount, state = x.state, updated_at = now()
+        FROM unnest(CAST(:x_id AS uuid[]), CAST(:x_amount AS bigint[]), CAST(:x_state AS text[]))
+            AS x(id, amount, state)
+        WHERE commission.id = x.id
+    )
+    INSERT INTO ledger_entry (merchant_id, commission_id, source_event, kind, debit_account,
+        credit_account, amount, currency)
+    SELECT * FROM unnest(CAST(:e_merchant_id AS text[]), CAST(:e_commission_id AS uuid[]),
+        CAST(:e_source_event AS text[]), CAST(:e_kind AS text[]),
+        CAST(:e_debit_account AS text[]), CAST(:e_credit_account AS text[]),
+        CAST(:e_amount AS bigint[]), CAST(:e_currency AS text[]))
+    ON CONFLICT DO NOTHING
+    """
+)
+
+
+async def settle_many(
+    session: AsyncSession,
+    totals: Sequence[AttributionTotals],
+    changes: Sequence[CommissionChange],
+    entries: Sequence[NewEntry],
+) -> None:
+    """Attributions' new totals, their commissions' new amounts and states, and the entries
+    that move them, in one statement (the rows are locked by the caller)."""
+    await session.execute(
+        _SETTLE_MANY,
+        {
+            **_arrays(totals, AttributionTotals, "t_"),
+            **_arrays(changes, CommissionChange, "x_"),
+            **_arrays(entries, NewEntry, "e_"),
+        },
+    )
+
+
+async def live_bindings(
+    session: AsyncSession, pairs: Collection[tuple[str, str]], now: datetime
+) -> dict[tuple[str, str], uuid.UUID]:
+    """The distributor each (merchant, customer) is bound to, while the binding lasts."""
+    rows = await session.execute(
+        select(b.c.merchant_id, b.c.customer_id, b.c.distributor_id).where(
+            tuple_(b.c.merchant_id, b.c.customer_id).in_(list(pairs)), b.c.expires_at > now
+        )
+    )
+    return {(r.merchant_id, r.customer_id): r.distributor_id for r in rows}
+
+
+_BIND_MANY = text(
+    """
+    INSERT INTO customer_binding (merchant_id, customer_id, distributor_id, bound_at, expires_at)
+    SELECT * FROM unnest(CAST(:merchant_id AS text[]), CAST(:customer_id AS text[]),
+        CAST(:distributor_id AS uuid[]), CAST(:bound_at AS timestamptz[]),
+        CAST(:expires_at AS timestamptz[]))
+    ON CONFLICT (merchant_id, customer_id) DO UPDATE SET distributor_id = excluded.distributor_id,
+        bound_at = excluded.bound_at, expires_at = excluded.expires_at
+    """
+)
+
+
+async def bind_many(session: AsyncSession, bindings: Sequence[NewBinding]) -> None:
+    """``bind`` for several customers (each once) in one statement, in key order."""
+    ordered = sorted(bindings, key=lambda x: (x.merchant_id, x.customer_id))
+    await session.execute(_BIND_MANY, _arrays(ordered, NewBinding))
+
+
+def _arrays(rows: Sequence[Any], model: type[Any], prefix: str = "") -> dict[str, list[Any]]:
+    """One array parameter per field of ``model`` (a dataclass), for ``unnest``."""
+    return {
+        f"{prefix}{name}": [getattr(r, name) for r in rows] for name in model.__dataclass_fields__
+    }
+
+
+_INSERT_ATTRIBUTED = text(
+    """
+    WITH new_attribution AS (
+        INSERT INTO attribution (source_type, source_id, merchant_id, customer_id,
+            distributor_id, upline_id, link_id, leader_id, self_referral, paid_total,
+            refunded_total, currency, completed)
+        SELECT * FROM unnest(CAST(:a_source_type AS text[]), CAST(:a_source_id AS uuid[]),
+            CAST(:a_merchant_id AS text[]), CAST(:a_customer_id AS text[]),
+            CAST(:a_distributor_id AS uuid[]), CAST(:a_upline_id AS uuid[]),
+            CAST(:a_link_id AS uuid[]), CAST(:a_leader_id AS uuid[]),
+            CAST(:a_self_referral AS boolean[]), CAST(:a_paid_total AS bigint[]),
+            CAST(:a_refunded_total AS bigint[]), CAST(:a_currency AS text[]),
+            CAST(:a_completed AS boolean[]))
+        ON CONFLICT DO NOTHING
+        RETURNING source_type, source_id
+    ), new_commission AS (
+        INSERT INTO commission (id, source_type, source_id, merchant_id, distributor_id, level,
+            payee, rate_bps, currency, amount, state)
+        SELECT c.* FROM unnest(CAST(:c_id AS uuid[]), CAST(:c_source_type AS text[]),
+            CAST(:c_source_id AS uuid[]), CAST(:c_merchant_id AS text[]),
+            CAST(:c_distributor_id AS uuid[]), CAST(:c_level AS smallint[]),
+            CAST(:c_payee AS text[]), CAST(:c_rate_bps AS integer[]),
+            CAST(:c_currency AS text[]), CAST(:c_amount AS bigint[]), CAST(:c_state AS text[]))
+            AS c(id, source_type, source_id, merchant_id, distributor_id, level, payee,
+                 rate_bps, currency, amount, state)
+        JOIN new_attribution n ON n.source_type = c.source_type AND n.source_id = c.source_id
+        RETURNING id
+    ), new_entry AS (
+        INSERT INTO ledger_entry (merchant_id, commission_id, source_event, kind,
+            debit_account, credit_account, amount, currency)
+        SELECT e.* FROM unnest(CAST(:e_merchant_id AS text[]), CAST(:e_commission_id AS uuid[]),
+            CAST(:e_source_event AS text[]), CAST(:e_kind AS text[]),
+            CAST(:e_debit_account AS text[]), CAST(:e_credit_account AS text[]),
+            CAST(:e_amount AS bigint[]), CAST(:e_currency AS text[]))
+            AS e(merchant_id, commission_id, source_event, kind, debit_account,
+                 credit_account, amount, currency)
+        JOIN new_commission n ON n.id = e.commission_id
+        ON CONFLICT DO NOTHING
+    )
+    SELECT source_type, source_id FROM new_attribution
+    """
+)
+
+
+async def insert_attributed(
+    session: AsyncSession,
+    attributions: Sequence[NewAttribution],
+    commissions: Sequence[NewCommission],
+    entries: Sequence[NewEntry],
+) -> set[SourceKey]:
+    """Attributions, their commissions and the commissions' first entries, in one
+    statement. A source attributed already (by a concurrent delivery) is left alone, and so
+    are its commissions and entries here; returns the sources attributed now."""
+    params = {
+        **_arrays(attributions, NewAttribution, "a_"),
+        **_arrays(commissions, NewCommission, "c_"),
+        **_arrays(entries, NewEntry, "e_"),
+    }
+    inserted = await session.execute(_INSERT_ATTRIBUTED, params)
+    return {(str(t), uuid.UUID(str(source_id))) for t, source_id in inserted}
 
 
 async def get_attribution(

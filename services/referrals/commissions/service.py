@@ -42,7 +42,6 @@ from services.referrals.programs import repository as programs
 from services.referrals.programs.repository import ProgramRow
 from services.referrals.programs.schemas import Balances
 from services.referrals.programs.service import leader_payee, rates_for
-from shared.events import Envelope
 from shared.events.contracts import OrderCompleted, OrderEvent, PledgeEvent
 from shared.scheduler import Job, schedule
 
@@ -121,19 +120,10 @@ class Source:
         )
 
 
-async def on_order_event(session: AsyncSession, event: OrderEvent, envelope: Envelope) -> None:
-    """Any order event: attribute (once), take its totals, settle every level; a completed
-    order's commissions become available."""
-    await _on_source(session, Source.of_order(event), str(envelope.id))
-
-
-async def on_pledge_event(session: AsyncSession, event: PledgeEvent, envelope: Envelope) -> None:
-    """A pledge charged, refunded or dropped: as an order's events, released by the holding
-    period (a pledge has no completion)."""
-    await _on_source(session, Source.of_pledge(event), str(envelope.id))
-
-
-async def _on_source(session: AsyncSession, source: Source, event_id: str) -> None:
+async def on_source(session: AsyncSession, source: Source, event_id: str) -> None:
+    """One event of an order or a pledge: attribute (once), take its totals, settle every
+    level; a completed order's commissions become available. (Deliveries come through
+    commissions/batch.py, which does the common case for many events at once.)"""
     rules = await programs.get_program(session, source.merchant_id)
     if rules is None:
         return  # the merchant runs no program
@@ -167,20 +157,24 @@ async def release_held(session: AsyncSession, job: Job) -> None:
         await _settle(session, attr, level, f"job:{job.id}")
 
 
+def hold_until(rules: ProgramRow, source_type: str, now: datetime) -> datetime | None:
+    """The end of a source's holding period, counted from its first payment (None: an
+    order's commissions wait for its completion)."""
+    days = rules.holding_days
+    if days is None and source_type == ORDER:
+        return None
+    return now + timedelta(days=DEFAULT_PLEDGE_HOLDING_DAYS if days is None else days)
+
+
 async def _hold(
     session: AsyncSession, rules: ProgramRow, source_type: str, source_id: uuid.UUID
 ) -> None:
     """Schedules the end of the holding period, counted from the first payment."""
-    days = rules.holding_days
-    if days is None and source_type == ORDER:
-        return  # an order's commissions wait for its completion
-    await schedule(
-        session,
-        platform,
-        kind=RELEASE_JOB,
-        key=f"{source_type}:{source_id}",
-        run_at=now_utc() + timedelta(days=DEFAULT_PLEDGE_HOLDING_DAYS if days is None else days),
-    )
+    run_at = hold_until(rules, source_type, now_utc())
+    if run_at is not None:
+        await schedule(
+            session, platform, kind=RELEASE_JOB, key=f"{source_type}:{source_id}", run_at=run_at
+        )
 
 
 async def bind_by_rule(

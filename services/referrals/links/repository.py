@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -41,6 +41,11 @@ async def insert_link(session: AsyncSession, values: Mapping[str, Any]) -> LinkR
 async def link_by_code(session: AsyncSession, code: str) -> LinkRow | None:
     row = (await session.execute(select(k).where(k.c.code == code))).first()
     return None if row is None else LinkRow(**row._mapping)
+
+
+async def links_by_code(session: AsyncSession, codes: Collection[str]) -> dict[str, LinkRow]:
+    rows = await session.execute(select(k).where(k.c.code.in_(list(codes))))
+    return {r.code: LinkRow(**r._mapping) for r in rows}
 
 
 async def count_click(session: AsyncSession, code: str) -> LinkRow | None:

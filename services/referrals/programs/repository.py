@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -61,6 +61,13 @@ async def get_program(session: AsyncSession, merchant_id: str) -> ProgramRow | N
     return None if row is None else ProgramRow(**row._mapping)
 
 
+async def programs_of(
+    session: AsyncSession, merchant_ids: Collection[str]
+) -> dict[str, ProgramRow]:
+    rows = await session.execute(select(p).where(p.c.merchant_id.in_(list(merchant_ids))))
+    return {r.merchant_id: ProgramRow(**r._mapping) for r in rows}
+
+
 async def put_program(
     session: AsyncSession, merchant_id: str, values: Mapping[str, Any]
 ) -> ProgramRow:
@@ -98,6 +105,33 @@ async def get_distributor(
 async def distributor_by_code(session: AsyncSession, code: str) -> DistributorRow | None:
     row = (await session.execute(select(d).where(d.c.code == code))).first()
     return None if row is None else DistributorRow(**row._mapping)
+
+
+async def distributors_by_code(
+    session: AsyncSession, codes: Collection[str]
+) -> dict[str, DistributorRow]:
+    rows = await session.execute(select(d).where(d.c.code.in_(list(codes))))
+    return {r.code: DistributorRow(**r._mapping) for r in rows}
+
+
+async def distributors_and_uplines(
+    session: AsyncSession, ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, DistributorRow]:
+    """The distributors ``ids`` and their uplines (never further up), in one query."""
+    wanted = list(ids)
+    uplines = select(d.c.upline_id).where(d.c.id.in_(wanted), d.c.upline_id.is_not(None))
+    rows = await session.execute(select(d).where(d.c.id.in_(wanted) | d.c.id.in_(uplines)))
+    return {r.id: DistributorRow(**r._mapping) for r in rows}
+
+
+async def distributors_of_users(
+    session: AsyncSession, pairs: Collection[tuple[str, str]]
+) -> dict[tuple[str, str], DistributorRow]:
+    """The distributor records of (merchant, user) pairs that have one."""
+    rows = await session.execute(
+        select(d).where(tuple_(d.c.merchant_id, d.c.user_id).in_(list(pairs)))
+    )
+    return {(r.merchant_id, r.user_id): DistributorRow(**r._mapping) for r in rows}
 
 
 async def distributor_of(
@@ -211,6 +245,18 @@ async def delete_override(
         .returning(_o.c.target_id)
     )
     return result.first() is not None
+
+
+async def overrides_for(
+    session: AsyncSession, targets: Collection[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], OverrideRow]:
+    """The overrides of (merchant, target type, target id) triples that have one."""
+    rows = await session.execute(
+        select(_o).where(
+            tuple_(_o.c.merchant_id, _o.c.target_type, _o.c.target_id).in_(list(targets))
+        )
+    )
+    return {(r.merchant_id, r.target_type, r.target_id): OverrideRow(**r._mapping) for r in rows}
 
 
 async def overrides(session: AsyncSession, merchant_id: str) -> list[OverrideRow]:
