@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
 from shared.auth import TokenVerifier
-from shared.db import autocommit_sessionmaker_for, make_engine, sessionmaker_for
+from shared.db import autocommit_engine_for, make_engine, sessionmaker_for
 from shared.errors import install_error_handlers, problem_response
 from shared.events import EventHandlers, OutboxRelay, inbox_router
 from shared.events._relay import RelayPolicy
@@ -133,7 +133,7 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
         probe_engine = make_engine(settings.database_url, pool_size=1, pre_ping=True)
         app.state.probe_engine = probe_engine
         app.state.sessionmaker = sessionmaker_for(engine)
-        app.state.autocommit_sessionmaker = autocommit_sessionmaker_for(engine)
+        app.state.autocommit_engine = autocommit_engine_for(engine)
         for hook in spec.on_startup:
             await hook(app)
         stop = asyncio.Event()

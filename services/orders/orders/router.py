@@ -82,7 +82,8 @@ _PAY = (
 )
 
 
-def _orders(request: Request) -> Orders:
+async def _orders(request: Request) -> Orders:
+    # async: a plain def would run in the thread pool, a thread hop on every request.
     orders: Orders = request.app.state.orders
     return orders
 
