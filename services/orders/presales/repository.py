@@ -52,6 +52,7 @@ class CampaignRow:
     early_bird_units: int | None
     status: str
     paused: bool
+    restricted: bool  # only some customers may order (see eligibility)
     reserved_quantity: int
     committed_quantity: int
     terms_locked_at: datetime | None
