@@ -19,7 +19,7 @@ from shared.db import autocommit_engine_for, make_engine, sessionmaker_for
 from shared.errors import install_error_handlers, problem_response
 from shared.events import EventHandlers, OutboxRelay, inbox_router
 from shared.events._relay import RelayPolicy
-from shared.idempotency import IdempotencyMiddleware, purge_expired
+from shared.idempotency import IdempotencyMiddleware, PreClaim, purge_expired
 from shared.limits import RequestLimitsMiddleware
 from shared.observability import RequestContextMiddleware, configure_logging, metrics_endpoint
 from shared.openapi import install_openapi
@@ -48,6 +48,8 @@ class ServiceSpec:
     jobs: Mapping[str, JobHandler | Detached] = field(default_factory=dict)
     on_startup: Sequence[Startup] = ()
     on_shutdown: Sequence[Startup] = ()
+    # Refusals the idempotency middleware may give before claiming a key (shared/idempotency).
+    prechecks: Sequence[PreClaim] = ()
 
 
 def _relay_for(app: FastAPI) -> OutboxRelay:
@@ -174,7 +176,7 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
         )
     install_error_handlers(app)
     install_openapi(app)
-    app.add_middleware(IdempotencyMiddleware)
+    app.add_middleware(IdempotencyMiddleware, prechecks=spec.prechecks)
     app.add_middleware(RequestLimitsMiddleware, limits=settings.request_limits())
     app.add_middleware(RequestContextMiddleware, service=spec.name)
 

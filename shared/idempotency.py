@@ -27,6 +27,7 @@ import asyncio
 import hashlib
 import re
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any, cast
@@ -38,7 +39,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.auth import TokenVerifier
+from shared.auth import Principal, TokenVerifier
 from shared.errors import BadRequest, DomainError, send_problem
 from shared.limits import read_body
 from shared.openapi import REQUIRED_MARK
@@ -49,6 +50,8 @@ __all__ = [
     "FreshKey",
     "IdempotencyKeyRequired",
     "IdempotencyMiddleware",
+    "PreClaim",
+    "PreClaimCheck",
     "purge_expired",
 ]
 
@@ -114,9 +117,41 @@ Stored = tuple[int, list[tuple[str, str]], bytes]
 IDEMPOTENCY_ERRORS = (IdempotencyKeyMissing, IdempotencyKeyReused, IdempotencyInFlight)
 
 
+# A refusal an endpoint can give before its key is claimed, from what the process already
+# knows (a campaign it found sold out a moment ago): called with the request's scope, its
+# body and the verified caller (None without a valid token). It returns the error the
+# endpoint would answer, or None to let the request run as usual. It must be a refusal the
+# endpoint gives with nothing written and nothing stored (a 409): answered from here, the key
+# is not claimed, and a retry runs again, as after any 409.
+PreClaimCheck = Callable[[Scope, bytes, Principal | None], Awaitable[DomainError | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class PreClaim:
+    """A :data:`PreClaimCheck` for the POSTs whose path fully matches ``pattern``: those of
+    the route ``path`` (its template, which the request metrics are labelled with)."""
+
+    path: str
+    pattern: re.Pattern[str]
+    check: PreClaimCheck
+
+
 class IdempotencyMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, prechecks: Sequence[PreClaim] = ()) -> None:
         self.app = app
+        self.prechecks = tuple(prechecks)
+
+    async def _refusal(self, scope: Scope, body: bytes) -> DomainError | None:
+        for pre in self.prechecks:
+            if pre.pattern.fullmatch(scope["path"]):
+                principal = scope["state"].get("principal")
+                refusal = await pre.check(
+                    scope, body, principal if isinstance(principal, Principal) else None
+                )
+                if refusal is not None:
+                    scope["route"] = pre  # counted under its route, as the endpoint's are
+                return refusal
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -162,6 +197,20 @@ class IdempotencyMiddleware:
             ),
             key=key,
         )
+        early = await self._refusal(scope, body) if self.prechecks else None
+        if early is not None and not await claim.known():
+            # A refusal from memory for a key never used (a used one may have a response to
+            # replay): one statement instead of a claim and its release.
+            await send_problem(
+                scope,
+                send,
+                status=early.status,
+                code=early.code,
+                title=early.title,
+                detail=early.detail,
+                extra=early.extra or None,
+            )
+            return
         digest = hashlib.sha256(b"POST\n" + path.encode() + b"\n" + body).hexdigest()
 
         decision, stored = await claim.begin(path, digest)
@@ -270,6 +319,7 @@ class _Statements:
     columns: in an UPDATE, SQLAlchemy would take such a parameter for a new value."""
 
     table: Any
+    known: Executable
     claim: Executable
     renew: Executable
     complete: Executable
@@ -291,6 +341,9 @@ def _statements(table: Any) -> _Statements:
     )
     built = _Statements(
         table=t,
+        known=select(t.c.key).where(
+            t.c.scope == bindparam("b_caller"), t.c.key == bindparam("b_key")
+        ),
         claim=insert(t)
         .values(
             scope=bindparam("b_caller"),
@@ -348,6 +401,10 @@ class _Claim:
         async with self.single.connect() as conn:
             result = await conn.execute(stmt, params)
             return result.returns_rows and result.first() is not None
+
+    async def known(self) -> bool:
+        """Whether a request used this key already (whatever became of it)."""
+        return await self._single(self.sql.known, {"b_caller": self.caller, "b_key": self.key})
 
     async def begin(self, path: str, digest: str) -> tuple[str, Stored | None]:
         t = self.sql.table
