@@ -15,11 +15,11 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
 from shared.auth import TokenVerifier
-from shared.db import autocommit_sessionmaker_for, make_engine, sessionmaker_for
+from shared.db import autocommit_engine_for, make_engine, sessionmaker_for
 from shared.errors import install_error_handlers, problem_response
 from shared.events import EventHandlers, OutboxRelay, inbox_router
 from shared.events._relay import RelayPolicy
-from shared.idempotency import IdempotencyMiddleware, purge_expired
+from shared.idempotency import IdempotencyMiddleware, PreClaim, purge_expired
 from shared.limits import RequestLimitsMiddleware
 from shared.observability import RequestContextMiddleware, configure_logging, metrics_endpoint
 from shared.openapi import install_openapi
@@ -48,6 +48,8 @@ class ServiceSpec:
     jobs: Mapping[str, JobHandler | Detached] = field(default_factory=dict)
     on_startup: Sequence[Startup] = ()
     on_shutdown: Sequence[Startup] = ()
+    # Refusals the idempotency middleware may give before claiming a key (shared/idempotency).
+    prechecks: Sequence[PreClaim] = ()
 
 
 def _relay_for(app: FastAPI) -> OutboxRelay:
@@ -134,7 +136,7 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
         probe_engine = make_engine(settings.database_url, pool_size=1, pre_ping=True)
         app.state.probe_engine = probe_engine
         app.state.sessionmaker = sessionmaker_for(engine)
-        app.state.autocommit_sessionmaker = autocommit_sessionmaker_for(engine)
+        app.state.autocommit_engine = autocommit_engine_for(engine)
         for hook in spec.on_startup:
             await hook(app)
         stop = asyncio.Event()
@@ -175,7 +177,7 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
         )
     install_error_handlers(app)
     install_openapi(app)
-    app.add_middleware(IdempotencyMiddleware)
+    app.add_middleware(IdempotencyMiddleware, prechecks=spec.prechecks)
     app.add_middleware(RequestLimitsMiddleware, limits=settings.request_limits())
     app.add_middleware(RequestContextMiddleware, service=spec.name)
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import registry
 __all__ = [
     "NAMING_CONVENTION",
     "SessionDep",
-    "autocommit_sessionmaker_for",
+    "autocommit_engine_for",
     "make_engine",
     "make_registry",
     "session_dependency",
@@ -76,12 +76,10 @@ def sessionmaker_for(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-def autocommit_sessionmaker_for(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions whose every statement commits on its own (no BEGIN/COMMIT round trips), on
-    the same pool: for work that is a single statement."""
-    return async_sessionmaker(
-        engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
-    )
+def autocommit_engine_for(engine: AsyncEngine) -> AsyncEngine:
+    """The same pool, each statement committing on its own (no BEGIN/COMMIT round trips), for
+    work that is a single statement: run on a connection, without a session around it."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 async def session_dependency(request: Request) -> AsyncIterator[AsyncSession]:

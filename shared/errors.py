@@ -210,6 +210,7 @@ async def send_problem(
     title: str,
     detail: str | None = None,
     headers: list[tuple[bytes, bytes]] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """Writes a problem+json response from raw ASGI code (middleware, the gateway's proxy)."""
     state = scope.get("state") or {}
@@ -222,6 +223,7 @@ async def send_problem(
             detail=detail,
             instance=scope.get("path"),
             request_id=rid if isinstance(rid, str) else None,
+            extra=extra,
         ),
         ensure_ascii=False,
     ).encode()

@@ -27,18 +27,19 @@ import asyncio
 import hashlib
 import re
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any, cast
 from urllib.parse import quote
 
 from fastapi import Depends, Header, Request
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import Executable, and_, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.auth import TokenVerifier
+from shared.auth import Principal, TokenVerifier
 from shared.errors import BadRequest, DomainError, send_problem
 from shared.limits import read_body
 from shared.openapi import REQUIRED_MARK
@@ -49,6 +50,8 @@ __all__ = [
     "FreshKey",
     "IdempotencyKeyRequired",
     "IdempotencyMiddleware",
+    "PreClaim",
+    "PreClaimCheck",
     "purge_expired",
 ]
 
@@ -102,7 +105,7 @@ IdempotencyKeyRequired = Annotated[str, Depends(_require_key)]
 _FRESH = "idempotency_key_fresh"
 
 
-def _fresh(request: Request) -> bool:
+async def _fresh(request: Request) -> bool:
     return bool(request.scope.get("state", {}).get(_FRESH, False))
 
 
@@ -114,9 +117,41 @@ Stored = tuple[int, list[tuple[str, str]], bytes]
 IDEMPOTENCY_ERRORS = (IdempotencyKeyMissing, IdempotencyKeyReused, IdempotencyInFlight)
 
 
+# A refusal an endpoint can give before its key is claimed, from what the process already
+# knows (a campaign it found sold out a moment ago): called with the request's scope, its
+# body and the verified caller (None without a valid token). It returns the error the
+# endpoint would answer, or None to let the request run as usual. It must be a refusal the
+# endpoint gives with nothing written and nothing stored (a 409): answered from here, the key
+# is not claimed, and a retry runs again, as after any 409.
+PreClaimCheck = Callable[[Scope, bytes, Principal | None], Awaitable[DomainError | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class PreClaim:
+    """A :data:`PreClaimCheck` for the POSTs whose path fully matches ``pattern``: those of
+    the route ``path`` (its template, which the request metrics are labelled with)."""
+
+    path: str
+    pattern: re.Pattern[str]
+    check: PreClaimCheck
+
+
 class IdempotencyMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, prechecks: Sequence[PreClaim] = ()) -> None:
         self.app = app
+        self.prechecks = tuple(prechecks)
+
+    async def _refusal(self, scope: Scope, body: bytes) -> DomainError | None:
+        for pre in self.prechecks:
+            if pre.pattern.fullmatch(scope["path"]):
+                principal = scope["state"].get("principal")
+                refusal = await pre.check(
+                    scope, body, principal if isinstance(principal, Principal) else None
+                )
+                if refusal is not None:
+                    scope["route"] = pre  # counted under its route, as the endpoint's are
+                return refusal
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -153,8 +188,8 @@ class IdempotencyMiddleware:
         path = _printable_target(scope)
         claim = _Claim(
             sessionmaker=cast(async_sessionmaker[AsyncSession], state.sessionmaker),
-            single=cast(async_sessionmaker[AsyncSession], state.autocommit_sessionmaker),
-            table=cast(PlatformTables, state.tables).idempotency_key,
+            single=cast(AsyncEngine, state.autocommit_engine),
+            sql=_statements(cast(PlatformTables, state.tables).idempotency_key),
             caller=_caller(
                 authorization,
                 getattr(state, "token_verifier", None),
@@ -162,6 +197,20 @@ class IdempotencyMiddleware:
             ),
             key=key,
         )
+        early = await self._refusal(scope, body) if self.prechecks else None
+        if early is not None and not await claim.known():
+            # A refusal from memory for a key never used (a used one may have a response to
+            # replay): one statement instead of a claim and its release.
+            await send_problem(
+                scope,
+                send,
+                status=early.status,
+                code=early.code,
+                title=early.title,
+                detail=early.detail,
+                extra=early.extra or None,
+            )
+            return
         digest = hashlib.sha256(b"POST\n" + path.encode() + b"\n" + body).hexdigest()
 
         decision, stored = await claim.begin(path, digest)
@@ -263,25 +312,106 @@ def _caller(
     return "anonymous"
 
 
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    """A table's statements of the usual path, built once: building a statement costs more
+    CPU than running it (docs/orders.md, "The hot path"). Parameters are not named like
+    columns: in an UPDATE, SQLAlchemy would take such a parameter for a new value."""
+
+    table: Any
+    known: Executable
+    claim: Executable
+    renew: Executable
+    complete: Executable
+    release: Executable
+
+
+_BUILT: dict[Any, _Statements] = {}
+
+
+def _statements(table: Any) -> _Statements:
+    built = _BUILT.get(table)
+    if built is not None:
+        return built
+    t = table
+    mine = and_(
+        t.c.scope == bindparam("b_caller"),
+        t.c.key == bindparam("b_key"),
+        t.c.owner == bindparam("b_owner"),
+    )
+    built = _Statements(
+        table=t,
+        known=select(t.c.key).where(
+            t.c.scope == bindparam("b_caller"), t.c.key == bindparam("b_key")
+        ),
+        claim=insert(t)
+        .values(
+            scope=bindparam("b_caller"),
+            key=bindparam("b_key"),
+            method="POST",
+            path=bindparam("b_path"),
+            request_hash=bindparam("b_request_hash"),
+            status="started",
+            owner=bindparam("b_owner"),
+            response_status=None,
+            response_headers=None,
+            response_body=None,
+            locked_until=func.now() + LOCK_TIMEOUT,
+            created_at=func.now(),
+            expires_at=func.now() + KEY_TTL,
+        )
+        .on_conflict_do_nothing()
+        .returning(t.c.key),
+        renew=update(t)
+        .where(mine, t.c.status == "started")
+        .values(locked_until=func.now() + LOCK_TIMEOUT),
+        complete=update(t)
+        .where(mine)
+        .values(
+            status="completed",
+            response_status=bindparam("b_response_status"),
+            response_headers=bindparam("b_response_headers"),
+            response_body=bindparam("b_response_body"),
+        ),
+        release=delete(t).where(mine, t.c.status == "started"),
+    )
+    _BUILT[table] = built
+    return built
+
+
 @dataclass
 class _Claim:
     """One request's hold on (caller, key). ``owner`` tells this request's hold from a later
     one's that took over a stale lock, so neither can release or overwrite the other's."""
 
     sessionmaker: async_sessionmaker[AsyncSession]
-    # Single statements (the usual claim, renewals, completion, release) commit on their own.
-    single: async_sessionmaker[AsyncSession]
-    table: Any
+    # Single statements (the usual claim, renewals, completion, release) commit on their own,
+    # each on a pooled connection without a session around it.
+    single: AsyncEngine
+    sql: _Statements
     caller: str
     key: str
     owner: str = field(default_factory=lambda: uuid.uuid4().hex)
 
-    def _mine(self) -> Any:
-        t = self.table
-        return and_(t.c.scope == self.caller, t.c.key == self.key, t.c.owner == self.owner)
+    def _ids(self) -> dict[str, str]:
+        return {"b_caller": self.caller, "b_key": self.key, "b_owner": self.owner}
+
+    async def _single(self, stmt: Executable, params: dict[str, Any]) -> bool:
+        """Runs one statement on its own; whether it returned a row."""
+        async with self.single.connect() as conn:
+            result = await conn.execute(stmt, params)
+            return result.returns_rows and result.first() is not None
+
+    async def known(self) -> bool:
+        """Whether a request used this key already (whatever became of it)."""
+        return await self._single(self.sql.known, {"b_caller": self.caller, "b_key": self.key})
 
     async def begin(self, path: str, digest: str) -> tuple[str, Stored | None]:
-        t = self.table
+        t = self.sql.table
+        claim_params = {**self._ids(), "b_path": path, "b_request_hash": digest}
+        # The common case, a new key, is one statement.
+        if await self._single(self.sql.claim, claim_params):
+            return "new", None
         fresh = {
             "path": path,
             "request_hash": digest,
@@ -294,21 +424,11 @@ class _Claim:
             "created_at": func.now(),
             "expires_at": func.now() + KEY_TTL,
         }
-        claim = (
-            insert(t)
-            .values(scope=self.caller, key=self.key, method="POST", **fresh)
-            .on_conflict_do_nothing()
-            .returning(t.c.key)
-        )
-        # The common case, a new key, is one statement.
-        async with self.single() as session:
-            if (await session.execute(claim)).first() is not None:
-                return "new", None
         # The row can vanish between the INSERT and the SELECT (released or purged by
         # another transaction): then the INSERT is simply tried again.
         for _ in range(3):
             async with self.sessionmaker() as session, session.begin():
-                if (await session.execute(claim)).first() is not None:
+                if (await session.execute(self.sql.claim, claim_params)).first() is not None:
                     return "new", None
                 row = (
                     await session.execute(
@@ -347,31 +467,21 @@ class _Claim:
         """Renews the lock while the request runs, so a slow request is never taken over."""
         while True:
             await asyncio.sleep(LOCK_TIMEOUT.total_seconds() / 3)
-            async with self.single() as session:
-                await session.execute(
-                    update(self.table)
-                    .where(self._mine(), self.table.c.status == "started")
-                    .values(locked_until=func.now() + LOCK_TIMEOUT)
-                )
+            await self._single(self.sql.renew, self._ids())
 
     async def complete(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-        async with self.single() as session:
-            await session.execute(
-                update(self.table)
-                .where(self._mine())
-                .values(
-                    status="completed",
-                    response_status=status,
-                    response_headers=[list(h) for h in headers],
-                    response_body=body,
-                )
-            )
+        await self._single(
+            self.sql.complete,
+            {
+                **self._ids(),
+                "b_response_status": status,
+                "b_response_headers": [list(h) for h in headers],
+                "b_response_body": body,
+            },
+        )
 
     async def release(self) -> None:
-        async with self.single() as session:
-            await session.execute(
-                delete(self.table).where(self._mine(), self.table.c.status == "started")
-            )
+        await self._single(self.sql.release, self._ids())
 
 
 async def purge_expired(session: AsyncSession, tables: PlatformTables) -> int:

@@ -18,7 +18,7 @@ from services.orders.groups.router import router as groups_router
 from services.orders.groups.service import EXPIRE_JOB as GROUP_EXPIRE_JOB
 from services.orders.models import payments, platform
 from services.orders.orders import settlement
-from services.orders.orders.router import orders_router
+from services.orders.orders.router import PLACE_PRECHECK, orders_router
 from services.orders.orders.service import (
     COMPLETE_JOB,
     REFERENCE_PREFIX,
@@ -108,6 +108,7 @@ def create_app(settings: OrdersSettings | None = None) -> FastAPI:
         event_handlers=handlers,
         on_startup=[startup],
         on_shutdown=[close_payments],
+        prechecks=[PLACE_PRECHECK],
         periodic=[expiry_sweep, run_simulated_provider],
         jobs={
             presales.OPEN_JOB: open_campaign,

@@ -79,6 +79,10 @@ presale_campaign = Table(
     # draft | published | open | succeeded | failed | fulfilled | cancelled
     Column("status", String(16), nullable=False, server_default="draft"),
     Column("paused", Boolean, nullable=False, server_default=text("false")),
+    # Only some customers may order (its eligibility is tiers or code): an order reads the
+    # eligibility only then. Written with the eligibility, under this row's lock, so the
+    # reservation (which locks the row) returns it exact.
+    Column("restricted", Boolean, nullable=False, server_default=text("false")),
     # Units of live orders (paid or waiting for payment): what capacity is checked against.
     Column("reserved_quantity", Integer, nullable=False, server_default="0"),
     # Units of orders whose first payment succeeded: what the minimum and tiers count.

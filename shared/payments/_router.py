@@ -71,7 +71,7 @@ from shared.payments._wiring import WEBHOOK_PATH
 __all__ = ["payments_router", "simulated_router", "webhook_router"]
 
 
-def _context(request: Request) -> PaymentContext:
+async def _context(request: Request) -> PaymentContext:
     ctx = getattr(request.app.state, "payments", None)
     if not isinstance(ctx, PaymentContext):
         raise PaymentsNotConfigured()

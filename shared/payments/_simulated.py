@@ -27,8 +27,9 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.payments import _repository as repo
@@ -55,6 +56,8 @@ from shared.payments.tables import PaymentTables
 __all__ = ["TEST_PAYMENT_METHODS", "SimulatedProvider", "TestPaymentMethod"]
 
 Outcome = Literal["succeed", "decline", "action", "succeed_later", "fail_later", "dispute"]
+T = TypeVar("T")
+
 API_VERSION = "2025-01-27.simulated"
 _DECLINE_MESSAGES = {
     "generic_decline": "Your card was declined.",
@@ -249,13 +252,25 @@ class SimulatedProvider:
         run failed because the first had changed the object already."""
         digest = _request_hash(request) if key is not None else ""
         try:
-            async with self._sessionmaker() as session, session.begin():
-                result = await op(session)
-                if key is None or await repo.sim_record_request(
-                    session, self._t, key, digest, result
-                ):
-                    return result
-                raise _KeyTaken()
+            for attempt in (1, 2):
+                try:
+                    async with self._sessionmaker() as session, session.begin():
+                        result = await op(session)
+                        if key is None or await repo.sim_record_request(
+                            session, self._t, key, digest, result
+                        ):
+                            return result
+                        raise _KeyTaken()
+                except DBAPIError as exc:
+                    # Its pool does not ping before each checkout (three round trips a call):
+                    # a connection the server dropped (a restart) fails instead, the pool is
+                    # renewed, and a keyed request runs once more, as Stripe's SDK retries a
+                    # request that failed on the network. Its key makes that safe (the first
+                    # run committed: the second finds the key taken and answers the first's
+                    # result); a request without a key is not run twice.
+                    if key is None or attempt == 2 or not exc.connection_invalidated:
+                        raise
+            raise AssertionError("unreachable")
         except (_KeyTaken, ProviderError):
             if key is None:
                 raise
@@ -271,6 +286,17 @@ class SimulatedProvider:
                 code="idempotency_key_in_use",
             )
         return response
+
+    async def _read(self, read: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """A read, run once more if it met a connection the server dropped (see ``_run``)."""
+        for attempt in (1, 2):
+            try:
+                async with self._sessionmaker() as session, session.begin():
+                    return await read(session)
+            except DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _emit(self, session: AsyncSession, event_type: str, obj: Mapping[str, Any]) -> None:
         event_id = _id("evt")
@@ -576,14 +602,16 @@ class SimulatedProvider:
         return intent
 
     async def retrieve_payment(self, payment_id: str) -> ProviderPayment:
-        async with self._sessionmaker() as session, session.begin():
+        async def read(session: AsyncSession) -> ProviderPayment:
             intent = await repo.sim_get(session, self._t, payment_id)
             if intent is None or intent.get("object") != "payment_intent":
                 raise ProviderNotFound(
                     f"No such payment_intent: '{payment_id}'", code="resource_missing"
                 )
             refunds = await repo.sim_children(session, self._t, payment_id, "refund")
-        return payment_from_intent(intent, refunds=refunds)
+            return payment_from_intent(intent, refunds=refunds)
+
+        return await self._read(read)
 
     async def capture_payment(
         self, payment_id: str, *, amount: int | None, idempotency_key: str
@@ -782,8 +810,10 @@ class SimulatedProvider:
         return setup_from_intent(await self._run(idempotency_key, request, op))
 
     async def retrieve_setup(self, setup_id: str) -> ProviderSetup:
-        async with self._sessionmaker() as session, session.begin():
-            setup = await repo.sim_get(session, self._t, setup_id)
+        async def read(session: AsyncSession) -> dict[str, Any] | None:
+            return await repo.sim_get(session, self._t, setup_id)
+
+        setup = await self._read(read)
         if setup is None or setup.get("object") != "setup_intent":
             raise ProviderNotFound(f"No such setup_intent: '{setup_id}'", code="resource_missing")
         return setup_from_intent(setup)

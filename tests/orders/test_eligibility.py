@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from services.orders.models import customer_order
 from shared.events import SIGNATURE_HEADER, Envelope, sign
@@ -132,6 +132,51 @@ class TestMemberTiers:
         orders = await shop.get(f"/v1/orders?campaign_id={campaign_id}")
         balances = {o["customer_id"]: o["balance_amount"] for o in orders["items"]}
         assert balances == {gold: 3 * 9900 - 3 * 2000, silver: 2 * 12900 - 2 * 2000}
+
+    async def test_an_order_waiting_for_the_campaign_sees_the_eligibility_set_meanwhile(
+        self, sim_orders: PaymentsApp, auth: TokenFactory
+    ) -> None:
+        """Orders read the eligibility only on a restricted campaign, and learn that from the
+        campaign row their reservation locks: an order queued behind a change of eligibility
+        must see the change once it commits, not the snapshot its statement started with."""
+        shop = merchant(sim_orders, auth)
+        await shop.tiers()
+        campaign_id = await shop.campaign()
+        _, buyer = customer(auth)  # in no tier
+        state = sim_orders.app.state
+
+        async def waiting() -> int:
+            async with state.sessionmaker() as session:
+                n = await session.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock'"
+                    )
+                )
+                return int(n or 0)
+
+        async def until_waiting(n: int) -> None:
+            for _ in range(200):
+                if await waiting() >= n:
+                    return
+                await asyncio.sleep(0.02)
+            raise AssertionError(f"{n} requests never queued on the campaign's lock")
+
+        async with state.sessionmaker() as holder, holder.begin():
+            await holder.execute(
+                text("SELECT id FROM presale_campaign WHERE id = :id FOR UPDATE"),
+                {"id": uuid.UUID(campaign_id)},
+            )
+            change = asyncio.create_task(
+                shop.put_eligibility(campaign_id, mode="tiers", tiers=[{"tier_code": "gold"}])
+            )
+            await until_waiting(1)
+            placing = asyncio.create_task(order(sim_orders, buyer, campaign_id))
+            await until_waiting(2)
+        assert (await change).status_code == 200
+        _problem(await placing, 403, "tier_not_eligible")
+        assert await _reserved(shop, campaign_id) == 0
+        assert await _orders_of(sim_orders, campaign_id) == 0
 
     async def test_a_full_prepayment_at_a_member_price_pays_that_price_now(
         self, sim_orders: PaymentsApp, auth: TokenFactory

@@ -303,6 +303,8 @@ async def admit_order(
     unit price of their member tier (None: the campaign's). In ``code`` mode the order takes
     the code given, or else the customer's own, in this transaction (a refused order rolls
     back and takes nothing). A code given to a campaign that needs none is not taken."""
+    if not campaign.restricted:  # open to everybody: nothing to read
+        return None
     eligibility = await repo.get_eligibility(session, campaign.id)
     if eligibility is None or eligibility.mode == "open":
         return None
@@ -610,7 +612,10 @@ async def put_eligibility(
             for i, x in enumerate(body.tiers)
         ],
     )
-    return campaign
+    # Orders read the eligibility only on a restricted campaign (the row locked above).
+    return await campaigns.update_campaign(
+        session, campaign_id, {"restricted": body.mode != "open"}
+    )
 
 
 # --- reservations and the draw ----------------------------------------------------------

@@ -104,13 +104,13 @@ async def get_order(
     return None if row is None else OrderRow(**row._mapping)
 
 
+# Built once; the values come as parameters (compiled once per set of columns, then cached).
+_INSERT_ORDER = insert(o).on_conflict_do_nothing(index_elements=[o.c.id]).returning(o)
+
+
 async def insert_order(session: AsyncSession, values: Mapping[str, Any]) -> OrderRow | None:
     """None when an order with this id exists already (a concurrent retry made it)."""
-    row = (
-        await session.execute(
-            insert(o).values(**values).on_conflict_do_nothing(index_elements=[o.c.id]).returning(o)
-        )
-    ).first()
+    row = (await session.execute(_INSERT_ORDER, dict(values))).first()
     return None if row is None else OrderRow(**row._mapping)
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, status
 from fastapi.responses import Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.types import Scope
 
 from services.orders.gifts.service import GiftAwaitingClaim
 from services.orders.orders import reports, settlement
@@ -43,7 +46,7 @@ from services.orders.orders.service import (
 from services.orders.pickup.service import DestinationConflict, PointInactive, PointUnknown
 from services.orders.presales.router import campaign_out
 from services.orders.presales.schemas import CampaignOut
-from services.orders.presales.service import CampaignNotFound, CampaignStateConflict
+from services.orders.presales.service import CampaignNotFound, CampaignStateConflict, sold_out
 from shared.auth import (
     AnyCaller,
     AnyStaff,
@@ -54,8 +57,8 @@ from shared.auth import (
     require_merchant_role,
 )
 from shared.db import SessionDep
-from shared.errors import Forbidden, Unauthorized, responses
-from shared.idempotency import IDEMPOTENCY_ERRORS, FreshKey, IdempotencyKeyRequired
+from shared.errors import DomainError, Forbidden, Unauthorized, responses
+from shared.idempotency import IDEMPOTENCY_ERRORS, FreshKey, IdempotencyKeyRequired, PreClaim
 from shared.pagination import InvalidCursor, Page, PageDep, fetch_page
 from shared.payments import (
     PaymentAmountAboveMaximum,
@@ -82,12 +85,47 @@ _PAY = (
 )
 
 
-def _orders(request: Request) -> Orders:
+async def _orders(request: Request) -> Orders:
+    # async: a plain def would run in the thread pool, a thread hop on every request.
     orders: Orders = request.app.state.orders
     return orders
 
 
 OrdersDep = Annotated[Orders, Depends(_orders)]
+
+
+PLACE_ROUTE = "/v1/presales/{campaign_id}/orders"
+_PLACE_PATH = re.compile(r"/v1/presales/([0-9a-fA-F-]{32,36})/orders")
+
+
+async def _sold_out_before_claim(
+    scope: Scope, body: bytes, principal: Principal | None
+) -> DomainError | None:
+    """The answer of ``place`` to a customer's valid order on a campaign this process found
+    sold out a moment ago, given before its Idempotency-Key is claimed (most answers of a
+    rush: docs/orders.md, "The hot path"). Anything else (no valid customer token, a body the
+    endpoint would refuse, a campaign not known sold out) runs the endpoint as usual."""
+    match = _PLACE_PATH.fullmatch(scope["path"])
+    if match is None or principal is None or not principal.has("customer"):
+        return None
+    content_type = next((v for k, v in scope["headers"] if k.lower() == b"content-type"), b"")
+    if not content_type.lower().startswith(b"application/json"):
+        return None
+    try:
+        campaign_id = uuid.UUID(match[1])
+    except ValueError:
+        return None
+    if sold_out.left(campaign_id) is None:
+        return None
+    try:
+        order = OrderCreate.model_validate_json(body)
+    except ValidationError:
+        return None
+    return rules.sold_out_refusal(campaign_id, order.quantity)
+
+
+# Registered with the app (services/orders/app.py).
+PLACE_PRECHECK = PreClaim(PLACE_ROUTE, _PLACE_PATH, _sold_out_before_claim)
 
 
 def _with_payment(order: OrderRow, payment: PaymentRow | None, principal: Principal) -> OrderOut:
@@ -103,7 +141,7 @@ def orders_router() -> APIRouter:
     router = APIRouter(tags=["orders"])
 
     @router.post(
-        "/v1/presales/{campaign_id}/orders",
+        PLACE_ROUTE,
         status_code=status.HTTP_201_CREATED,
         response_model=OrderOut,
         summary="Order: reserve units and start the deposit (or full) payment",

@@ -134,6 +134,15 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
+def sold_out_refusal(campaign_id: uuid.UUID, quantity: int) -> PresaleSoldOut | None:
+    """The refusal of an order for more units than this process found left a moment ago
+    (``sold_out``), without the database; None when it knows nothing that refuses it."""
+    left = sold_out.left(campaign_id)
+    if left is None or quantity <= left:
+        return None
+    return PresaleSoldOut(f"{left} units left", available=left, requested=quantity)
+
+
 def payment_reference(order_id: uuid.UUID, stage: str) -> str:
     return domain_reference(REFERENCE_PREFIX, order_id, stage)
 
@@ -211,9 +220,9 @@ class Orders:
         ctx = self.ctx()
         order_id = uuid.uuid5(uuid.NAMESPACE_URL, f"qunbuy:order:{principal.sub}:{key}")
         if fresh_key:
-            left = sold_out.left(campaign_id)
-            if left is not None and body.quantity > left:
-                raise PresaleSoldOut(f"{left} units left", available=left, requested=body.quantity)
+            refusal = sold_out_refusal(campaign_id, body.quantity)
+            if refusal is not None:
+                raise refusal
         async with self.db()() as session, session.begin():
             order = None if fresh_key else await repo.get_order(session, order_id)
             if order is None:

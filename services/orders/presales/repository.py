@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Select, exists, func, or_, select, update
+from sqlalchemy import DateTime, Integer, Select, bindparam, exists, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -52,6 +52,7 @@ class CampaignRow:
     early_bird_units: int | None
     status: str
     paused: bool
+    restricted: bool  # only some customers may order (see eligibility)
     reserved_quantity: int
     committed_quantity: int
     terms_locked_at: datetime | None
@@ -165,19 +166,16 @@ class Reservation:
     variant_taken: bool  # the variant's own capacity had room too
 
 
-async def reserve_units(
-    session: AsyncSession, campaign_id: uuid.UUID, sku: str, quantity: int, now: datetime
-) -> Reservation:
-    """Takes ``quantity`` units of an open, running campaign's capacity and of its variant's,
-    in one statement.
-
-    The row locks it takes serialise every reservation of this campaign until the caller's
-    transaction ends, which is what makes the per-customer check that follows race-free. When
-    the campaign took units and the variant did not, the caller refuses and rolls back."""
+def _reservation_statement() -> Select[Any]:
+    """The reservation, built once (it runs on every order; building it costs more CPU than
+    running it), its values bound per order. The parameters are not named like columns: in
+    an UPDATE, SQLAlchemy would take such a parameter for a new value of that column."""
+    quantity = bindparam("reserve_quantity", type_=Integer)
+    now = bindparam("reserve_now", type_=DateTime(timezone=True))
     campaign = (
         update(c)
         .where(
-            c.c.id == campaign_id,
+            c.c.id == bindparam("reserve_campaign"),
             c.c.status == "open",
             c.c.paused.is_(False),
             c.c.opens_at <= now,
@@ -192,18 +190,35 @@ async def reserve_units(
         update(v)
         .where(
             v.c.campaign_id.in_(select(campaign.c.id)),
-            v.c.sku == sku,
+            v.c.sku == bindparam("reserve_sku"),
             or_(v.c.capacity.is_(None), v.c.reserved_quantity + quantity <= v.c.capacity),
         )
         .values(reserved_quantity=v.c.reserved_quantity + quantity)
         .returning(v.c.sku)
         .cte("variant")
     )
-    row = (
-        await session.execute(
-            select(campaign, exists(select(variant.c.sku)).label("variant_taken"))
-        )
-    ).first()
+    return select(campaign, exists(select(variant.c.sku)).label("variant_taken"))
+
+
+_RESERVE = _reservation_statement()
+
+
+async def reserve_units(
+    session: AsyncSession, campaign_id: uuid.UUID, sku: str, quantity: int, now: datetime
+) -> Reservation:
+    """Takes ``quantity`` units of an open, running campaign's capacity and of its variant's,
+    in one statement.
+
+    The row locks it takes serialise every reservation of this campaign until the caller's
+    transaction ends, which is what makes the per-customer check that follows race-free. When
+    the campaign took units and the variant did not, the caller refuses and rolls back."""
+    params = {
+        "reserve_campaign": campaign_id,
+        "reserve_sku": sku,
+        "reserve_quantity": quantity,
+        "reserve_now": now,
+    }
+    row = (await session.execute(_RESERVE, params)).first()
     if row is None:
         return Reservation(None, False)
     values = dict(row._mapping)
