@@ -10,10 +10,10 @@ provider definitely refused (nothing was paid: the domain returns the money). An
 an answer that does not say whether money moved (a concurrent request with the same key), is
 :class:`PaymentProviderUnavailable`: run again later, with the same key.
 
-Stripe keeps idempotency keys for 24 hours. A resumed payout (``look_first``: the job's
-second run or later, which may follow an answer lost long ago) first looks for a transfer of
-the same reference and attempt (``transfer_group`` and metadata), so a transfer made once is
-never made again, however late the retry.
+Stripe keeps idempotency keys for 24 hours. Every run first looks for a transfer of the same
+reference and attempt (``transfer_group`` and metadata), so a transfer made once is never
+made again, however late the retry: also a job re-driven from the dead letters days later,
+whose attempt count starts again (one list call a payout; payouts are few).
 
 A transfer reversed later (``transfer.reversed``) reaches the domain through its payout
 hook (:meth:`PaymentHooks.register_payout`), found by the reference in the transfer's
@@ -81,7 +81,6 @@ async def pay_out(
     currency: str,
     attempt: int = 1,
     metadata: Mapping[str, str] | None = None,
-    look_first: bool = False,
 ) -> Payout:
     """Transfers ``amount`` to ``destination`` for the domain's ``reference`` (once per
     (reference, attempt), whoever calls). No maximum applies: a settlement may be large, and
@@ -103,7 +102,7 @@ async def pay_out(
     )
     key = idempotency_key(ctx.service, "payout", reference, f"transfer:{attempt}")
     try:
-        made = await _made_before(ctx, reference, attempt) if look_first else None
+        made = await _made_before(ctx, reference, attempt)
         transfer = made or await ctx.provider.create_transfer(request, idempotency_key=key)
     except ProviderUnavailable as exc:
         raise PaymentProviderUnavailable(exc.message) from exc
@@ -112,8 +111,12 @@ async def pay_out(
             raise PaymentProviderUnavailable(exc.message) from exc
         _log.warning("payout_refused", reference=reference, code=exc.code)
         return Payout("failed", None, exc.code or "transfer_refused", exc.message)
-    if transfer.reversed:
+    if transfer.amount_reversed >= transfer.amount:
+        # Reversed in full: nothing was kept. A partial reversal is paid (the payee kept
+        # part of it), as the payout hooks treat one: logged for staff, no money moved back.
         return Payout("failed", transfer, "transfer_reversed", "the transfer was reversed")
+    if transfer.reversed:
+        _log.warning("payout_partly_reversed", reference=reference, transfer=transfer.id)
     return Payout("paid", transfer)
 
 

@@ -17,7 +17,13 @@ from typing import Any
 import stripe
 
 from services.crowdfund.settlements.service import PAYOUT_JOB, payout_reference
-from shared.payments import FAILING_PAYOUT_ACCOUNT, FAILING_PAYOUT_CODE, REVERSING_PAYOUT_ACCOUNT
+from shared.payments import (
+    FAILING_PAYOUT_ACCOUNT,
+    FAILING_PAYOUT_CODE,
+    REVERSING_PAYOUT_ACCOUNT,
+    PayoutChange,
+)
+from shared.payments._provider import transfer_from_object
 from shared.scheduler import Job
 from tests.conftest import TokenFactory
 from tests.crowdfund.project_support import (
@@ -252,3 +258,45 @@ async def test_a_reversed_transfer_makes_the_statement_failed_again(
     (made,) = await app.provider_transfers(reference=payout_reference(uuid.UUID(statement["id"])))
     assert made["reversed"] is True
     assert made["amount_reversed"] == statement["payout"]
+
+
+async def test_a_late_reversal_of_an_earlier_attempt_leaves_the_new_one_to_pay(
+    sim_crowdfund: PaymentsApp, auth: TokenFactory
+) -> None:
+    """Attempt 1 is reversed (the statement fails), an admin starts attempt 2 to a good
+    account, and attempt 1's reversal arrives again (a webhook delivery retried late): the
+    new attempt stays ``paying`` and is paid once, by its own transfer."""
+    app = sim_crowdfund
+    project_id, staff, statement = await settled(
+        app, auth, account=REVERSING_PAYOUT_ACCOUNT, amounts=(9900,)
+    )
+    assert statement["status"] == "failed"
+    reference = payout_reference(uuid.UUID(statement["id"]))
+    (first,) = await app.provider_transfers(reference=reference)
+    account = await app.client.put(
+        f"/v1/projects/{project_id}/payout-account",
+        json={"payout_account": ACCOUNT},
+        headers=staff,
+    )
+    assert account.status_code == 200, account.text
+    started = await app.client.post(
+        f"/v1/projects/settlements/{statement['id']}/payout", headers=auth("admin")
+    )
+    assert started.status_code == 200, started.text
+    assert started.json()["status"] == "paying"
+
+    late = PayoutChange("reversed", reference, transfer_from_object(first))
+    async with app.app.state.sessionmaker() as session, session.begin():
+        await app.app.state.settlements.on_payout_change(session, late)
+    still = await get_json(app, f"/v1/projects/{project_id}/settlement", staff)
+    assert still["status"] == "paying"
+
+    await run_jobs(app)
+    paid = await get_json(app, f"/v1/projects/{project_id}/settlement", staff)
+    made = await app.provider_transfers(reference=reference)
+    second = [t for t in made if t["id"] != first["id"]]
+    assert len(made) == 2
+    assert len(second) == 1
+    assert (paid["status"], paid["external_reference"]) == ("paid", second[0]["id"])
+    assert second[0]["amount"] == paid["payout"]
+    assert second[0]["reversed"] is False

@@ -291,7 +291,6 @@ class Settlements:
             currency=found.currency,
             attempt=found.payout_attempt,
             metadata={"merchant_id": found.merchant_id, "project_id": str(found.project_id)},
-            look_first=job.attempts > 1,
         )
         async with self._db()() as session, session.begin():
             locked = await repo.get_settlement(session, found.id, lock=True)
@@ -326,7 +325,10 @@ class Settlements:
                 _log.warning("settlement_transfer_partly_reversed", settlement_id=str(found.id))
             return
         reason = _failure("transfer_reversed", f"transfer {transfer.id} was reversed")
-        if found.status == "paying" or (
+        # Only the transfer of the attempt now running (or the one the statement was paid by):
+        # a late event about an earlier attempt's reversed transfer must not fail a new one.
+        current = transfer.metadata.get("qunbuy_attempt") == str(found.payout_attempt)
+        if (found.status == "paying" and current) or (
             found.status == "paid" and found.external_reference == transfer.id
         ):
             await repo.update_settlement(

@@ -273,7 +273,6 @@ class Payouts:
             amount=w.amount,
             currency=w.currency,
             metadata={"merchant_id": w.merchant_id, "distributor_id": str(w.distributor_id)},
-            look_first=job.attempts > 1,
         )
         async with self._db()() as session, session.begin():
             locked = await repo.get(session, w.id, lock=True)

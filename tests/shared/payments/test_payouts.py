@@ -206,6 +206,9 @@ class Scripted:
 
     error: Exception
 
+    async def find_transfers(self, reference: str) -> list[ProviderTransfer]:
+        return []  # nothing made before
+
     async def create_transfer(self, request: TransferRequest, **_: Any) -> ProviderTransfer:
         raise self.error
 
@@ -291,13 +294,13 @@ class TestPayOut:
             "amount": 500,
             "currency": "CNY",
         }
-        resumed = await pay_out(ctx, **args, look_first=True)
-        assert resumed.transfer is not None
-        assert (resumed.status, resumed.transfer.id) == ("paid", first.id)
+        # Every run looks first: also a job re-driven from the dead letters, whose attempt
+        # count starts again, finds the transfer its forgotten key made.
+        for _ in range(2):
+            resumed = await pay_out(ctx, **args)
+            assert resumed.transfer is not None
+            assert (resumed.status, resumed.transfer.id) == ("paid", first.id)
         assert len(await transfers_in_group(localstripe_sdk, reference)) == 1
-        # Without looking first, the forgotten key would have paid a second time.
-        await pay_out(ctx, **args)
-        assert len(await transfers_in_group(localstripe_sdk, reference)) == 2
 
     async def test_a_refusal_is_a_failed_result(self, stripe_provider: StripeProvider) -> None:
         result = await pay_out(
