@@ -1,6 +1,7 @@
-"""Every operation of the orders and referrals services, called with hostile input: a NUL byte
-and control characters in every string, numbers far beyond any column, wrong types, deep and
-huge bodies, unknown ids, each by a customer, a staff member of some merchant and nobody.
+"""Every operation of the orders, crowdfund and referrals services, called with hostile
+input: a NUL byte and control characters in every string, numbers far beyond any column, wrong
+types, deep and huge bodies, unknown ids, each by a customer, a staff member of some merchant
+and nobody.
 None may answer 5xx. The operations are read from each app's own OpenAPI, so a new endpoint
 is attacked the day it is added."""
 
