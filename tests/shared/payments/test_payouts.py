@@ -213,6 +213,30 @@ class Scripted:
         raise self.error
 
 
+@dataclass
+class MadeBefore:
+    """A provider that already holds this reference's transfer (an earlier run's), reversed
+    by ``amount_reversed``; it must not be asked for another."""
+
+    amount_reversed: int
+
+    async def find_transfers(self, reference: str) -> list[ProviderTransfer]:
+        return [
+            ProviderTransfer(
+                id="tr_made_before",
+                amount=500,
+                currency="cny",
+                destination="acct_1PayeeAccount01",
+                amount_reversed=self.amount_reversed,
+                reference=reference,
+                metadata={"qunbuy_attempt": "1"},
+            )
+        ]
+
+    async def create_transfer(self, request: TransferRequest, **_: Any) -> ProviderTransfer:
+        raise AssertionError("a transfer made before is never made again")
+
+
 def context(provider: Any) -> PaymentContext:
     return PaymentContext(
         service="referrals",
@@ -336,6 +360,26 @@ class TestPayOut:
                 amount=500,
                 currency="CNY",
             )
+
+    @pytest.mark.parametrize(
+        ("amount_reversed", "status"), [(0, "paid"), (200, "paid"), (500, "failed")]
+    )
+    async def test_a_transfer_found_is_failed_only_when_reversed_in_full(
+        self, amount_reversed: int, status: str
+    ) -> None:
+        """Reversed in part, the payee kept some of it: paid (as the payout hooks treat it),
+        never the whole amount given back for a second payout."""
+        provider: PaymentProvider = MadeBefore(amount_reversed)  # type: ignore[assignment]
+        result = await pay_out(
+            context(provider),
+            reference="withdrawal:x:payout",
+            destination="acct_1PayeeAccount01",
+            amount=500,
+            currency="CNY",
+        )
+        assert result.status == status
+        assert result.transfer is not None
+        assert result.transfer.id == "tr_made_before"
 
     @pytest.mark.parametrize(
         ("destination", "amount", "error"),
