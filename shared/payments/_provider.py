@@ -15,6 +15,7 @@ __all__ = [
     "FAILING_PAYOUT_ACCOUNT",
     "FAILING_PAYOUT_CODE",
     "REVERSING_PAYOUT_ACCOUNT",
+    "WEBHOOK_EVENTS",
     "CaptureMethod",
     "Method",
     "PaymentProvider",
@@ -44,6 +45,33 @@ Method = Literal["card", "wechat_pay", "alipay"]
 FAILING_PAYOUT_ACCOUNT = "acct_1FailingTransfers"
 REVERSING_PAYOUT_ACCOUNT = "acct_1ReversedTransfers"
 FAILING_PAYOUT_CODE = "insufficient_capabilities_for_transfer"
+# The events a service's webhook endpoint subscribes to (docs/payments.md, "Setting up
+# Stripe"): those that can change what we know. The others (``payment_intent.created``,
+# ``charge.succeeded``, ``customer.created``...) repeat what the call that caused them
+# answered already; Stripe does not send them to an endpoint that did not ask, and the
+# simulated provider does not deliver them either.
+WEBHOOK_EVENTS = frozenset(
+    {
+        "payment_intent.succeeded",
+        "payment_intent.processing",
+        "payment_intent.requires_action",
+        "payment_intent.payment_failed",
+        "payment_intent.canceled",
+        "payment_intent.amount_capturable_updated",
+        "refund.created",
+        "refund.updated",
+        "refund.failed",
+        "charge.refunded",
+        "charge.dispute.created",
+        "charge.dispute.updated",
+        "charge.dispute.closed",
+        "setup_intent.succeeded",
+        "setup_intent.setup_failed",
+        "setup_intent.requires_action",
+        "setup_intent.canceled",
+        "transfer.reversed",
+    }
+)
 CaptureMethod = Literal["automatic", "manual"]
 
 # Stripe's PaymentIntent statuses, which are ours too (a payment follows its intent).

@@ -7,7 +7,8 @@ calls run in their own transactions, as a remote provider's would: if the caller
 transaction rolls back, the simulated payment still happened, and the caller's retry with
 the same idempotency key gets the first result back (as on Stripe).
 
-Every change writes the event Stripe would send into ``simulated_event``. The worker loop
+Every change writes the event Stripe would send to a webhook endpoint subscribed to
+:data:`WEBHOOK_EVENTS` into ``simulated_event``. The worker loop
 settles pending outcomes (:meth:`SimulatedProvider.settle_due`) and delivers the events,
 signed with the Stripe scheme and the simulated webhook secret, to the service's own
 ``POST /webhooks/stripe`` — the handler Stripe's events go through.
@@ -37,6 +38,7 @@ from shared.payments._provider import (
     FAILING_PAYOUT_ACCOUNT,
     FAILING_PAYOUT_CODE,
     REVERSING_PAYOUT_ACCOUNT,
+    WEBHOOK_EVENTS,
     PaymentRequest,
     ProviderError,
     ProviderNotFound,
@@ -299,6 +301,10 @@ class SimulatedProvider:
         raise AssertionError("unreachable")
 
     async def _emit(self, session: AsyncSession, event_type: str, obj: Mapping[str, Any]) -> None:
+        if event_type not in WEBHOOK_EVENTS:
+            # As Stripe, for an endpoint that did not subscribe to it: never sent. (Stripe
+            # would still list it under /v1/events; nothing here reads events that way.)
+            return
         event_id = _id("evt")
         event = {
             "id": event_id,

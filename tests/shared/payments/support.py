@@ -158,6 +158,17 @@ class PaymentsApp:
         async with self.app.state.sessionmaker() as session:
             return int(await session.scalar(stmt) or 0)
 
+    async def inbox_types(self, object_id: str) -> list[str]:
+        """The types of the webhook events received about ``object_id``, in order."""
+        inbox = self.ctx.tables.payment_webhook_inbox
+        async with self.app.state.sessionmaker() as session:
+            rows = await session.scalars(
+                select(inbox.c.event_type)
+                .where(inbox.c.object_id == object_id)
+                .order_by(inbox.c.received_at, inbox.c.event_created_at)
+            )
+            return list(rows)
+
     async def undelivered_events(self, provider_payment_id: str) -> int:
         """The simulated provider's events about this payment not delivered yet."""
         e = self.ctx.tables.simulated_event

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import stripe
@@ -15,6 +17,7 @@ from services.orders.models import payments
 from shared.db import make_engine, sessionmaker_for
 from shared.migrations import upgrade
 from shared.payments import (
+    WEBHOOK_EVENTS,
     PaymentRequest,
     ProviderNotFound,
     ProviderRejected,
@@ -165,13 +168,17 @@ async def test_events_are_signed_with_the_stripe_scheme_and_retried_on_failure(
         received.append((body, signature))
         return 200
 
-    assert await provider.deliver_events(refuse) == 3
-    assert await provider.deliver_events(accept) == 0  # the refused ones wait for their retry
+    # payment_intent.succeeded; payment_intent.created and charge.succeeded are not among
+    # the events a webhook endpoint subscribes to (WEBHOOK_EVENTS): never sent.
+    assert await provider.deliver_events(refuse) == 1
+    assert await provider.deliver_events(accept) == 0  # the refused one waits for its retry
     second = await provider.create_payment(request(marker=marker), idempotency_key=key())
+    assert await provider.deliver_events(accept) == 0
+    await provider.cancel_payment(second.id, idempotency_key=key())
     assert await provider.deliver_events(accept) == 1
     [(body, signature)] = received
     event = json.loads(body)
-    assert (event["type"], event["data"]["object"]["id"]) == ("payment_intent.created", second.id)
+    assert (event["type"], event["data"]["object"]["id"]) == ("payment_intent.canceled", second.id)
     assert created.id != second.id
     verify_signature(body, signature, SIMULATED_WEBHOOK_SECRET)
     assert stripe.WebhookSignature.verify_header(body.decode(), signature, SIMULATED_WEBHOOK_SECRET)
@@ -179,3 +186,11 @@ async def test_events_are_signed_with_the_stripe_scheme_and_retried_on_failure(
         verify_signature(body, signature, "whsec_other")
     with pytest.raises(WebhookSignatureInvalid):
         verify_signature(body, signature, "")
+
+
+def test_the_documented_webhook_subscription_is_what_is_delivered() -> None:
+    """docs/payments.md tells operators which events to subscribe a Stripe endpoint to; the
+    simulated provider delivers exactly those (WEBHOOK_EVENTS) and no others."""
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "payments.md").read_text()
+    section = docs.split("3. Events to subscribe to", 1)[1].split("\n4. ", 1)[0]
+    assert set(re.findall(r"`([a-z_]+(?:\.[a-z_]+)+)`", section)) == WEBHOOK_EVENTS
