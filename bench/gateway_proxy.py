@@ -1,7 +1,12 @@
 """Gateway proxy throughput: direct vs gateway vs nginx, same upstream, same run.
 
-    .venv/bin/python bench/gateway_proxy.py [--seconds 10] [--connections 32]
+    .venv/bin/python bench/gateway_proxy.py [--seconds 10] [--connections 32] [--rounds 3]
     BENCH_RATE_LIMITS=false ...   # the same with the gateway's rate limits off, to see their cost
+
+Each round measures every target once, in an order that rotates from round to round (the
+machine's speed drifts: a fixed order would favour whichever target runs first); the
+figures printed are each target's median over the rounds, and the gateway's share of
+nginx's throughput round by round.
 
 Needs `wrk` and `nginx` on PATH (Debian: `apt-get install wrk nginx-light`); without nginx
 the nginx row is skipped. Prints requests/s, p50/p99 latency and the gateway's peak RSS.
@@ -16,6 +21,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -134,6 +140,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
@@ -176,9 +183,12 @@ def main() -> int:
         headers = ["-H", f"Authorization: Bearer {dev_token(ports['gateway'])}"]
         for url in targets.values():  # warm-up: pools filled, code paths hot
             wrk(url, 2, args.connections, headers)
-        results = {
-            name: wrk(url, args.seconds, args.connections, headers) for name, url in targets.items()
-        }
+        names = list(targets)
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+        for round_no in range(args.rounds):
+            shift = round_no % len(names)
+            for name in names[shift:] + names[:shift]:
+                runs[name].append(wrk(targets[name], args.seconds, args.connections, headers))
         rss = peak_rss_mib(gateway.pid)
     finally:
         for proc in procs:
@@ -187,16 +197,29 @@ def main() -> int:
             proc.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
 
+    results = {
+        name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()
+    }
     direct = results["direct (uvicorn upstream)"]["rps"]
     print(
-        f"{args.connections} connections, {args.seconds}s per target, "
-        f"2 wrk threads, {os.cpu_count()} CPUs"
+        f"{args.connections} connections, {args.seconds}s per target, {args.rounds} rounds, "
+        f"2 wrk threads, {os.cpu_count()} CPUs; medians over the rounds"
     )
     print(f"{'target':<28}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'vs direct':>11}{'non-2xx':>9}")
     for name, r in results.items():
         print(
             f"{name:<28}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
             f"{r['rps'] / direct:>10.0%}{int(r['non_2xx']):>9}"
+        )
+    if "nginx proxy" in runs:
+        shares = [
+            g["rps"] / n["rps"]
+            for g, n in zip(runs["qunbuy gateway"], runs["nginx proxy"], strict=True)
+        ]
+        print(
+            "gateway / nginx by round: "
+            + ", ".join(f"{x:.0%}" for x in shares)
+            + f" (median {statistics.median(shares):.0%})"
         )
     print(f"gateway peak RSS: {rss:.1f} MiB")
     print(json.dumps({"results": results, "gateway_peak_rss_mib": rss}))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import cast
 
 import structlog
 from limits import RateLimitItem, parse
@@ -25,7 +26,7 @@ from starlette.types import Scope, Send
 from shared.auth import TokenVerifier
 from shared.errors import DomainError, send_problem
 
-__all__ = ["RateLimited", "RateLimiter", "RouteLimits", "parse_limit"]
+__all__ = ["LoopMemoryStorage", "RateLimited", "RateLimiter", "RouteLimits", "parse_limit"]
 
 _log = structlog.get_logger("qunbuy.ratelimit")
 
@@ -45,14 +46,58 @@ def parse_limit(text: str) -> RateLimitItem:
     return parse(text)
 
 
+class LoopMemoryStorage(MemoryStorage):
+    """The limits library's synchronous memory storage, for counters used from one event loop:
+    a fixed window's counter is dropped when it is next read after its window ended, and
+    the counters nobody read again are swept every :attr:`SWEEP_SECONDS`, on the loop.
+
+    The library's storage schedules a timer thread for that on every hit when none is
+    running: under load, a new thread every 10 ms, and the loop stopped each time until the
+    thread started. That cost the gateway about 14 % of its proxied requests per second, the
+    limits check itself about 6 % (docs/identity.md, "Rate limits"). The moving windows (the
+    sign-in throttle, a few hits a minute) keep the library's own expiry."""
+
+    # Its own scheme: inheriting "memory" would register this class under the library's name.
+    STORAGE_SCHEME = ["qunbuy+loop-memory"]  # noqa: RUF012 - the library's declared type
+    SWEEP_SECONDS = 10.0
+
+    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False) -> None:
+        super().__init__(uri, wrap_exceptions=wrap_exceptions)
+        self._next_sweep = time.monotonic() + self.SWEEP_SECONDS
+
+    def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        self.get(key)  # drops the counter of a window that has ended
+        with self.locks[key]:  # the library's timer thread may run (moving windows)
+            count = self.storage[key] + amount
+            self.storage[key] = count
+            if count == amount:
+                self.expirations[key] = time.time() + expiry
+        if time.monotonic() >= self._next_sweep:
+            self.sweep()
+        return count
+
+    def sweep(self) -> int:
+        """Drops every counter whose window has ended; how many."""
+        self._next_sweep = time.monotonic() + self.SWEEP_SECONDS
+        now = time.time()
+        ended = [key for key, until in self.expirations.items() if until <= now]
+        for key in ended:
+            with self.locks[key]:
+                if self.expirations.get(key, now + 1) <= now:
+                    self.storage.pop(key, None)
+                    self.expirations.pop(key, None)
+            self.locks.pop(key, None)
+        return len(ended)
+
+
 class RateLimiter:
     """Counters in Redis (``REDIS_URL``: the limits library's asyncio Redis storage) or in this
-    process's memory (its synchronous memory storage).
+    process's memory (:class:`LoopMemoryStorage`, the library's synchronous memory storage).
 
-    Memory is the synchronous storage on purpose: a hit is a dict update under a lock, and a
-    timer thread drops expired counters. The library's asyncio memory storage starts a task
-    on each hit that walks every counter: with 20,000 callers in a window a hit cost about
-    220 us instead of 23 (docs/identity.md, "Rate limits")."""
+    Memory is the synchronous storage on purpose: a hit is a dict update. The library's
+    asyncio memory storage starts a task on each hit that walks every counter: with 20,000
+    callers in a window a hit cost about 220 us instead of 23 (docs/identity.md, "Rate
+    limits")."""
 
     def __init__(self, redis_url: str | None) -> None:
         self._memory: tuple[SyncFixedWindow, SyncMovingWindow] | None = None
@@ -62,8 +107,15 @@ class RateLimiter:
             storage = storage_from_string(f"async+{redis_url}", wrap_exceptions=True)
             self._redis = (FixedWindowRateLimiter(storage), MovingWindowRateLimiter(storage))
         else:
-            memory = MemoryStorage()
+            memory = LoopMemoryStorage()
             self._memory = (SyncFixedWindow(memory), SyncMovingWindow(memory))
+
+    @property
+    def memory_storage(self) -> LoopMemoryStorage | None:
+        """The in-memory counters (None with Redis)."""
+        if self._memory is None:
+            return None
+        return cast(LoopMemoryStorage, self._memory[0].storage)
 
     async def _stats(self, moving: bool, item: RateLimitItem, *keys: str) -> WindowStats:
         if self._memory is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.config import GatewaySettings
+from gateway.ratelimit import RateLimiter, parse_limit
 from tests.conftest import TokenFactory, running
 from tests.helpers import free_port
 from tests.processes import Process
@@ -156,3 +158,37 @@ async def test_two_gateway_processes_share_the_counts_in_redis(
     by_gateway = [[refused(a) for a in answers[n::2]] for n in range(2)]
     assert sum(not r for r in by_gateway[0] + by_gateway[1]) == 10  # one limit, not two
     assert all(any(not r for r in served) for served in by_gateway)  # both served some
+
+
+async def test_in_memory_counters_end_with_their_window_and_start_no_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The in-memory store (LoopMemoryStorage): a window's count ends with the window, the
+    counters of callers who never come back are swept, and counting starts no thread (the
+    library's memory storage starts a timer thread every 10 ms under load)."""
+    limiter = RateLimiter(None)
+    item = parse_limit("2/second")
+    await asyncio.sleep(0.05)  # the storage's first timer, from its constructor, has run
+    started: list[threading.Thread] = []
+    real_start = threading.Thread.start
+
+    def counted_start(thread: threading.Thread) -> None:
+        started.append(thread)
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", counted_start)
+    for caller in range(200):
+        assert [await limiter.hit(item, "read", f"user:{caller}") for _ in range(3)] == [
+            None,
+            None,
+            1,
+        ]
+        await asyncio.sleep(0.0001)
+    assert started == []
+    await asyncio.sleep(1.05)  # every window ended
+    assert await limiter.hit(item, "read", "user:0") is None  # a new window, a new count
+    storage = limiter.memory_storage
+    assert storage is not None
+    assert storage.sweep() == 199  # user:0 counts again; the 199 others are gone
+    assert len(storage.storage) == 1
+    assert started == []
