@@ -80,7 +80,8 @@ class LoopMemoryStorage(MemoryStorage):
         """Drops every counter whose window has ended; how many."""
         self._next_sweep = time.monotonic() + self.SWEEP_SECONDS
         now = time.time()
-        ended = [key for key, until in self.expirations.items() if until <= now]
+        # list(): one step under the GIL; the library's timer thread may drop keys meanwhile.
+        ended = [key for key, until in list(self.expirations.items()) if until <= now]
         for key in ended:
             with self.locks[key]:
                 if self.expirations.get(key, now + 1) <= now:
