@@ -47,15 +47,18 @@ def parse_limit(text: str) -> RateLimitItem:
 
 
 class LoopMemoryStorage(MemoryStorage):
-    """The limits library's synchronous memory storage, for counters used from one event loop:
-    a fixed window's counter is dropped when it is next read after its window ended, and
-    the counters nobody read again are swept every :attr:`SWEEP_SECONDS`, on the loop.
+    """The limits library's synchronous memory storage, for fixed-window counters used from
+    one event loop only: a counter is dropped when it is next read after its window ended,
+    and the counters nobody read again are swept every :attr:`SWEEP_SECONDS`, on the loop.
 
     The library's storage schedules a timer thread for that on every hit when none is
     running: under load, a new thread every 10 ms, and the loop stopped each time until the
-    thread started. That cost the gateway about 14 % of its proxied requests per second, the
-    limits check itself about 6 % (docs/identity.md, "Rate limits"). The moving windows (the
-    sign-in throttle, a few hits a minute) keep the library's own expiry."""
+    thread had started. That cost the gateway about 14 % of its proxied requests per second,
+    the limits check itself about 6 % (docs/identity.md, "Rate limits"). Nothing here runs
+    on another thread (the timer the library's constructor starts once finds the storage
+    empty), so there is nothing to lock. The moving windows (the sign-in throttle, a few hits
+    a minute) keep a storage of the library's own, with its timer: sharing one would let
+    that thread walk and delete these counters under the loop."""
 
     # Its own scheme: inheriting "memory" would register this class under the library's name.
     STORAGE_SCHEME = ["qunbuy+loop-memory"]  # noqa: RUF012 - the library's declared type
@@ -67,11 +70,10 @@ class LoopMemoryStorage(MemoryStorage):
 
     def incr(self, key: str, expiry: float, amount: int = 1) -> int:
         self.get(key)  # drops the counter of a window that has ended
-        with self.locks[key]:  # the library's timer thread may run (moving windows)
-            count = self.storage[key] + amount
-            self.storage[key] = count
-            if count == amount:
-                self.expirations[key] = time.time() + expiry
+        count = self.storage[key] + amount
+        self.storage[key] = count
+        if count == amount:
+            self.expirations[key] = time.time() + expiry
         if time.monotonic() >= self._next_sweep:
             self.sweep()
         return count
@@ -80,13 +82,10 @@ class LoopMemoryStorage(MemoryStorage):
         """Drops every counter whose window has ended; how many."""
         self._next_sweep = time.monotonic() + self.SWEEP_SECONDS
         now = time.time()
-        # list(): one step under the GIL; the library's timer thread may drop keys meanwhile.
-        ended = [key for key, until in list(self.expirations.items()) if until <= now]
+        ended = [key for key, until in self.expirations.items() if until <= now]
         for key in ended:
-            with self.locks[key]:
-                if self.expirations.get(key, now + 1) <= now:
-                    self.storage.pop(key, None)
-                    self.expirations.pop(key, None)
+            self.storage.pop(key, None)
+            del self.expirations[key]
             self.locks.pop(key, None)
         return len(ended)
 
@@ -108,8 +107,10 @@ class RateLimiter:
             storage = storage_from_string(f"async+{redis_url}", wrap_exceptions=True)
             self._redis = (FixedWindowRateLimiter(storage), MovingWindowRateLimiter(storage))
         else:
-            memory = LoopMemoryStorage()
-            self._memory = (SyncFixedWindow(memory), SyncMovingWindow(memory))
+            self._memory = (
+                SyncFixedWindow(LoopMemoryStorage()),
+                SyncMovingWindow(MemoryStorage()),
+            )
 
     @property
     def memory_storage(self) -> LoopMemoryStorage | None:

@@ -15,7 +15,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.config import GatewaySettings
-from gateway.ratelimit import RateLimiter, parse_limit
+from gateway.ratelimit import LoopMemoryStorage, RateLimiter, parse_limit
 from tests.conftest import TokenFactory, running
 from tests.helpers import free_port
 from tests.processes import Process
@@ -168,7 +168,7 @@ async def test_in_memory_counters_end_with_their_window_and_start_no_thread(
     library's memory storage starts a timer thread every 10 ms under load)."""
     limiter = RateLimiter(None)
     item = parse_limit("2/second")
-    await asyncio.sleep(0.05)  # the storage's first timer, from its constructor, has run
+    await asyncio.sleep(0.05)  # the storages' first timers, from their constructors, have run
     started: list[threading.Thread] = []
     real_start = threading.Thread.start
 
@@ -185,10 +185,30 @@ async def test_in_memory_counters_end_with_their_window_and_start_no_thread(
         ]
         await asyncio.sleep(0.0001)
     assert started == []
-    await asyncio.sleep(1.05)  # every window ended
-    assert await limiter.hit(item, "read", "user:0") is None  # a new window, a new count
     storage = limiter.memory_storage
     assert storage is not None
-    assert storage.sweep() == 199  # user:0 counts again; the 199 others are gone
-    assert len(storage.storage) == 1
+    assert len(storage.storage) == 200
+    await asyncio.sleep(1.05)  # every window ended
+    assert storage.sweep() == 200
+    assert len(storage.storage) == len(storage.expirations) == 0
+    assert [await limiter.hit(item, "read", "user:0") for _ in range(3)] == [None, None, 1]
+    assert len(storage.storage) == 1  # a new window, a new count
     assert started == []
+
+
+async def test_in_memory_counters_are_swept_by_the_hits_themselves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing but hits sweeps the counters of callers who never come back: with the sweep
+    due, a hit of another caller drops them."""
+    monkeypatch.setattr(LoopMemoryStorage, "SWEEP_SECONDS", 0.5)
+    limiter = RateLimiter(None)
+    item = parse_limit("5/second")
+    for caller in range(100):
+        assert await limiter.hit(item, "read", f"user:{caller}") is None
+    storage = limiter.memory_storage
+    assert storage is not None
+    assert len(storage.storage) == 100
+    await asyncio.sleep(1.05)  # their windows ended, and a sweep is due
+    assert await limiter.hit(item, "read", "user:new") is None
+    assert len(storage.storage) == len(storage.expirations) == 1

@@ -188,9 +188,10 @@ async def test_events_are_signed_with_the_stripe_scheme_and_retried_on_failure(
         verify_signature(body, signature, "")
 
 
-def test_the_documented_webhook_subscription_is_what_is_delivered() -> None:
-    """docs/payments.md tells operators which events to subscribe a Stripe endpoint to; the
-    simulated provider delivers exactly those (WEBHOOK_EVENTS) and no others."""
+def test_the_documented_webhook_subscription_is_webhook_events() -> None:
+    """docs/payments.md tells operators which events to subscribe a Stripe endpoint to: the
+    list the simulated provider delivers (WEBHOOK_EVENTS; what it delivers is checked above
+    and in tests/orders/test_payments_simulated.py)."""
     docs = (Path(__file__).resolve().parents[3] / "docs" / "payments.md").read_text()
     section = docs.split("3. Events to subscribe to", 1)[1].split("\n4. ", 1)[0]
     assert set(re.findall(r"`([a-z_]+(?:\.[a-z_]+)+)`", section)) == WEBHOOK_EVENTS
