@@ -63,4 +63,4 @@ USER 10001:10001
 # gateway, orders, crowdfund, referrals
 EXPOSE 8000 8001 8002 8003
 
-CMD ["uvicorn", "gateway.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+CMD ["uvicorn", "gateway.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--loop", "uvloop", "--http", "shared.server:CoalescingHttpToolsProtocol", "--no-access-log"]

@@ -55,10 +55,13 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
-def uvicorn(app: str, port: int, env: dict[str, str], factory: bool) -> subprocess.Popen[bytes]:
-    """The stand-in upstream, quiet."""
+def uvicorn(
+    app: str, port: int, env: dict[str, str], factory: bool, options: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """A stand-in, quiet: uvicorn as it comes, or with ``options`` (production's)."""
     argv = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
     argv += ["--no-access-log", "--log-level", "warning"] + (["--factory"] if factory else [])
+    argv += [o for o in options if o != "--no-access-log"]
     return subprocess.Popen(argv, env={**os.environ, **env}, cwd=ROOT)
 
 

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.gateway_proxy import free_port, peak_rss_mib, production, uvicorn, wait_http  # noqa: E402
 from bench.support import fresh_database, stopped_at_exit  # noqa: E402
+from qunbuy.platform import SERVER_OPTIONS  # noqa: E402
 from shared.auth import TokenIssuer, public_pem  # noqa: E402
 from shared.db import make_engine  # noqa: E402
 
@@ -190,11 +191,17 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
             worker = production(
                 "orders", ports["worker"], {**service_env, "WORKER_ENABLED": "true"}
             )
+            # The references on the same server as the service (its protocol, its loop).
+            served = SERVER_OPTIONS["orders"]
             reference = uvicorn(
-                "bench.reservation_reference:app", ports["reference"], {"DATABASE_URL": url}, False
+                "bench.reservation_reference:app",
+                ports["reference"],
+                {"DATABASE_URL": url},
+                False,
+                served,
             )
             framed = uvicorn(
-                "bench.reservation_reference:framed", ports["framed"], api_env, factory=True
+                "bench.reservation_reference:framed", ports["framed"], api_env, True, served
             )
             procs += [orders, worker, reference, framed]
             gateways = {}

@@ -24,8 +24,10 @@ APPS = {
 # bench/gateway_proxy.py. Every process logs a request only when it is a 5xx or slow
 # (docs/architecture.md): uvicorn's access log wrote a plain-text line for every one, which
 # was neither JSON nor cheap. uvloop and httptools are named so that a missing one fails the
-# start instead of silently serving on the slower pure-Python pair.
-_SERVE = ("--loop", "uvloop", "--http", "httptools", "--no-access-log")
+# start instead of silently serving on the slower pure-Python pair; the protocol is
+# httptools' with the writes of one loop step sent together (shared/server.py).
+HTTP_PROTOCOL = "shared.server:CoalescingHttpToolsProtocol"
+_SERVE = ("--loop", "uvloop", "--http", HTTP_PROTOCOL, "--no-access-log")
 SERVER_OPTIONS: dict[str, tuple[str, ...]] = dict.fromkeys(PORTS, _SERVE)
 # Who receives whose events (the relay of each publisher POSTs to these).
 SUBSCRIBERS = {"orders": ["referrals"], "crowdfund": ["referrals"], "referrals": []}
