@@ -120,7 +120,7 @@ async def test_test_payment_method_path(
     )
 
     # Every event the provider sent went through the webhook, applied once; only those a
-    # webhook endpoint subscribes to were sent (not payment_intent.created, charge.*...).
+    # webhook endpoint subscribes to were sent (not payment_intent.created, charge.succeeded).
     received = await sim_orders.inbox_types(payment["provider_payment_id"])
     assert received[-1] == LAST_EVENT[settled], received
     assert set(received) <= WEBHOOK_EVENTS, received
