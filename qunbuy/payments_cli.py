@@ -78,7 +78,7 @@ def _settings(service: str, database_url: str, embedded: bool) -> Any:
 
 async def _reconcile(args: argparse.Namespace) -> int:
     from qunbuy.platform import PlatformError, open_databases
-    from shared.db import make_engine, sessionmaker_for
+    from shared.db import autocommit_engine_for, make_engine, sessionmaker_for
     from shared.payments._reconcile import reconcile
     from shared.payments._wiring import build_provider, make_context
 
@@ -108,6 +108,7 @@ async def _reconcile(args: argparse.Namespace) -> int:
             tables=payments,
             provider=provider,
             sessionmaker=sessionmaker,
+            autocommit=autocommit_engine_for(engine),
         )
         async with sessionmaker() as session, session.begin():
             found = await reconcile(session, ctx, since=since, until=until, repair=args.repair)

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import ClauseElement, Row, String, and_, bindparam, delete, func, select, update
 from sqlalchemy import null as sa_null
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from shared.payments.tables import PaymentTables
 from shared.wakeup import CHANNEL
@@ -291,16 +291,17 @@ async def update_payment(
 
 
 async def attach_provider_payment(
-    session: AsyncSession,
+    db: AsyncSession | AsyncConnection,
     t: PaymentTables,
     payment_id: uuid.UUID,
     values: Mapping[str, Any],
     change: StatusChange,
 ) -> PaymentRow | None:
     """Ties a payment not yet sent to its provider object (with its history row); None when
-    it is tied already (a retry or a webhook got there first)."""
+    it is tied already (a retry or a webhook got there first). On a connection without a
+    transaction it commits on its own."""
     stmt, params = _payment_update(t, values, change, unsent_only=True)
-    row = (await session.execute(stmt, {**params, "w_id": payment_id})).first()
+    row = (await db.execute(stmt, {**params, "w_id": payment_id})).first()
     return _payment(row) if row is not None else None
 
 
@@ -619,6 +620,52 @@ async def sim_put(
             "v_settle_at": settle_at,
         },
     )
+
+
+async def sim_create_with_request(
+    db: AsyncConnection,
+    t: PaymentTables,
+    data: Mapping[str, Any],
+    *,
+    key: str,
+    request_hash: str,
+) -> bool:
+    """Records a new object (``data``, answered as it is) with the idempotency key of the
+    request that made it, in one statement: the object is written only when the key is new.
+    False when the key is taken (a concurrent request with it waits on the key's row until the
+    first one's transaction ends, as with :func:`sim_record_request`)."""
+    o, r = t.simulated_object, t.simulated_request
+
+    def build() -> Any:
+        recorded = (
+            insert(r)
+            .values(
+                idempotency_key=bindparam("v_key"),
+                request_hash=bindparam("v_hash"),
+                response=bindparam("v_data"),
+            )
+            .on_conflict_do_nothing()
+            .returning(r.c.idempotency_key)
+            .cte("recorded")
+        )
+        new = select(
+            bindparam("v_id", type_=o.c.id.type),
+            bindparam("v_type", type_=o.c.type.type),
+            bindparam("v_data", type_=o.c.data.type),
+        ).select_from(recorded)
+        return insert(o).from_select(["id", "type", "data"], new).returning(o.c.id)
+
+    created = await db.execute(
+        _built(("sim_create", t), build),
+        {
+            "v_key": key,
+            "v_hash": request_hash,
+            "v_id": data["id"],
+            "v_type": data["object"],
+            "v_data": dict(data),
+        },
+    )
+    return created.first() is not None
 
 
 async def sim_children(

@@ -33,6 +33,7 @@ from typing import Any, Literal, TypeVar
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from shared.db import autocommit_engine_for
 from shared.payments import _repository as repo
 from shared.payments._provider import (
     FAILING_PAYOUT_ACCOUNT,
@@ -225,6 +226,8 @@ class SimulatedProvider:
     ) -> None:
         self._sessionmaker = sessionmaker
         self._engine = engine
+        # The same pool, each statement committing on its own (see ``_create``).
+        self._autocommit = autocommit_engine_for(engine or sessionmaker.kw["bind"])
         self._t = tables
         self._webhook_secret = webhook_secret
         self.settle_seconds = settle_seconds
@@ -276,10 +279,44 @@ class SimulatedProvider:
         except (_KeyTaken, ProviderError):
             if key is None:
                 raise
-            async with self._sessionmaker() as session:
-                stored = await repo.sim_stored_request(session, self._t, key)
+            stored = await self._stored(key, digest)
             if stored is None:
                 raise
+            return stored
+
+    async def _create(
+        self, key: str, request: Mapping[str, Any], obj: dict[str, Any]
+    ) -> dict[str, Any]:
+        """As :meth:`_run` for a request that only creates ``obj`` (nothing read first, no
+        event sent): one statement, committing on its own, that records the object with its
+        key, or answers what the key's first request stored."""
+        digest = _request_hash(request)
+        dropped = False
+        while True:
+            try:
+                async with self._autocommit.connect() as conn:
+                    if await repo.sim_create_with_request(
+                        conn, self._t, obj, key=key, request_hash=digest
+                    ):
+                        return obj
+            except DBAPIError as exc:
+                # A connection the server dropped, as in ``_run``: once more on a new one.
+                if dropped or not exc.connection_invalidated:
+                    raise
+                dropped = True
+                continue
+            stored = await self._stored(key, digest)
+            if stored is not None:
+                return stored
+            # The key's first request was rolled back after this one found it taken: the
+            # key is free again, so this request runs as a new one.
+
+    async def _stored(self, key: str, digest: str) -> dict[str, Any] | None:
+        """The answer stored for ``key``, if any; refused when it was for another request."""
+        async with self._sessionmaker() as session:
+            stored = await repo.sim_stored_request(session, self._t, key)
+        if stored is None:
+            return None
         stored_hash, response = stored
         if stored_hash != digest:
             raise ProviderRejected(
@@ -431,6 +468,10 @@ class SimulatedProvider:
             return intent
 
         fields = {"op": "create_payment", **self._request_fields(request)}
+        if not request.payment_method and "payment_intent.created" not in WEBHOOK_EVENTS:
+            # Nothing to check and nothing to send: the intent and its key, in one statement.
+            intent = await self._create(idempotency_key, fields, self._new_intent(request))
+            return payment_from_intent(intent)
         return payment_from_intent(await self._run(idempotency_key, fields, op))
 
     async def confirm_payment(

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.events import EventPublisher, contracts
 from shared.money import normalize_currency
@@ -69,6 +69,8 @@ class PaymentContext:
 
     ``sessionmaker`` opens the short transactions of the money path: no transaction (and no
     pooled connection, and no row lock) is held while the provider is called.
+    ``autocommit`` is the same pool with each statement committing on its own, for the steps
+    that are a single statement (no BEGIN and COMMIT round trips around it).
     """
 
     service: str
@@ -77,12 +79,19 @@ class PaymentContext:
     publisher: EventPublisher
     max_amount: int
     sessionmaker: async_sessionmaker[AsyncSession]
+    autocommit: AsyncEngine
     hooks: PaymentHooks = field(default_factory=PaymentHooks)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         async with self.sessionmaker() as session, session.begin():
             yield session
+
+    @contextlib.asynccontextmanager
+    async def single(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection whose statements each commit on their own."""
+        async with self.autocommit.connect() as conn:
+            yield conn
 
 
 @dataclass(frozen=True)
@@ -274,6 +283,42 @@ def _snapshot_values(
     return values, new_failure
 
 
+@dataclass(frozen=True, slots=True)
+class _SnapshotUpdate:
+    """What bringing a payment up to a provider snapshot writes."""
+
+    changed: bool  # the status moves
+    values: dict[str, Any]
+    new_failure: bool
+
+    @property
+    def writes_nothing(self) -> bool:
+        return not (self.changed or self.values or self.new_failure)
+
+
+def _snapshot_update(
+    row: PaymentRow,
+    pp: ProviderPayment,
+    *,
+    authoritative: bool = False,
+    event_at: datetime | None = None,
+) -> _SnapshotUpdate | None:
+    """What :func:`_apply_payment` writes for ``pp`` (its refunds aside); None when the
+    snapshot is old news."""
+    failed = pp.status == "requires_payment_method" and pp.failure_code is not None
+    if authoritative:
+        changed = pp.status != row.status
+    elif row.provider_charge_id is not None and pp.charge_id is None:
+        # The snapshot predates the first charge we know of: it is old news.
+        return None
+    else:
+        changed = _transition_allowed(row.status, pp.status, failed=failed)
+    values, new_failure = _snapshot_values(row, pp, changed=changed, authoritative=authoritative)
+    if event_at is not None and (row.provider_event_at is None or event_at > row.provider_event_at):
+        values["provider_event_at"] = event_at
+    return _SnapshotUpdate(changed, values, new_failure)
+
+
 async def _apply_payment(
     session: AsyncSession,
     ctx: PaymentContext,
@@ -286,17 +331,10 @@ async def _apply_payment(
     authoritative: bool = False,
 ) -> PaymentRow:
     """Brings a (locked or new) payment up to the provider's snapshot ``pp``."""
-    failed = pp.status == "requires_payment_method" and pp.failure_code is not None
-    if authoritative:
-        changed = pp.status != row.status
-    elif row.provider_charge_id is not None and pp.charge_id is None:
-        # The snapshot predates the first charge we know of: it is old news.
+    update = _snapshot_update(row, pp, authoritative=authoritative, event_at=event_at)
+    if update is None:
         return row
-    else:
-        changed = _transition_allowed(row.status, pp.status, failed=failed)
-    values, new_failure = _snapshot_values(row, pp, changed=changed, authoritative=authoritative)
-    if event_at is not None and (row.provider_event_at is None or event_at > row.provider_event_at):
-        values["provider_event_at"] = event_at
+    changed, values, new_failure = update.changed, update.values, update.new_failure
     change = (
         repo.StatusChange(row.status, source, event_id, with_failure=new_failure)
         if changed or new_failure
@@ -452,6 +490,18 @@ async def _record_intent(
     return inserted
 
 
+_TIE_STATUS = "requires_payment_method"
+
+
+def _tie_values(pp: ProviderPayment) -> dict[str, Any]:
+    return {
+        "provider_payment_id": pp.id,
+        "capture_method": pp.capture_method,
+        "status": _TIE_STATUS,
+        "client_secret": pp.client_secret,
+    }
+
+
 async def _record_created(
     session: AsyncSession, ctx: PaymentContext, payment_id: uuid.UUID, pp: ProviderPayment
 ) -> PaymentRow:
@@ -459,20 +509,39 @@ async def _record_created(
     # The usual case is one statement: the update locks the row as a SELECT ... FOR UPDATE
     # would, and finds it untied; otherwise (already tied) the row is read under its lock.
     row = await repo.attach_provider_payment(
-        session,
-        ctx.tables,
-        payment_id,
-        {
-            "provider_payment_id": pp.id,
-            "capture_method": pp.capture_method,
-            "status": "requires_payment_method",
-            "client_secret": pp.client_secret,
-        },
-        repo.StatusChange(CREATING, "api"),
+        session, ctx.tables, payment_id, _tie_values(pp), repo.StatusChange(CREATING, "api")
     )
     if row is None:
         row = await _locked(session, ctx, payment_id)
     return await _apply_payment(session, ctx, row, pp, source="api")
+
+
+def _tying_is_all(pp: ProviderPayment) -> bool:
+    """Whether tying the intent (:func:`_tie_values`) already puts it in the state ``pp``
+    describes: a new payment waiting for its method (a WeChat Pay or Alipay payment the
+    customer completes in the app, a card not given yet), not failed, not charged."""
+    return pp.status == _TIE_STATUS and pp.failure_code is None and pp.charge_id is None
+
+
+async def _record_created_answer(
+    ctx: PaymentContext, payment_id: uuid.UUID, pp: ProviderPayment
+) -> PaymentRow:
+    """Records the provider's answer to the creation: in the usual case one statement that
+    commits on its own, else the tie and the snapshot together in one transaction."""
+    if _tying_is_all(pp):
+        # The status it commits is the snapshot's own, so nobody (a reader, a retry after a
+        # crash) can see a state the payment is not in; whatever else the snapshot would
+        # change (nothing, for a new payment) is then applied in a transaction below.
+        async with ctx.single() as conn:
+            row = await repo.attach_provider_payment(
+                conn, ctx.tables, payment_id, _tie_values(pp), repo.StatusChange(CREATING, "api")
+            )
+        if row is not None and not pp.refunds:
+            update = _snapshot_update(row, pp)
+            if update is None or update.writes_nothing:
+                return row
+    async with ctx.transaction() as session:
+        return await _record_created(session, ctx, payment_id, pp)
 
 
 async def create_at_provider(
@@ -487,5 +556,4 @@ async def create_at_provider(
         async with ctx.transaction() as session:
             await repo.delete_unsent_payment(session, ctx.tables, payment_id)
         raise
-    async with ctx.transaction() as session:
-        return await _record_created(session, ctx, payment_id, pp)
+    return await _record_created_answer(ctx, payment_id, pp)

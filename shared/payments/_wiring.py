@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 import structlog
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.db import make_engine, sessionmaker_for
 from shared.events import EventPublisher
@@ -75,11 +75,13 @@ def make_context(
     tables: PaymentTables,
     provider: PaymentProvider,
     sessionmaker: async_sessionmaker[AsyncSession],
+    autocommit: AsyncEngine,
     hooks: PaymentHooks | None = None,
 ) -> PaymentContext:
     return PaymentContext(
         service=service,
         sessionmaker=sessionmaker,
+        autocommit=autocommit,
         hooks=hooks or PaymentHooks(),
         tables=tables,
         provider=provider,
@@ -112,6 +114,7 @@ def install_payments(
                 tables=tables,
                 provider=provider,
                 sessionmaker=app.state.sessionmaker,
+                autocommit=app.state.autocommit_engine,
                 hooks=hooks,
             )
         )

@@ -245,6 +245,7 @@ def context(provider: Any) -> PaymentContext:
         publisher=EventPublisher(source="referrals", tables=platform, subscribers=[]),
         max_amount=100,
         sessionmaker=None,  # type: ignore[arg-type]  # pay_out opens no transaction
+        autocommit=None,  # type: ignore[arg-type]  # nor runs a statement of its own
     )
 
 

@@ -8,9 +8,11 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import stripe
+from sqlalchemy import event, func, select
 
 from qunbuy.pg import database_url, drop_databases, ensure_databases
 from services.orders.models import payments
@@ -91,6 +93,50 @@ async def test_same_key_same_request_returns_the_first_result(
     with pytest.raises(ProviderRejected) as refused:
         await provider.confirm_payment(created.id, payment_method=None, idempotency_key=key())
     assert refused.value.code == "payment_intent_unexpected_state"
+
+
+async def test_a_payment_without_a_method_is_created_once_per_key_in_one_statement(
+    own_db: str,
+) -> None:
+    """A WeChat Pay or Alipay payment (no method to check first) is the intent and its key
+    written by one statement that commits on its own; ten concurrent requests with one key
+    make one intent, all answered with it, and the key with another request is refused."""
+    engine = make_engine(own_db, pool_size=2)
+    provider = SimulatedProvider(
+        sessionmaker=sessionmaker_for(engine), tables=payments, webhook_secret="whsec_x"
+    )
+    seen: list[tuple[str, object]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(
+            (statement.split(maxsplit=1)[0], conn.get_execution_options().get("isolation_level"))
+        )
+
+    marker, shared_key = uuid.uuid4().hex, key()
+    req = request(None, marker=marker)
+    try:
+        event.listen(engine.sync_engine, "before_cursor_execute", record)
+        first = await provider.create_payment(req, idempotency_key=shared_key)
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+        assert seen == [("WITH", "AUTOCOMMIT")]
+        created = await asyncio.gather(
+            *(provider.create_payment(req, idempotency_key=shared_key) for _ in range(10))
+        )
+        assert {p.id for p in created} == {first.id}
+        assert first.status == "requires_payment_method"
+        assert (await provider.retrieve_payment(first.id)).amount == 1000
+        async with engine.connect() as conn:
+            objects = await conn.scalar(
+                select(func.count())
+                .select_from(payments.simulated_object)
+                .where(payments.simulated_object.c.data["metadata"]["marker"].as_string() == marker)
+            )
+        assert objects == 1
+        with pytest.raises(ProviderRejected) as refused:
+            await provider.create_payment(request(None, amount=2000), idempotency_key=shared_key)
+        assert refused.value.code == "idempotency_key_in_use"
+    finally:
+        await engine.dispose()
 
 
 async def test_same_key_different_request_is_refused(provider: SimulatedProvider) -> None:
