@@ -296,9 +296,15 @@ settlement = Table(
     Column("payout_account", String(80)),
     Column("payout_attempt", Integer, nullable=False, server_default="0"),
     Column("failure_reason", String(500)),
+    # What the provider took back from the transfer that paid it, in part (the creator kept
+    # ``payout - reversed_amount``); reversed in full, the statement is ``failed`` instead.
+    Column("reversed_amount", BigInteger, nullable=False, server_default="0"),
     *_timestamps(),
     CheckConstraint(
         "payout = collected - refunds - platform_fee - payment_fees", name="payout_reconciles"
+    ),
+    CheckConstraint(
+        "reversed_amount >= 0 AND reversed_amount <= GREATEST(payout, 0)", name="reversed"
     ),
     CheckConstraint(
         "status IN ('pending', 'paying', 'paid', 'failed', 'owed')", name="status_known"

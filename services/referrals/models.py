@@ -261,8 +261,12 @@ withdrawal = Table(
     Column("paid_at", DateTime(timezone=True)),
     # The connected account a transfer pays (copied at approval): set, it is ``paying``.
     Column("payout_account", String(80)),
+    # What the provider took back from a paid transfer (reversals, in full or in part) and
+    # the ledger returned to available; while ``paying``, what it will return when paid.
+    Column("reversed_amount", BigInteger, nullable=False, server_default="0"),
     *_timestamps(),
     CheckConstraint("amount > 0 AND fee >= 0 AND taken_back >= 0", name="amounts"),
+    CheckConstraint("reversed_amount >= 0 AND reversed_amount <= amount", name="reversed"),
     CheckConstraint(
         "status IN ('requested', 'approved', 'paying', 'paid', 'rejected', 'failed')",
         name="status_known",

@@ -112,8 +112,8 @@ async def pay_out(
         _log.warning("payout_refused", reference=reference, code=exc.code)
         return Payout("failed", None, exc.code or "transfer_refused", exc.message)
     if transfer.amount_reversed >= transfer.amount:
-        # Reversed in full: nothing was kept. A partial reversal is paid (the payee kept
-        # part of it), as the payout hooks treat one: logged for staff, no money moved back.
+        # Reversed in full: nothing was kept. Reversed in part, it is paid: the transfer
+        # carries ``amount_reversed``, which the domain books with the payment.
         return Payout("failed", transfer, "transfer_reversed", "the transfer was reversed")
     if transfer.reversed:
         _log.warning("payout_partly_reversed", reference=reference, transfer=transfer.id)

@@ -48,6 +48,7 @@ from shared.payments._provider import (
     ProviderRejected,
     ProviderSetup,
     ProviderTransfer,
+    ProviderUnavailable,
     TransferRequest,
     payment_from_intent,
     refund_from_object,
@@ -227,7 +228,10 @@ class SimulatedProvider:
         self._sessionmaker = sessionmaker
         self._engine = engine
         # The same pool, each statement committing on its own (see ``_create``).
-        self._autocommit = autocommit_engine_for(engine or sessionmaker.kw["bind"])
+        bind = engine or sessionmaker.kw.get("bind")
+        if not isinstance(bind, AsyncEngine):
+            raise TypeError("the simulated provider needs a sessionmaker bound to an engine")
+        self._autocommit = autocommit_engine_for(bind)
         self._t = tables
         self._webhook_secret = webhook_secret
         self.settle_seconds = settle_seconds
@@ -291,25 +295,24 @@ class SimulatedProvider:
         event sent): one statement, committing on its own, that records the object with its
         key, or answers what the key's first request stored."""
         digest = _request_hash(request)
-        dropped = False
-        while True:
+        for attempt in (1, 2):
             try:
                 async with self._autocommit.connect() as conn:
                     if await repo.sim_create_with_request(
                         conn, self._t, obj, key=key, request_hash=digest
                     ):
                         return obj
+                break
             except DBAPIError as exc:
                 # A connection the server dropped, as in ``_run``: once more on a new one.
-                if dropped or not exc.connection_invalidated:
+                if attempt == 2 or not exc.connection_invalidated:
                     raise
-                dropped = True
-                continue
-            stored = await self._stored(key, digest)
-            if stored is not None:
-                return stored
-            # The key's first request was rolled back after this one found it taken: the
-            # key is free again, so this request runs as a new one.
+        # The key was taken: its first request committed (an INSERT that meets a key still
+        # being written waits for that transaction, and inserts if it rolls back).
+        stored = await self._stored(key, digest)
+        if stored is None:  # a committed key is never deleted
+            raise ProviderUnavailable("the simulated provider lost an idempotency key")
+        return stored
 
     async def _stored(self, key: str, digest: str) -> dict[str, Any] | None:
         """The answer stored for ``key``, if any; refused when it was for another request."""

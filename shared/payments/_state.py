@@ -1,5 +1,6 @@
 """The payment layer's business rules. SQL lives in ``_repository``; transactions are opened
-only by :meth:`PaymentContext.transaction`, short ones around each provider call.
+only by :meth:`PaymentContext.transaction`, short ones around each provider call, and a step
+that is a single statement may run alone on :meth:`PaymentContext.single`.
 
 A payment follows its provider PaymentIntent. Its status only moves along the intent's
 state machine (docs/payments.md draws it), so a stale snapshot (an old webhook, a replayed
@@ -519,8 +520,16 @@ async def _record_created(
 def _tying_is_all(pp: ProviderPayment) -> bool:
     """Whether tying the intent (:func:`_tie_values`) already puts it in the state ``pp``
     describes: a new payment waiting for its method (a WeChat Pay or Alipay payment the
-    customer completes in the app, a card not given yet), not failed, not charged."""
-    return pp.status == _TIE_STATUS and pp.failure_code is None and pp.charge_id is None
+    customer completes in the app, a card not given yet): not failed, not charged, nothing
+    for the customer to do yet, no method and no refund to record."""
+    return (
+        pp.status == _TIE_STATUS
+        and pp.failure_code is None
+        and pp.charge_id is None
+        and not pp.next_action
+        and not pp.payment_method
+        and not pp.refunds
+    )
 
 
 async def _record_created_answer(
@@ -529,14 +538,15 @@ async def _record_created_answer(
     """Records the provider's answer to the creation: in the usual case one statement that
     commits on its own, else the tie and the snapshot together in one transaction."""
     if _tying_is_all(pp):
-        # The status it commits is the snapshot's own, so nobody (a reader, a retry after a
-        # crash) can see a state the payment is not in; whatever else the snapshot would
-        # change (nothing, for a new payment) is then applied in a transaction below.
+        # What it commits is the whole snapshot, so nobody (a reader, a retry after a crash)
+        # can see a state the payment is not in. Tied already (a retry or a webhook got
+        # there first), or should the snapshot still write something, the transaction
+        # below applies it under the row's lock.
         async with ctx.single() as conn:
             row = await repo.attach_provider_payment(
                 conn, ctx.tables, payment_id, _tie_values(pp), repo.StatusChange(CREATING, "api")
             )
-        if row is not None and not pp.refunds:
+        if row is not None:
             update = _snapshot_update(row, pp)
             if update is None or update.writes_nothing:
                 return row

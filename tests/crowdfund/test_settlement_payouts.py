@@ -300,3 +300,38 @@ async def test_a_late_reversal_of_an_earlier_attempt_leaves_the_new_one_to_pay(
     assert (paid["status"], paid["external_reference"]) == ("paid", second[0]["id"])
     assert second[0]["amount"] == paid["payout"]
     assert second[0]["reversed"] is False
+
+
+async def test_a_transfer_reversed_in_part_is_recorded_and_the_statement_stays_paid(
+    sim_crowdfund: PaymentsApp, auth: TokenFactory
+) -> None:
+    """Reversed in part (1000, then 2500 in all; the news late and twice): the statement stays
+    paid and records what was taken back, never less than it knew; reversed in full it fails,
+    and an admin's new attempt starts with nothing taken back."""
+    app = sim_crowdfund
+    project_id, staff, statement = await settled(app, auth, account=ACCOUNT, amounts=(9900,))
+    assert (statement["status"], statement["reversed_amount"]) == ("paid", 0)
+    reference = payout_reference(uuid.UUID(statement["id"]))
+    (made,) = await app.provider_transfers(reference=reference)
+
+    async def news(amount_reversed: int) -> dict[str, Any]:
+        transfer = {**made, "amount_reversed": amount_reversed}
+        transfer["reversed"] = amount_reversed == made["amount"]
+        change = PayoutChange("reversed", reference, transfer_from_object(transfer))
+        async with app.app.state.sessionmaker() as session, session.begin():
+            await app.app.state.settlements.on_payout_change(session, change)
+        found: dict[str, Any] = await get_json(app, f"/v1/projects/{project_id}/settlement", staff)
+        return found
+
+    for amount_reversed in (1000, 2500, 1000, 2500):
+        now = await news(amount_reversed)
+    assert (now["status"], now["reversed_amount"]) == ("paid", 2500)
+    assert now["external_reference"] == made["id"]
+    failed = await news(made["amount"])
+    assert (failed["status"], failed["reversed_amount"]) == ("failed", failed["payout"])
+    assert "transfer_reversed" in failed["failure_reason"]
+    again = await app.client.post(
+        f"/v1/projects/settlements/{statement['id']}/payout", headers=auth("admin")
+    )
+    assert again.status_code == 200, again.text
+    assert (again.json()["status"], again.json()["reversed_amount"]) == ("paying", 0)

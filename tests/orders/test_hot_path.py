@@ -11,6 +11,8 @@ from typing import Any
 
 from sqlalchemy import event, select
 
+from shared.payments import PaymentRequest, ProviderPayment, record_payment
+from shared.payments._state import create_at_provider
 from tests.conftest import TokenFactory
 from tests.orders.presale_support import open_campaign, order
 from tests.shared.payments.support import PaymentsApp
@@ -97,4 +99,53 @@ async def test_a_card_confirmed_at_once_is_tied_and_applied_in_one_transaction(
         ("creating", "requires_payment_method"),
         ("requires_payment_method", "requires_confirmation"),
         ("requires_confirmation", "succeeded"),
+    ]
+
+
+async def test_a_payment_tied_already_is_applied_under_its_lock_not_tied_twice(
+    sim_orders: PaymentsApp,
+) -> None:
+    """The provider's answer recorded twice (a retry, or a webhook, tied it first): the
+    second tie finds nothing untied and applies the answer in a transaction under the row's
+    lock: the same payment, one history row for the tie."""
+    ctx = sim_orders.ctx
+    payment_id = uuid.uuid4()
+    async with ctx.transaction() as session:
+        recorded = await record_payment(
+            session,
+            ctx,
+            payment_id=payment_id,
+            reference=f"test:{payment_id}",
+            merchant_id="m_hot_path",
+            customer_id="c_hot_path",
+            amount=1000,
+            currency="CNY",
+            method="wechat_pay",
+        )
+    answer = await ctx.provider.create_payment(
+        PaymentRequest(
+            amount=recorded.amount,
+            currency=recorded.currency,
+            method="wechat_pay",
+            capture_method="automatic",
+            metadata={},
+        ),
+        idempotency_key=f"test:{payment_id}",
+    )
+
+    async def answered() -> ProviderPayment:
+        return answer
+
+    with statements(sim_orders) as seen:
+        first = await create_at_provider(ctx, payment_id, answered())
+    assert [alone for _, alone in seen] == [True]
+    with statements(sim_orders) as seen:
+        second = await create_at_provider(ctx, payment_id, answered())
+    # The tie alone, then in a transaction the tie again (nothing untied) and the locked read.
+    assert [alone for _, alone in seen] == [True, False, False], seen
+    assert second == first
+    assert (first.status, first.provider_payment_id) == ("requires_payment_method", answer.id)
+    assert await history(sim_orders, str(payment_id)) == [
+        (None, "creating"),
+        ("creating", "requires_payment_method"),
     ]

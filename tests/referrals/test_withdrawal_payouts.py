@@ -286,6 +286,114 @@ class TestStripeTransfer:
         kinds = [k for k, _ in await ledger_entries(app, w["id"])]
         assert kinds == ["withdraw", "payout", "fee", "reversal", "fee_reversal"]
 
+    async def test_a_transfer_reversed_in_parts_returns_each_part_once_then_the_rest(
+        self,
+        stripe_referrals: PaymentsApp,
+        auth: TokenFactory,
+        localstripe_sdk: stripe.StripeClient,
+    ) -> None:
+        """Reversed in part (300, then 200 more): each part goes from withdrawn back to
+        available once, whatever the order and number of the events, and the withdrawal stays
+        paid with its fee; reversed in full at last, the rest and the fee come back."""
+        app = stripe_referrals
+        program, seller, w = await approved_withdrawal(app, auth)
+        await run_jobs(app)
+        (made,) = await transfers(localstripe_sdk, w["id"])
+
+        async def reverse(amount: int) -> dict[str, Any]:
+            await localstripe_sdk.v1.transfers.reversals.create_async(
+                made["id"], {"amount": amount}
+            )
+            return (await localstripe_sdk.v1.transfers.retrieve_async(made["id"])).to_dict()
+
+        async def deliver(transfer: dict[str, Any]) -> str:
+            body, headers = signed(event("transfer.reversed", transfer), STRIPE_WEBHOOK_SECRET)
+            answer = await app.client.post("/webhooks/stripe", content=body, headers=headers)
+            assert answer.status_code == 200, answer.text
+            return str(answer.json()["status"])
+
+        first, second = await reverse(300), await reverse(200)
+        assert (first["amount_reversed"], first["reversed"]) == (300, False)
+        # The later news first, then the earlier one (and each again): 500 back, once.
+        for news in (second, first, second, first):
+            assert await deliver(news) == "applied"
+        found = await current(app, program, w["id"])
+        assert (found["status"], found["reversed_amount"]) == ("paid", 500)
+        assert await program.balances(seller["id"]) == {
+            "pending": 0,
+            "available": 1450,  # 2000 - 1000 - 50 + 500
+            "withdrawing": 0,
+            "withdrawn": 500,
+            "owed": 0,
+        }
+        assert await ledger_entries(app, w["id"]) == [
+            ("withdraw", 1050),
+            ("payout", 1000),
+            ("fee", 50),
+            ("reversal", 500),
+        ]
+        assert await deliver(await reverse(500)) == "applied"
+        failed = await current(app, program, w["id"])
+        assert (failed["status"], failed["reversed_amount"]) == ("failed", 1000)
+        assert "transfer_reversed" in failed["reason"]
+        assert await program.balances(seller["id"]) == {
+            "pending": 0,
+            "available": 2000,
+            "withdrawing": 0,
+            "withdrawn": 0,
+            "owed": 0,
+        }
+        assert [k for k, _ in await ledger_entries(app, w["id"])] == [
+            "withdraw",
+            "payout",
+            "fee",
+            "reversal",
+            "reversal",
+            "fee_reversal",
+        ]
+
+    async def test_a_part_reversed_before_the_job_records_the_transfer_is_returned_when_it_does(
+        self,
+        stripe_referrals: PaymentsApp,
+        auth: TokenFactory,
+        localstripe_sdk: stripe.StripeClient,
+    ) -> None:
+        """The transfer is made and reversed in part, and the news arrives, while the
+        withdrawal is still ``paying`` (the job's answer was lost): kept, and returned to
+        available when the job's next run finds the transfer and records it paid."""
+        app = stripe_referrals
+        program, seller, w = await approved_withdrawal(app, auth)
+        reference = payout_reference(uuid.UUID(w["id"]))
+        made = await localstripe_sdk.v1.transfers.create_async(
+            {
+                "amount": 1000,
+                "currency": "cny",
+                "destination": ACCOUNT,
+                "transfer_group": reference,
+                "metadata": {"reference": reference, "qunbuy_attempt": "1"},
+            }
+        )
+        await localstripe_sdk.v1.transfers.reversals.create_async(made.id, {"amount": 250})
+        reversed_ = (await localstripe_sdk.v1.transfers.retrieve_async(made.id)).to_dict()
+        body, headers = signed(event("transfer.reversed", reversed_), STRIPE_WEBHOOK_SECRET)
+        answer = await app.client.post("/webhooks/stripe", content=body, headers=headers)
+        assert answer.json()["status"] == "applied"
+        paying = await current(app, program, w["id"])
+        assert (paying["status"], paying["reversed_amount"]) == ("paying", 250)
+        assert (await program.balances(seller["id"]))["withdrawing"] == 1050
+        await run_jobs(app)
+        paid = await current(app, program, w["id"])
+        assert (paid["status"], paid["external_reference"]) == ("paid", made.id)
+        assert paid["reversed_amount"] == 250
+        assert len(await transfers(localstripe_sdk, w["id"])) == 1  # found, not made again
+        assert await program.balances(seller["id"]) == {
+            "pending": 0,
+            "available": 1200,  # 2000 - 1050 + 250
+            "withdrawing": 0,
+            "withdrawn": 750,
+            "owed": 0,
+        }
+
     async def test_a_transfer_of_another_service_is_not_ours(
         self, stripe_referrals: PaymentsApp, localstripe_sdk: stripe.StripeClient
     ) -> None:

@@ -37,6 +37,7 @@ class SettlementRow:
     payout_account: str | None
     payout_attempt: int
     failure_reason: str | None
+    reversed_amount: int
     created_at: datetime
     updated_at: datetime
 

@@ -65,6 +65,10 @@ class SettlementOut(BaseModel):
     payout_account: str | None
     payout_attempt: int = Field(description="Transfers started for it (each its own).")
     failure_reason: str | None
+    reversed_amount: int = Field(
+        description="Paid by transfer, what the provider then took back in part (the creator "
+        "kept payout - reversed_amount; a person settles the rest)."
+    )
     created_at: datetime
 
     @classmethod
@@ -89,5 +93,6 @@ class SettlementOut(BaseModel):
             payout_account=x.payout_account,
             payout_attempt=x.payout_attempt,
             failure_reason=x.failure_reason,
+            reversed_amount=x.reversed_amount,
             created_at=x.created_at,
         )

@@ -10,10 +10,11 @@ and the payment layer is configured, a statement with something to pay becomes `
 settlement and the payout job (detached: no transaction open while the provider works)
 transfers ``payout`` through the payment layer, keyed by (statement, attempt), so a second
 run or worker gets the first transfer back. The answer makes it ``paid`` (the transfer id is
-its reference) or ``failed`` (with the provider's reason); a transfer reversed later makes a
-paid statement ``failed``. An admin may start a transfer for a ``pending`` or ``failed``
-statement (a new attempt), or record a payout made outside (bank transfer) with its
-reference. An ``owed`` statement (the creator owes the platform) never pays out.
+its reference) or ``failed`` (with the provider's reason); a transfer reversed later in full
+makes a paid statement ``failed``, and one reversed in part records what was taken back
+(``reversed_amount``) on the statement, which stays paid. An admin may start a transfer for
+a ``pending`` or ``failed`` statement (a new attempt), or record a payout made outside (bank
+transfer) with its reference. An ``owed`` statement (the creator owes the platform) never pays out.
 
     pending --(account set: at settlement, or an admin)--> paying --> paid | failed
     pending | failed --(an admin, paid outside)--> paid        paid --(reversed)--> failed
@@ -159,6 +160,7 @@ def _paying(destination: str, attempt: int, by: str) -> dict[str, Any]:
         "payout_attempt": attempt,
         "paid_by": by,
         "failure_reason": None,
+        "reversed_amount": 0,  # a new transfer: nothing taken back from it
     }
 
 
@@ -197,6 +199,7 @@ async def mark_paid(
             "external_reference": reference,
             "paid_by": principal.sub,
             "paid_at": now_utc(),
+            "reversed_amount": 0,  # paid outside: no transfer of ours to take back
         },
     )
 
@@ -305,6 +308,11 @@ class Settlements:
                     "status": "paid",
                     "external_reference": result.transfer.id,
                     "paid_at": now_utc(),
+                    # Taken back in part already (its news may have come first).
+                    "reversed_amount": min(
+                        locked.payout,
+                        max(locked.reversed_amount, result.transfer.amount_reversed),
+                    ),
                 }
             else:
                 reason = _failure(result.failure_code, result.failure_message)
@@ -313,26 +321,41 @@ class Settlements:
         _log.info("settlement_payout", settlement_id=str(found.id), outcome=result.status)
 
     async def on_payout_change(self, session: AsyncSession, change: PayoutChange) -> None:
-        """A transfer reversed in full: the creator did not keep the payout, so the statement
-        is ``failed`` again (an admin pays it anew)."""
+        """A transfer reversed. In full: the creator did not keep the payout, so the
+        statement is ``failed`` again (an admin pays it anew). In part: it stays paid, and
+        what was taken back is recorded on it (``reversed_amount``) for a person to settle."""
         parsed = parse_domain_reference(REFERENCE_PREFIX, (PAYOUT,), change.reference)
         if parsed is None:
             return
         found = await repo.get_settlement(session, parsed[0], lock=True)
+        if found is None:
+            return
         transfer = change.transfer
-        if found is None or transfer.amount_reversed < transfer.amount:
-            if found is not None:
-                _log.warning("settlement_transfer_partly_reversed", settlement_id=str(found.id))
+        # Only the transfer of the attempt now running (or the one the statement was paid by):
+        # a late event about an earlier attempt's reversed transfer must not touch a new one.
+        current = transfer.metadata.get("qunbuy_attempt") == str(found.payout_attempt)
+        ours = (found.status == "paying" and current) or (
+            found.status == "paid" and found.external_reference == transfer.id
+        )
+        if not ours:
+            return
+        if transfer.amount_reversed < transfer.amount:
+            taken_back = min(found.payout, max(found.reversed_amount, transfer.amount_reversed))
+            await repo.update_settlement(session, found.id, {"reversed_amount": taken_back})
+            _log.warning(
+                "settlement_transfer_partly_reversed",
+                settlement_id=str(found.id),
+                amount_reversed=taken_back,
+            )
             return
         reason = _failure("transfer_reversed", f"transfer {transfer.id} was reversed")
-        # Only the transfer of the attempt now running (or the one the statement was paid by):
-        # a late event about an earlier attempt's reversed transfer must not fail a new one.
-        current = transfer.metadata.get("qunbuy_attempt") == str(found.payout_attempt)
-        if (found.status == "paying" and current) or (
-            found.status == "paid" and found.external_reference == transfer.id
-        ):
-            await repo.update_settlement(
-                session,
-                found.id,
-                {"status": "failed", "failure_reason": reason, "paid_at": None},
-            )
+        await repo.update_settlement(
+            session,
+            found.id,
+            {
+                "status": "failed",
+                "failure_reason": reason,
+                "paid_at": None,
+                "reversed_amount": max(found.payout, 0),
+            },
+        )

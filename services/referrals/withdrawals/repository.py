@@ -32,6 +32,7 @@ class WithdrawalRow:
     external_reference: str | None
     paid_at: datetime | None
     payout_account: str | None
+    reversed_amount: int
     created_at: datetime
     updated_at: datetime
 

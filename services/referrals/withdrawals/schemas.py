@@ -53,6 +53,10 @@ class WithdrawalOut(BaseModel):
     )
     payout_account: str | None
     paid_at: datetime | None
+    reversed_amount: int = Field(
+        description="What the provider took back from the paid transfer (a reversal in full "
+        "or in part): returned to the distributor's available balance."
+    )
     created_at: datetime
 
     @classmethod
@@ -71,5 +75,6 @@ class WithdrawalOut(BaseModel):
             external_reference=x.external_reference,
             payout_account=x.payout_account,
             paid_at=x.paid_at,
+            reversed_amount=x.reversed_amount,
             created_at=x.created_at,
         )

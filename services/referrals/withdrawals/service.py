@@ -13,7 +13,8 @@ and the payout job (detached: no transaction open while the provider works) tran
 amount through the payment layer, keyed by the withdrawal, so a second run or a second
 worker gets the first transfer back; the answer makes it ``paid`` (the transfer id is its
 reference) or ``failed`` (a refusal: the money returns to available). A transfer reversed
-later (``transfer.reversed``) makes a paid withdrawal ``failed`` and returns the money. Staff
+later (``transfer.reversed``) in full makes a paid withdrawal ``failed`` and returns the money;
+reversed in part, what was taken back returns to available and the withdrawal stays paid. Staff
 never mark a ``paying`` withdrawal: the transfer decides it. Without a payout account, staff
 pay outside (a bank or WeChat transfer) and mark it paid with its reference, or failed.
 """
@@ -21,7 +22,7 @@ pay outside (a bank or WeChat transfer) and mark it paid with its reference, or 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import structlog
@@ -94,15 +95,24 @@ def payout_reference(withdrawal_id: uuid.UUID) -> str:
 
 
 async def _post(
-    session: AsyncSession, w: WithdrawalRow, step: str, debit: str, credit: str, amount: int
+    session: AsyncSession,
+    w: WithdrawalRow,
+    step: str,
+    debit: str,
+    credit: str,
+    amount: int,
+    *,
+    occurrence: str = "",
 ) -> None:
+    """One ledger entry of the withdrawal; ``occurrence`` tells apart entries of one kind
+    that a withdrawal may have more than once (each partial reversal)."""
     if amount > 0:
         await ledger.post(
             session,
             {
                 "merchant_id": w.merchant_id,
                 "commission_id": None,
-                "source_event": f"withdrawal:{w.id}:{step}",
+                "source_event": f"withdrawal:{w.id}:{step}{occurrence}",
                 "kind": step,
                 "debit_account": debit,
                 "credit_account": credit,
@@ -184,15 +194,37 @@ async def approve(
     return approved
 
 
-async def _paid(session: AsyncSession, w: WithdrawalRow, reference: str) -> WithdrawalRow:
+async def _paid(
+    session: AsyncSession, w: WithdrawalRow, reference: str, *, reversed_amount: int = 0
+) -> WithdrawalRow:
+    """Paid: the amount withdrawn, the fee the merchant's. ``reversed_amount``: what the
+    provider already took back from the transfer (its answer, or a reversal's news that came
+    while the withdrawal was ``paying``), returned to available at once."""
     held = account(w.distributor_id, "withdrawing")
     await _post(session, w, "payout", held, account(w.distributor_id, "withdrawn"), w.amount)
     await _post(session, w, "fee", held, fee_account(w.merchant_id), w.fee)
-    return await repo.update_withdrawal(
+    paid = await repo.update_withdrawal(
         session,
         w.id,
         {"status": "paid", "external_reference": reference, "paid_at": datetime.now(UTC)},
     )
+    taken_back = max(w.reversed_amount, reversed_amount)
+    if taken_back == 0:
+        return paid
+    return await _reversed_in_part(session, replace(paid, reversed_amount=0), taken_back)
+
+
+async def _reversed_in_part(session: AsyncSession, w: WithdrawalRow, total: int) -> WithdrawalRow:
+    """A paid withdrawal whose transfer the provider took back in part, ``total`` so far:
+    what was not returned yet goes from withdrawn back to available (the distributor may
+    withdraw it again); the withdrawal stays paid, and its fee the merchant's."""
+    more = total - w.reversed_amount
+    if more <= 0:
+        return w  # old news, or this reversal's news again
+    withdrawn = account(w.distributor_id, "withdrawn")
+    available = account(w.distributor_id, "available")
+    await _post(session, w, "reversal", withdrawn, available, more, occurrence=f":{total}")
+    return await repo.update_withdrawal(session, w.id, {"reversed_amount": total})
 
 
 async def _returned(
@@ -280,32 +312,55 @@ class Payouts:
                 return
             if result.status == "paid":
                 assert result.transfer is not None
-                await _paid(session, locked, result.transfer.id)
+                await _paid(
+                    session,
+                    locked,
+                    result.transfer.id,
+                    reversed_amount=result.transfer.amount_reversed,
+                )
             else:
                 reason = _failure(result.failure_code, result.failure_message)
                 await _returned(session, locked, {"status": "failed", "reason": reason})
         _log.info("withdrawal_payout", withdrawal_id=str(w.id), outcome=result.status)
 
     async def on_payout_change(self, session: AsyncSession, change: PayoutChange) -> None:
-        """A transfer reversed in full (``transfer.reversed``, in the transaction recording
-        the provider event): the distributor did not get the money, so it returns to
-        available, as for a failed payout."""
+        """A transfer reversed (``transfer.reversed``, in the transaction recording the
+        provider event). In full: the distributor did not get the money, so it returns to
+        available, as for a failed payout. In part: what was taken back returns to
+        available and the withdrawal stays paid (docs/referrals.md, Withdrawals)."""
         parsed = parse_domain_reference(REFERENCE_PREFIX, (PAYOUT,), change.reference)
         if parsed is None:
             return
         w = await repo.get(session, parsed[0], lock=True)
+        if w is None:
+            return
         transfer = change.transfer
-        if w is None or transfer.amount_reversed < transfer.amount:
-            if w is not None:
-                _log.warning("withdrawal_transfer_partly_reversed", withdrawal_id=str(w.id))
+        paid_by_it = w.status == "paid" and w.external_reference == transfer.id
+        if transfer.amount_reversed < transfer.amount:
+            if w.status == "paying":
+                # The news came before the job recorded the transfer: kept for when it does.
+                taken_back = min(w.amount, max(w.reversed_amount, transfer.amount_reversed))
+                await repo.update_withdrawal(session, w.id, {"reversed_amount": taken_back})
+            elif paid_by_it:
+                await _reversed_in_part(session, w, min(w.amount, transfer.amount_reversed))
+            _log.warning(
+                "withdrawal_transfer_partly_reversed",
+                withdrawal_id=str(w.id),
+                amount_reversed=transfer.amount_reversed,
+            )
             return
         reason = _failure("transfer_reversed", f"transfer {transfer.id} was reversed")
         if w.status == "paying":
             # The reversal's news came before the job recorded the transfer.
-            await _returned(session, w, {"status": "failed", "reason": reason})
-        elif w.status == "paid" and w.external_reference == transfer.id:
+            values = {"status": "failed", "reason": reason, "reversed_amount": w.amount}
+            await _returned(session, w, values)
+        elif paid_by_it:
             withdrawn = account(w.distributor_id, "withdrawn")
             available = account(w.distributor_id, "available")
-            await _post(session, w, "reversal", withdrawn, available, w.amount)
+            # What a partial reversal returned before is not returned twice.
+            rest = w.amount - w.reversed_amount
+            await _post(session, w, "reversal", withdrawn, available, rest)
             await _post(session, w, "fee_reversal", fee_account(w.merchant_id), available, w.fee)
-            await repo.update_withdrawal(session, w.id, {"status": "failed", "reason": reason})
+            await repo.update_withdrawal(
+                session, w.id, {"status": "failed", "reason": reason, "reversed_amount": w.amount}
+            )
