@@ -323,15 +323,61 @@ async def test_a_transfer_reversed_in_part_is_recorded_and_the_statement_stays_p
         found: dict[str, Any] = await get_json(app, f"/v1/projects/{project_id}/settlement", staff)
         return found
 
-    for amount_reversed in (1000, 2500, 1000, 2500):
-        now = await news(amount_reversed)
-    assert (now["status"], now["reversed_amount"]) == ("paid", 2500)
-    assert now["external_reference"] == made["id"]
+    seen = [(await news(total))["reversed_amount"] for total in (1000, 2500, 1000, 2500)]
+    assert seen == [1000, 2500, 2500, 2500]
+    now = await get_json(app, f"/v1/projects/{project_id}/settlement", staff)
+    assert (now["status"], now["external_reference"]) == ("paid", made["id"])
     failed = await news(made["amount"])
     assert (failed["status"], failed["reversed_amount"]) == ("failed", failed["payout"])
     assert "transfer_reversed" in failed["failure_reason"]
-    again = await app.client.post(
+    by_hand = await app.client.post(
+        f"/v1/projects/settlements/{statement['id']}/paid",
+        json={"external_reference": "BANK-REPAID-1"},
+        headers=auth("admin"),
+    )
+    assert by_hand.status_code == 200, by_hand.text
+    assert (by_hand.json()["status"], by_hand.json()["reversed_amount"]) == ("paid", 0)
+
+
+async def test_a_part_reversed_while_a_new_attempt_is_paying_stays_recorded_when_paid(
+    sim_crowdfund: PaymentsApp, auth: TokenFactory
+) -> None:
+    """Attempt 1 reversed in full; attempt 2 starts with nothing taken back, hears of a part
+    taken back from its transfer before the job records it, and keeps that figure when the
+    job does; a notice about attempt 1 changes nothing."""
+    app = sim_crowdfund
+    project_id, staff, statement = await settled(
+        app, auth, account=REVERSING_PAYOUT_ACCOUNT, amounts=(9900,)
+    )
+    assert (statement["status"], statement["reversed_amount"]) == ("failed", statement["payout"])
+    reference = payout_reference(uuid.UUID(statement["id"]))
+    (first,) = await app.provider_transfers(reference=reference)
+    await app.client.put(
+        f"/v1/projects/{project_id}/payout-account",
+        json={"payout_account": ACCOUNT},
+        headers=staff,
+    )
+    started = await app.client.post(
         f"/v1/projects/settlements/{statement['id']}/payout", headers=auth("admin")
     )
-    assert again.status_code == 200, again.text
-    assert (again.json()["status"], again.json()["reversed_amount"]) == ("paying", 0)
+    assert (started.json()["status"], started.json()["reversed_amount"]) == ("paying", 0)
+
+    async def notice(attempt: str, amount_reversed: int) -> None:
+        transfer = {
+            **first,
+            "id": f"tr_attempt_{attempt}",
+            "metadata": {**first["metadata"], "qunbuy_attempt": attempt},
+            "amount_reversed": amount_reversed,
+            "reversed": False,
+        }
+        change = PayoutChange("reversed", reference, transfer_from_object(transfer))
+        async with app.app.state.sessionmaker() as session, session.begin():
+            await app.app.state.settlements.on_payout_change(session, change)
+
+    await notice("1", 700)  # an earlier attempt's transfer: not this one's
+    await notice("2", 1200)
+    paying = await get_json(app, f"/v1/projects/{project_id}/settlement", staff)
+    assert (paying["status"], paying["reversed_amount"]) == ("paying", 1200)
+    await run_jobs(app)
+    paid = await get_json(app, f"/v1/projects/{project_id}/settlement", staff)
+    assert (paid["status"], paid["reversed_amount"]) == ("paid", 1200)

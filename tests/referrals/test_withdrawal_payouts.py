@@ -23,7 +23,13 @@ from services.referrals.app import create_app
 from services.referrals.models import ledger_entry
 from services.referrals.withdrawals.service import PAYOUT_JOB, payout_reference
 from shared.auth import TokenIssuer
-from shared.payments import FAILING_PAYOUT_ACCOUNT, FAILING_PAYOUT_CODE, REVERSING_PAYOUT_ACCOUNT
+from shared.payments import (
+    FAILING_PAYOUT_ACCOUNT,
+    FAILING_PAYOUT_CODE,
+    REVERSING_PAYOUT_ACCOUNT,
+    PayoutChange,
+)
+from shared.payments._provider import transfer_from_object
 from shared.scheduler import Job, JobRunner
 from tests.conftest import TokenFactory
 from tests.referrals.commission_support import Program, earner, withdraw
@@ -393,6 +399,72 @@ class TestStripeTransfer:
             "withdrawn": 750,
             "owed": 0,
         }
+
+    async def test_the_job_books_what_was_taken_back_before_it_saw_the_transfer(
+        self,
+        stripe_referrals: PaymentsApp,
+        auth: TokenFactory,
+        localstripe_sdk: stripe.StripeClient,
+    ) -> None:
+        """The job's answer lost, the transfer reversed meanwhile and its news lost too: the
+        next run finds the transfer and books what the provider says was taken back, in
+        part (paid, the part back to available) or in full (failed, all of it back)."""
+        app = stripe_referrals
+        outcomes = []
+        for taken_back in (300, 1000):
+            program, seller, w = await approved_withdrawal(app, auth)
+            reference = payout_reference(uuid.UUID(w["id"]))
+            made = await localstripe_sdk.v1.transfers.create_async(
+                {
+                    "amount": 1000,
+                    "currency": "cny",
+                    "destination": ACCOUNT,
+                    "transfer_group": reference,
+                    "metadata": {"reference": reference, "qunbuy_attempt": "1"},
+                }
+            )
+            await localstripe_sdk.v1.transfers.reversals.create_async(
+                made.id, {"amount": taken_back}
+            )
+            await run_jobs(app)
+            found = await current(app, program, w["id"])
+            balances = await program.balances(seller["id"])
+            outcomes.append((found["status"], found["reversed_amount"], balances["available"]))
+        assert outcomes == [("paid", 300, 1250), ("failed", 1000, 2000)]
+
+    async def test_a_part_known_from_its_news_and_from_the_job_is_booked_at_the_larger(
+        self,
+        stripe_referrals: PaymentsApp,
+        auth: TokenFactory,
+        localstripe_sdk: stripe.StripeClient,
+    ) -> None:
+        """While ``paying``, news of 400 taken back; the job's answer (read earlier) says
+        250: the larger is booked, once."""
+        app = stripe_referrals
+        program, seller, w = await approved_withdrawal(app, auth)
+        reference = payout_reference(uuid.UUID(w["id"]))
+        made = await localstripe_sdk.v1.transfers.create_async(
+            {
+                "amount": 1000,
+                "currency": "cny",
+                "destination": ACCOUNT,
+                "transfer_group": reference,
+                "metadata": {"reference": reference, "qunbuy_attempt": "1"},
+            }
+        )
+        await localstripe_sdk.v1.transfers.reversals.create_async(made.id, {"amount": 250})
+        later = {
+            **(await localstripe_sdk.v1.transfers.retrieve_async(made.id)).to_dict(),
+            "amount_reversed": 400,
+        }
+        change = PayoutChange("reversed", reference, transfer_from_object(later))
+        async with app.app.state.sessionmaker() as session, session.begin():
+            await app.app.state.payouts.on_payout_change(session, change)
+        await run_jobs(app)
+        found = await current(app, program, w["id"])
+        assert (found["status"], found["reversed_amount"]) == ("paid", 400)
+        assert (await program.balances(seller["id"]))["available"] == 1350  # 2000 - 1050 + 400
+        assert (await ledger_entries(app, w["id"]))[-1] == ("reversal", 400)
 
     async def test_a_transfer_of_another_service_is_not_ours(
         self, stripe_referrals: PaymentsApp, localstripe_sdk: stripe.StripeClient

@@ -316,7 +316,13 @@ class Settlements:
                 }
             else:
                 reason = _failure(result.failure_code, result.failure_message)
-                values = {"status": "failed", "failure_reason": reason}
+                # Made and reversed in full before the job saw it, or refused (nothing made).
+                reversed_amount = max(locked.payout, 0) if result.transfer is not None else 0
+                values = {
+                    "status": "failed",
+                    "failure_reason": reason,
+                    "reversed_amount": reversed_amount,
+                }
             await repo.update_settlement(session, found.id, values)
         _log.info("settlement_payout", settlement_id=str(found.id), outcome=result.status)
 

@@ -54,8 +54,9 @@ class WithdrawalOut(BaseModel):
     payout_account: str | None
     paid_at: datetime | None
     reversed_amount: int = Field(
-        description="What the provider took back from the paid transfer (a reversal in full "
-        "or in part): returned to the distributor's available balance."
+        description="What the provider took back from the transfer (a reversal in full or in "
+        "part): returned to the distributor's available balance once the withdrawal is paid "
+        "(while it is paying, only recorded)."
     )
     created_at: datetime
 

@@ -320,7 +320,10 @@ class Payouts:
                 )
             else:
                 reason = _failure(result.failure_code, result.failure_message)
-                await _returned(session, locked, {"status": "failed", "reason": reason})
+                # Made and reversed in full before the job saw it, or refused (nothing made).
+                reversed_amount = locked.amount if result.transfer is not None else 0
+                values = {"status": "failed", "reason": reason, "reversed_amount": reversed_amount}
+                await _returned(session, locked, values)
         _log.info("withdrawal_payout", withdrawal_id=str(w.id), outcome=result.status)
 
     async def on_payout_change(self, session: AsyncSession, change: PayoutChange) -> None:

@@ -21,6 +21,11 @@ def upgrade() -> None:
         "settlement",
         sa.Column("reversed_amount", sa.BigInteger(), server_default="0", nullable=False),
     )
+    # Rows failed earlier by a transfer reversed in full: all of it was taken back.
+    op.execute(
+        "UPDATE settlement SET reversed_amount = GREATEST(payout, 0)"
+        " WHERE status = 'failed' AND failure_reason LIKE 'transfer_reversed:%'"
+    )
     op.create_check_constraint(
         op.f("ck_settlement_reversed"),
         "settlement",

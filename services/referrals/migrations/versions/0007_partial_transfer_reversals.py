@@ -21,6 +21,11 @@ def upgrade() -> None:
         "withdrawal",
         sa.Column("reversed_amount", sa.BigInteger(), server_default="0", nullable=False),
     )
+    # Rows failed earlier by a transfer reversed in full: all of it was taken back.
+    op.execute(
+        "UPDATE withdrawal SET reversed_amount = amount"
+        " WHERE status = 'failed' AND reason LIKE 'transfer_reversed:%'"
+    )
     op.create_check_constraint(
         op.f("ck_withdrawal_reversed"),
         "withdrawal",
