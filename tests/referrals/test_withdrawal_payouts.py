@@ -92,6 +92,25 @@ async def transfers(sdk: stripe.StripeClient, withdrawal_id: str) -> list[dict[s
     return [t.to_dict() for t in listed.data]
 
 
+async def made_and_reversed(
+    sdk: stripe.StripeClient, withdrawal_id: str, taken_back: int
+) -> stripe.Transfer:
+    """The transfer the payout job makes for a withdrawal of 1000 (its reference, attempt 1),
+    made as if the job's answer was lost, then ``taken_back`` of it reversed."""
+    reference = payout_reference(uuid.UUID(withdrawal_id))
+    made = await sdk.v1.transfers.create_async(
+        {
+            "amount": 1000,
+            "currency": "cny",
+            "destination": ACCOUNT,
+            "transfer_group": reference,
+            "metadata": {"reference": reference, "qunbuy_attempt": "1"},
+        }
+    )
+    await sdk.v1.transfers.reversals.create_async(made.id, {"amount": taken_back})
+    return made
+
+
 async def approved_withdrawal(
     app: PaymentsApp, auth: TokenFactory, *, account: str | None = ACCOUNT, amount: int = 1000
 ) -> tuple[Program, dict[str, Any], dict[str, Any]]:
@@ -369,17 +388,7 @@ class TestStripeTransfer:
         available when the job's next run finds the transfer and records it paid."""
         app = stripe_referrals
         program, seller, w = await approved_withdrawal(app, auth)
-        reference = payout_reference(uuid.UUID(w["id"]))
-        made = await localstripe_sdk.v1.transfers.create_async(
-            {
-                "amount": 1000,
-                "currency": "cny",
-                "destination": ACCOUNT,
-                "transfer_group": reference,
-                "metadata": {"reference": reference, "qunbuy_attempt": "1"},
-            }
-        )
-        await localstripe_sdk.v1.transfers.reversals.create_async(made.id, {"amount": 250})
+        made = await made_and_reversed(localstripe_sdk, w["id"], 250)
         reversed_ = (await localstripe_sdk.v1.transfers.retrieve_async(made.id)).to_dict()
         body, headers = signed(event("transfer.reversed", reversed_), STRIPE_WEBHOOK_SECRET)
         answer = await app.client.post("/webhooks/stripe", content=body, headers=headers)
@@ -413,19 +422,7 @@ class TestStripeTransfer:
         outcomes = []
         for taken_back in (300, 1000):
             program, seller, w = await approved_withdrawal(app, auth)
-            reference = payout_reference(uuid.UUID(w["id"]))
-            made = await localstripe_sdk.v1.transfers.create_async(
-                {
-                    "amount": 1000,
-                    "currency": "cny",
-                    "destination": ACCOUNT,
-                    "transfer_group": reference,
-                    "metadata": {"reference": reference, "qunbuy_attempt": "1"},
-                }
-            )
-            await localstripe_sdk.v1.transfers.reversals.create_async(
-                made.id, {"amount": taken_back}
-            )
+            await made_and_reversed(localstripe_sdk, w["id"], taken_back)
             await run_jobs(app)
             found = await current(app, program, w["id"])
             balances = await program.balances(seller["id"])
@@ -442,21 +439,12 @@ class TestStripeTransfer:
         250: the larger is booked, once."""
         app = stripe_referrals
         program, seller, w = await approved_withdrawal(app, auth)
-        reference = payout_reference(uuid.UUID(w["id"]))
-        made = await localstripe_sdk.v1.transfers.create_async(
-            {
-                "amount": 1000,
-                "currency": "cny",
-                "destination": ACCOUNT,
-                "transfer_group": reference,
-                "metadata": {"reference": reference, "qunbuy_attempt": "1"},
-            }
-        )
-        await localstripe_sdk.v1.transfers.reversals.create_async(made.id, {"amount": 250})
+        made = await made_and_reversed(localstripe_sdk, w["id"], 250)
         later = {
             **(await localstripe_sdk.v1.transfers.retrieve_async(made.id)).to_dict(),
             "amount_reversed": 400,
         }
+        reference = payout_reference(uuid.UUID(w["id"]))
         change = PayoutChange("reversed", reference, transfer_from_object(later))
         async with app.app.state.sessionmaker() as session, session.begin():
             await app.app.state.payouts.on_payout_change(session, change)
