@@ -634,20 +634,10 @@ async def sim_create_with_request(
     request that made it, in one statement: the object is written only when the key is new.
     False when the key is taken (a concurrent request with it waits on the key's row until the
     first one's transaction ends, as with :func:`sim_record_request`)."""
-    o, r = t.simulated_object, t.simulated_request
+    o = t.simulated_object
 
     def build() -> Any:
-        recorded = (
-            insert(r)
-            .values(
-                idempotency_key=bindparam("v_key"),
-                request_hash=bindparam("v_hash"),
-                response=bindparam("v_data"),
-            )
-            .on_conflict_do_nothing()
-            .returning(r.c.idempotency_key)
-            .cte("recorded")
-        )
+        recorded = _request_insert(t, response="v_data").cte("recorded")
         new = select(
             bindparam("v_id", type_=o.c.id.type),
             bindparam("v_type", type_=o.c.type.type),
@@ -785,6 +775,22 @@ async def sim_settle_event(
     await session.execute(update(e).where(e.c.seq == seq).values(**values))
 
 
+def _request_insert(t: PaymentTables, *, response: str) -> Any:
+    """A request's idempotency key with its answer (bound as ``response``), or nothing when
+    the key is taken."""
+    r = t.simulated_request
+    return (
+        insert(r)
+        .values(
+            idempotency_key=bindparam("v_key"),
+            request_hash=bindparam("v_hash"),
+            response=bindparam(response),
+        )
+        .on_conflict_do_nothing()
+        .returning(r.c.idempotency_key)
+    )
+
+
 async def sim_record_request(
     session: AsyncSession,
     t: PaymentTables,
@@ -794,19 +800,9 @@ async def sim_record_request(
 ) -> bool:
     """Records an idempotency key with its answer; False when the key is taken (a concurrent
     request with it waits on the row until the first one's transaction ends)."""
-    r = t.simulated_request
 
     def build() -> Any:
-        return (
-            insert(r)
-            .values(
-                idempotency_key=bindparam("v_key"),
-                request_hash=bindparam("v_hash"),
-                response=bindparam("v_response"),
-            )
-            .on_conflict_do_nothing()
-            .returning(r.c.idempotency_key)
-        )
+        return _request_insert(t, response="v_response")
 
     recorded = await session.execute(
         _built(("sim_request", t), build),
