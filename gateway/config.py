@@ -20,6 +20,7 @@ class GatewaySettings(LimitSettings):
     referrals_url: str = Field("http://127.0.0.1:8003", alias="REFERRALS_URL")
     # The identity store (customers, merchants, staff, sessions). Required in production.
     database_url: str | None = Field(None, alias="DATABASE_URL")
+    # The most connections to the identity store, kept once opened (shared/db.py).
     db_pool_size: int = Field(10, alias="DB_POOL_SIZE", gt=0)
     db_pool_timeout_seconds: float = Field(30.0, alias="DB_POOL_TIMEOUT_SECONDS", gt=0)
     # The token signing key (EC P-256, PEM). Generated on first start in the embedded mode.

@@ -133,7 +133,7 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
         app.state.engine = engine
         # Readiness asks whether the database answers, not whether the request pool has a
         # connection free: under a burst the pool queues, and the pod must not leave rotation.
-        probe_engine = make_engine(settings.database_url, pool_size=1, pre_ping=True)
+        probe_engine = make_engine(settings.database_url, pool_size=2, pre_ping=True)
         app.state.probe_engine = probe_engine
         app.state.sessionmaker = sessionmaker_for(engine)
         app.state.autocommit_engine = autocommit_engine_for(engine)
@@ -141,7 +141,7 @@ def create_service_app(spec: ServiceSpec, settings: ServiceSettings) -> FastAPI:
             await hook(app)
         stop = asyncio.Event()
         # Its own connection for LISTEN: never one of the request pool's.
-        listener_engine = make_engine(settings.database_url, pool_size=1, pre_ping=True)
+        listener_engine = make_engine(settings.database_url, pool_size=2, pre_ping=True)
         app.state.work_signal = WorkSignal(listener_engine)
         worker = (
             asyncio.create_task(_worker(app, spec, app.state.work_signal, stop))

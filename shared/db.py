@@ -54,18 +54,26 @@ def to_async_url(url: str) -> str:
 
 
 def make_engine(
-    url: str, *, pool_size: int = 10, pre_ping: bool = False, pool_timeout: float = 30.0
+    url: str, *, pool_size: int = 20, pre_ping: bool = False, pool_timeout: float = 30.0
 ) -> AsyncEngine:
-    """An engine and its pool. No ping before each checkout by default: it is a round trip
-    and a good part of the CPU of every transaction on the hot paths (docs/benchmarks.md).
-    A connection the server has dropped (a restart, a failover) fails its first statement
-    instead; SQLAlchemy then invalidates the whole pool, and that one request is answered 503
-    ``database_unavailable`` (a retry with its Idempotency-Key is safe). ``pre_ping`` is for
-    the few connections that must not fail that way (the readiness probe, LISTEN)."""
+    """An engine and its pool of at most ``pool_size`` connections, all kept once opened.
+
+    No overflow: connections opened above the pool's size are closed as soon as they are
+    returned, so under a burst between the two sizes the pool opened and closed connections
+    all the time (a TLS attempt, a PostgreSQL backend and asyncpg's setup each; a tenth of
+    the orders service's CPU in a rush, docs/benchmarks.md). A burst waits for a pooled
+    connection instead, up to ``pool_timeout``.
+
+    No ping before each checkout by default: it is a round trip and a good part of the CPU
+    of every transaction on the hot paths. A connection the server has dropped (a restart, a
+    failover) fails its first statement instead; SQLAlchemy then invalidates the whole pool,
+    and that one request is answered 503 ``database_unavailable`` (a retry with its
+    Idempotency-Key is safe). ``pre_ping`` is for the few connections that must not fail
+    that way (the readiness probe, LISTEN)."""
     return create_async_engine(
         to_async_url(url),
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=0,
         pool_pre_ping=pre_ping,
         pool_timeout=pool_timeout,
         pool_recycle=1800,

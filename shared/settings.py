@@ -46,7 +46,9 @@ class ServiceSettings(LimitSettings):
     # a subscriber takes at most 500 (shared/events/_inbox.py).
     event_max_events_per_post: int = Field(100, alias="EVENT_MAX_EVENTS_PER_POST", ge=1, le=500)
     log_level: str = Field("INFO", alias="LOG_LEVEL")
-    db_pool_size: int = Field(10, alias="DB_POOL_SIZE")
+    # The most connections a process opens to its database, kept once opened (no overflow:
+    # shared/db.py make_engine).
+    db_pool_size: int = Field(20, alias="DB_POOL_SIZE", gt=0)
     # How long a request waits for a pooled connection before it is answered 503
     # database_busy (a burst larger than the pool queues up to this long).
     db_pool_timeout_seconds: float = Field(30.0, alias="DB_POOL_TIMEOUT_SECONDS", gt=0)

@@ -256,6 +256,9 @@ def platform(
             PAYMENT_PROVIDER="simulated",
             SIMULATED_WEBHOOK_SECRET=TEST_SIMULATED_WEBHOOK_SECRET,
             SIMULATED_SETTLE_SECONDS="0.2",
+            # Pools keep what they open: four processes of 20 would hold most of a default
+            # PostgreSQL's 100 connections for the whole session.
+            DB_POOL_SIZE="10",
         )
         processes[name] = Process(name, ports[name], logs / f"{name}.log", env=env)
     processes["gateway"] = Process(

@@ -9,7 +9,9 @@ A service that takes payments:
   and ``run_simulated_provider`` in ``periodic``;
 - calls the service functions (``create_payment``, ``charge_off_session``,
   ``refund_payment``..., and ``pay_out`` for a payout to a connected account) with
-  ``payment_context(app)`` from its own domain code.
+  ``payment_context(app)`` from its own domain code; a domain that records a payment's
+  intent in a statement of its own change builds it from ``payment_intent`` (the row) and
+  ``insert_intent_after`` (the SQL), then calls ``start_payment``.
 
 Amounts are integer minor units with an ISO 4217 currency. Every provider call that
 creates or moves money carries an idempotency key derived from our object and the action
@@ -61,6 +63,7 @@ from shared.payments._payments import (
     confirm_payment,
     create_payment,
     get_payment_view,
+    payment_intent,
     record_payment,
     refund_payment,
     start_payment,
@@ -85,7 +88,15 @@ from shared.payments._provider import (
     TransferRequest,
 )
 from shared.payments._reconcile import reconcile
-from shared.payments._repository import PaymentRow, RefundRow, SetupRow, StatusChangeRow
+from shared.payments._repository import (
+    PaymentRow,
+    RefundRow,
+    SetupRow,
+    StatusChangeRow,
+    insert_intent_after,
+    intent_params,
+    payment_of,
+)
 from shared.payments._router import payments_router, simulated_router, webhook_router
 from shared.payments._settings import PaymentSettings
 from shared.payments._setups import charge_off_session, create_setup, get_setup
@@ -191,13 +202,17 @@ __all__ = [
     "get_setup",
     "handle_webhook",
     "idempotency_key",
+    "insert_intent_after",
     "install_payments",
+    "intent_params",
     "make_context",
     "new_payment_id",
     "new_setup_id",
     "parse_domain_reference",
     "pay_out",
     "payment_context",
+    "payment_intent",
+    "payment_of",
     "payments_router",
     "reconcile",
     "record_payment",

@@ -4,6 +4,7 @@ row lock is held while the provider works; docs/architecture.md)."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -46,6 +47,7 @@ from shared.payments._state import (
     _refund_id,
     create_at_provider,
     idempotency_key,
+    intent_values,
 )
 
 # --- payments ---------------------------------------------------------------------------
@@ -89,6 +91,39 @@ async def create_payment(
     return await start_payment(ctx, row, payment_method=payment_method)
 
 
+def payment_intent(
+    ctx: PaymentContext,
+    *,
+    payment_id: uuid.UUID,
+    reference: str,
+    merchant_id: str,
+    customer_id: str,
+    amount: int,
+    currency: str,
+    method: Method = "card",
+    capture_method: CaptureMethod = "automatic",
+) -> dict[str, Any]:
+    """The row :func:`record_payment` inserts, checked as it checks it (amount, currency,
+    capture), for a domain that writes it in a statement of its own change (the payments
+    repository's :func:`~shared.payments._repository.insert_intent_after`) and then calls
+    :func:`start_payment`. A saved payment method is checked against its owner by
+    :func:`record_payment` only: a payment given one goes through there."""
+    code = _check_amount(ctx, amount, currency)
+    if capture_method == "manual" and method != "card":
+        raise CaptureMethodUnsupported(f"{method} payments are captured when they succeed")
+    return intent_values(
+        ctx,
+        payment_id=payment_id,
+        reference=reference,
+        merchant_id=merchant_id,
+        customer_id=customer_id,
+        amount=amount,
+        currency=code,
+        method=method,
+        capture_method=capture_method,
+    )
+
+
 async def record_payment(
     session: AsyncSession,
     ctx: PaymentContext,
@@ -107,24 +142,21 @@ async def record_payment(
     records its own change (an order's reservation) records the payment's intent with it, and
     calls :func:`start_payment` once that transaction has committed. Returns the payment as
     recorded (the existing one when ``payment_id`` was recorded before)."""
-    code = _check_amount(ctx, amount, currency)
-    if capture_method == "manual" and method != "card":
-        raise CaptureMethodUnsupported(f"{method} payments are captured when they succeed")
-    if payment_method is not None:
-        await _check_method_owner(session, ctx, customer_id, payment_method)
-    # Inserted, or (a retry) the row recorded the first time.
-    return await _record_intent(
-        session,
+    values = payment_intent(
         ctx,
         payment_id=payment_id,
         reference=reference,
         merchant_id=merchant_id,
         customer_id=customer_id,
         amount=amount,
-        currency=code,
+        currency=currency,
         method=method,
         capture_method=capture_method,
     )
+    if payment_method is not None:
+        await _check_method_owner(session, ctx, customer_id, payment_method)
+    # Inserted, or (a retry) the row recorded the first time.
+    return await _record_intent(session, ctx, values)
 
 
 async def start_payment(

@@ -25,6 +25,7 @@ from shared.payments._state import (
     _record_created,
     _record_intent,
     _uuid_or_none,
+    intent_values,
 )
 
 # --- reconciliation ---------------------------------------------------------------------
@@ -94,14 +95,17 @@ async def reconcile(
             await _record_intent(
                 session,
                 ctx,
-                payment_id=payment_id,
-                reference=str(metadata.get("reference", "")),
-                merchant_id=str(metadata.get("merchant_id", "")),
-                customer_id=str(metadata.get("customer_id", "")),
-                amount=pp.amount,
-                currency=pp.currency,
-                method=_method_of(obj),
-                capture_method=pp.capture_method,
+                intent_values(
+                    ctx,
+                    payment_id=payment_id,
+                    reference=str(metadata.get("reference", "")),
+                    merchant_id=str(metadata.get("merchant_id", "")),
+                    customer_id=str(metadata.get("customer_id", "")),
+                    amount=pp.amount,
+                    currency=pp.currency,
+                    method=_method_of(obj),
+                    capture_method=pp.capture_method,
+                ),
             )
             await _record_created(session, ctx, payment_id, pp)
             repaired = True

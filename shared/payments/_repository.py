@@ -8,7 +8,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ClauseElement, Row, String, and_, bindparam, delete, func, select, update
+from sqlalchemy import (
+    CTE,
+    ClauseElement,
+    FromClause,
+    Row,
+    String,
+    and_,
+    bindparam,
+    delete,
+    func,
+    select,
+    update,
+)
 from sqlalchemy import null as sa_null
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -158,10 +170,10 @@ def _params(values: Mapping[str, Any], change: StatusChange | None = None) -> di
     return params
 
 
-def _with_history(t: PaymentTables, changed: Any, *, with_failure: bool) -> Any:
-    """``changed`` (an INSERT or UPDATE of a payment, RETURNING it) and its history row, as
-    one statement that returns the payment: one round trip instead of two. The history's
-    from status, source and event id are bound (``h_from``, ``h_source``, ``h_event``)."""
+def _history_of(t: PaymentTables, changed: Any, *, with_failure: bool) -> tuple[CTE, CTE]:
+    """``changed`` (an INSERT or UPDATE of a payment) as a CTE returning the payment, and the
+    CTE of its history row. The history's from status, source and event id are bound
+    (``h_from``, ``h_source``, ``h_event``)."""
     p, h = t.payment, t.payment_status_change
     written = changed.returning(p).cte("written")
     history = insert(h).from_select(
@@ -175,7 +187,37 @@ def _with_history(t: PaymentTables, changed: Any, *, with_failure: bool) -> Any:
             written.c.failure_code if with_failure else sa_null(),
         ),
     )
-    return select(written).add_cte(history.cte("history"))
+    return written, history.cte("history")
+
+
+def _with_history(t: PaymentTables, changed: Any, *, with_failure: bool) -> Any:
+    """``changed`` and its history row as one statement that returns the payment: one round
+    trip instead of two."""
+    written, history = _history_of(t, changed, with_failure=with_failure)
+    return select(written).add_cte(history)
+
+
+def insert_intent_after(
+    t: PaymentTables, columns: Sequence[str], after: FromClause
+) -> tuple[CTE, CTE]:
+    """For a domain's own statement: a payment's intent (its ``columns`` bound as
+    ``v_<column>``, values from :func:`intent_params`) inserted once for each row of
+    ``after`` (not at all when ``after`` is empty), and its first history row. Returns the
+    CTEs of both; the caller selects from the first (it is the payment as written, as
+    :func:`payment_of` reads it) and adds the second. No ON CONFLICT: a payment of this id
+    existing already fails the whole statement, so that nothing of it is written."""
+    p = t.payment
+    row = select(*[bindparam(f"v_{k}", type_=p.c[k].type) for k in columns]).select_from(after)
+    return _history_of(t, insert(p).from_select(list(columns), row), with_failure=False)
+
+
+def intent_params(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of :func:`insert_intent_after`'s statement for these values."""
+    return _params(values, StatusChange(None, "api"))
+
+
+def payment_of(values: Mapping[str, Any]) -> PaymentRow:
+    return PaymentRow(**values)
 
 
 async def insert_payment(

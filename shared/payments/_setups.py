@@ -24,6 +24,7 @@ from shared.payments._state import (
     _record_intent,
     create_at_provider,
     idempotency_key,
+    intent_values,
     new_payment_id,
 )
 
@@ -146,15 +147,18 @@ async def charge_off_session(
             row = await _record_intent(
                 session,
                 ctx,
-                payment_id=payment_id,
-                reference=reference,
-                merchant_id=merchant_id,
-                customer_id=customer_id,
-                amount=amount,
-                currency=code,
-                method="card",
-                capture_method="automatic",
-                off_session=True,
+                intent_values(
+                    ctx,
+                    payment_id=payment_id,
+                    reference=reference,
+                    merchant_id=merchant_id,
+                    customer_id=customer_id,
+                    amount=amount,
+                    currency=code,
+                    method="card",
+                    capture_method="automatic",
+                    off_session=True,
+                ),
             )
     if row.provider_payment_id is not None:
         return row

@@ -449,8 +449,7 @@ def _uuid_or_none(value: str | None) -> uuid.UUID | None:
         return None
 
 
-async def _record_intent(
-    session: AsyncSession,
+def intent_values(
     ctx: PaymentContext,
     *,
     payment_id: uuid.UUID,
@@ -462,33 +461,35 @@ async def _record_intent(
     method: str,
     capture_method: str,
     off_session: bool = False,
+) -> dict[str, Any]:
+    """The row of a payment as we mean it, before the provider hears of it (``creating``)."""
+    return {
+        "id": payment_id,
+        "provider": ctx.provider.name,
+        "provider_payment_id": None,
+        "reference": reference,
+        "merchant_id": merchant_id,
+        "customer_id": customer_id,
+        "method": method,
+        "capture_method": capture_method,
+        "off_session": off_session,
+        "amount": amount,
+        "currency": currency,
+        "status": CREATING,
+    }
+
+
+async def _record_intent(
+    session: AsyncSession, ctx: PaymentContext, values: dict[str, Any]
 ) -> PaymentRow:
-    """The payment as we mean it, before the provider hears of it (status ``creating``)."""
-    inserted = await repo.insert_payment(
-        session,
-        ctx.tables,
-        {
-            "id": payment_id,
-            "provider": ctx.provider.name,
-            "provider_payment_id": None,
-            "reference": reference,
-            "merchant_id": merchant_id,
-            "customer_id": customer_id,
-            "method": method,
-            "capture_method": capture_method,
-            "off_session": off_session,
-            "amount": amount,
-            "currency": currency,
-            "status": CREATING,
-        },
-        source="api",
-    )
-    if inserted is None:
-        # A concurrent run of the same request got there first.
-        existing = await repo.get_payment(session, ctx.tables, payment_id)
-        assert existing is not None
-        return existing
-    return inserted
+    """The payment as we mean it (:func:`intent_values`), inserted; or, when a concurrent run
+    of the same request got there first, the row it inserted."""
+    inserted = await repo.insert_payment(session, ctx.tables, values, source="api")
+    if inserted is not None:
+        return inserted
+    existing = await repo.get_payment(session, ctx.tables, values["id"])
+    assert existing is not None
+    return existing
 
 
 _TIE_STATUS = "requires_payment_method"

@@ -32,7 +32,7 @@ __all__ = [
 
 WEBHOOK_PATH = "/webhooks/stripe"
 _MAX_BATCHES = 20
-_SIMULATED_POOL_SIZE = 4
+_SIMULATED_POOL_SIZE = 8
 _log = structlog.get_logger("qunbuy.payments")
 
 

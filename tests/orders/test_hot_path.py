@@ -5,78 +5,48 @@ own, and the payment's state and history come out the same either way."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
-
-from sqlalchemy import event, select
 
 from shared.payments import PaymentRequest, ProviderPayment, record_payment
 from shared.payments._state import create_at_provider
 from tests.conftest import TokenFactory
 from tests.orders.presale_support import open_campaign, order
+from tests.orders.statement_support import PLAIN, history, statements
 from tests.shared.payments.support import PaymentsApp
-
-Seen = list[tuple[str, bool]]
-
-
-@contextmanager
-def statements(app: PaymentsApp) -> Iterator[Seen]:
-    """The service's statements while the block runs, each with whether it ran on its own
-    (autocommit) rather than inside a transaction. The simulated provider's own pool is not
-    watched: in production it is the provider's API, not this database."""
-    seen: Seen = []
-
-    def record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        alone = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
-        seen.append((" ".join(statement.split())[:40], alone))
-
-    engine = app.app.state.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
-
-
-async def history(app: PaymentsApp, payment_id: str) -> list[tuple[str | None, str]]:
-    changes = app.ctx.tables.payment_status_change
-    async with app.app.state.sessionmaker() as session:
-        rows = await session.execute(
-            select(changes.c.from_status, changes.c.to_status)
-            .where(changes.c.payment_id == uuid.UUID(payment_id))
-            .order_by(changes.c.id)
-        )
-        return [(r.from_status, r.to_status) for r in rows]
 
 
 async def test_a_payment_left_to_the_customer_is_tied_by_one_statement_of_its_own(
     sim_orders: PaymentsApp, auth: TokenFactory
 ) -> None:
-    """A WeChat Pay order: the claim, one transaction (reservation, order, payment intent),
-    then the provider's answer tied in one statement and the key's completion, each
-    committing alone: no BEGIN and COMMIT round trips around a single statement."""
+    """A WeChat Pay order of a campaign new to the process: the claim, a read of the
+    campaign's terms, one statement (reservation, order, payment intent: the plain path),
+    the provider's answer tied in one statement and the key's completion, each committing
+    alone: no BEGIN and COMMIT round trips around a single statement. The next order does
+    not read the terms again."""
     campaign_id, _ = await open_campaign(sim_orders, auth, capacity=5, min_quantity=1)
     with statements(sim_orders) as seen:
         placed = await order(
             sim_orders, auth("customer"), campaign_id, method="wechat_pay", payment_method=None
         )
     assert placed.status_code == 201, placed.text
-    assert seen == [
-        ("INSERT INTO idempotency_key (scope, key,", True),
-        ("WITH campaign AS (UPDATE presale_campaig", False),
-        ("INSERT INTO customer_order (id, campaign", False),
-        ("WITH written AS (INSERT INTO payment (id", False),
-        ("WITH written AS (UPDATE payment SET prov", True),
-        ("UPDATE idempotency_key SET status=$1::VA", True),
-    ], seen
-    payment = placed.json()["payment"]
-    assert payment["status"] == "requires_payment_method"
-    assert payment["client_secret"]
-    assert await history(sim_orders, payment["id"]) == [
-        (None, "creating"),
-        ("creating", "requires_payment_method"),
-    ]
+    claim = ("INSERT INTO idempotency_key (scope, key,", True)
+    read = ("SELECT presale_campaign.id, presale_camp", True)
+    tie = ("WITH written AS (UPDATE payment SET prov", True)
+    completion = ("UPDATE idempotency_key SET status=$1::VA", True)
+    assert seen == [claim, read, PLAIN, tie, completion], seen
+    with statements(sim_orders) as seen:
+        plain = await order(
+            sim_orders, auth("customer"), campaign_id, method="wechat_pay", payment_method=None
+        )
+    assert plain.status_code == 201, plain.text
+    assert seen == [claim, PLAIN, tie, completion], seen
+    for answer in (placed, plain):
+        payment = answer.json()["payment"]
+        assert payment["status"] == "requires_payment_method"
+        assert payment["client_secret"]
+        assert await history(sim_orders, payment["id"]) == [
+            (None, "creating"),
+            ("creating", "requires_payment_method"),
+        ]
 
 
 async def test_a_card_confirmed_at_once_is_tied_and_applied_in_one_transaction(
@@ -89,6 +59,12 @@ async def test_a_card_confirmed_at_once_is_tied_and_applied_in_one_transaction(
     with statements(sim_orders) as seen:
         placed = await order(sim_orders, auth("customer"), campaign_id)
     assert placed.status_code == 201, placed.text
+    # A saved method's owner is checked: the full path, one transaction.
+    assert seen[1:4] == [
+        ("WITH campaign AS (UPDATE presale_campaig", False),
+        ("INSERT INTO customer_order (id, campaign", False),
+        ("SELECT DISTINCT payment_setup.customer_i", False),
+    ], seen
     tie = [alone for text, alone in seen if text == "WITH written AS (UPDATE payment SET prov"]
     assert tie[:1] == [False], seen  # the tie, then the snapshot in its transaction
     body = placed.json()

@@ -8,11 +8,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, bindparam, func, select, true, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.orders.models import customer_order, order_refund
+from services.orders.presales import repository as campaigns
+from shared.payments import (
+    PaymentRow,
+    PaymentTables,
+    insert_intent_after,
+    intent_params,
+    payment_of,
+)
 
 o = customer_order
 r = order_refund
@@ -112,6 +121,74 @@ async def insert_order(session: AsyncSession, values: Mapping[str, Any]) -> Orde
     """None when an order with this id exists already (a concurrent retry made it)."""
     row = (await session.execute(_INSERT_ORDER, dict(values))).first()
     return None if row is None else OrderRow(**row._mapping)
+
+
+def _plain_statement(
+    t: PaymentTables, order_columns: tuple[str, ...], payment_columns: tuple[str, ...]
+) -> Select[Any]:
+    campaign, variant = campaigns.reservation(*campaigns.plain_terms_guard())
+    # The order's sku is the one the variant's update returns: when the variant had no room
+    # (or there is no such variant), the NULL breaks the order's NOT NULL and the whole
+    # statement fails, the campaign's units with it.
+    row = select(
+        *[
+            variant.c.sku if k == "sku" else bindparam(f"o_{k}", type_=o.c[k].type)
+            for k in order_columns
+        ]
+    ).select_from(campaign.outerjoin(variant, true()))
+    # No ON CONFLICT: an order of this id existing already fails the whole statement too.
+    placed = insert(o).from_select(list(order_columns), row).returning(o).cte("placed")
+    written, history = insert_intent_after(t, payment_columns, placed)
+    return (
+        select(
+            *[x.label(f"o_{x.name}") for x in placed.c],
+            *[x.label(f"p_{x.name}") for x in written.c],
+        )
+        .select_from(placed.join(written, true()))
+        .add_cte(history)
+    )
+
+
+_PLAIN: dict[tuple[Any, ...], Select[Any]] = {}
+
+
+async def place_plain(
+    conn: AsyncConnection,
+    t: PaymentTables,
+    *,
+    reservation: Mapping[str, Any],
+    terms: campaigns.PricingTerms,
+    order: Mapping[str, Any],
+    payment: Mapping[str, Any],
+) -> tuple[OrderRow, PaymentRow] | None:
+    """Reserves the units (:func:`campaigns.reservation` with ``reservation``'s values),
+    inserts the ``order`` and the ``payment``'s intent with its history, in one statement
+    that commits on its own (``conn`` is an autocommit connection): all of it, or nothing.
+    Nothing (None) when the campaign's row does not take the reservation as it stands (its
+    terms are no longer ``terms``, it is not open and running, its units or the variant's
+    are gone, or an order or payment of these ids exists); the caller then takes the path
+    that tells why. The row locks are held for the statement alone."""
+    key = (t, tuple(order), tuple(payment))
+    stmt = _PLAIN.get(key)
+    if stmt is None:
+        stmt = _PLAIN[key] = _plain_statement(t, key[1], key[2])
+    params = {
+        **reservation,
+        **campaigns.plain_terms_params(terms),
+        **{f"o_{k}": x for k, x in order.items() if k != "sku"},
+        **intent_params(payment),
+    }
+    try:
+        found = (await conn.execute(stmt, params)).first()
+    except IntegrityError:
+        return None
+    if found is None:
+        return None
+    values = found._mapping
+    return (
+        OrderRow(**{k[2:]: x for k, x in values.items() if k.startswith("o_")}),
+        payment_of({k[2:]: x for k, x in values.items() if k.startswith("p_")}),
+    )
 
 
 async def update_order(

@@ -24,6 +24,7 @@ from services.orders.gifts import service as gifts
 from services.orders.groups import service as groups
 from services.orders.models import HOLDING_UNITS, PAID, PENDING
 from services.orders.orders import repository as repo
+from services.orders.orders.plain import plain_request, plain_terms
 from services.orders.orders.repository import OrderRow, RefundDecisionRow
 from services.orders.orders.schemas import OrderCreate, OrderFilters, PayIn
 from services.orders.pickup import service as pickup
@@ -45,6 +46,7 @@ from shared.pagination import scope_to_merchant
 from shared.payments import (
     PaymentChange,
     PaymentContext,
+    PaymentError,
     PaymentNotFound,
     PaymentRow,
     PaymentsNotConfigured,
@@ -53,6 +55,7 @@ from shared.payments import (
     get_payment_view,
     new_payment_id,
     parse_domain_reference,
+    payment_intent,
     record_payment,
     refund_payment,
     start_payment,
@@ -215,14 +218,100 @@ class Orders:
         The order id comes from the buyer and the Idempotency-Key, so a retry (or a crash
         between the steps) finds the order and resumes its payment instead of ordering
         twice. The reservation commits before the provider is asked anything. With a
-        ``fresh_key`` no order of this key can exist yet: nothing is looked up, and a
-        campaign this process just found sold out is refused without the database."""
+        ``fresh_key`` no order of this key can exist yet: nothing is looked up, a campaign
+        this process just found sold out is refused without the database, and an order that
+        needs nothing but the list price is placed in one statement (``plain.py``)."""
         ctx = self.ctx()
         order_id = uuid.uuid5(uuid.NAMESPACE_URL, f"qunbuy:order:{principal.sub}:{key}")
+        placed = None
         if fresh_key:
             refusal = sold_out_refusal(campaign_id, body.quantity)
             if refusal is not None:
                 raise refusal
+            if group is None and plain_request(body):
+                placed = await self._place_plain(ctx, principal, campaign_id, order_id, body)
+        if placed is None:
+            placed = await self._place_in_full(
+                ctx, principal, campaign_id, order_id, body, fresh_key=fresh_key, group=group
+            )
+        order, payment = placed
+        payment = await start_payment(ctx, payment, payment_method=body.payment_method)
+        if payment.status != "succeeded":
+            return order, payment  # the payment hook changed nothing: the order is as reserved
+        async with self.db()() as session:
+            paid = await repo.get_order(session, order.id)
+        assert paid is not None
+        return paid, payment
+
+    async def _place_plain(
+        self,
+        ctx: PaymentContext,
+        principal: Principal,
+        campaign_id: uuid.UUID,
+        order_id: uuid.UUID,
+        body: OrderCreate,
+    ) -> tuple[OrderRow, PaymentRow] | None:
+        """The order and its payment's intent in one statement, priced on the terms this
+        process last saw; None when that wrote nothing (the full path then runs and tells
+        why, or places the order on the terms as they are)."""
+        if not plain_terms.knows(campaign_id):
+            async with ctx.single() as conn:
+                seen = await campaigns.get_campaign(conn, campaign_id)
+            if seen is None:
+                return None
+            plain_terms.learn(seen)
+        terms = plain_terms.get(campaign_id)
+        if terms is None:
+            return None
+        now = now_utc()
+        order = _order_values(
+            order_id,
+            campaign_id,
+            principal.sub,
+            body,
+            terms,
+            list_price=terms.tiers[0].unit_price,
+            early_bird_price=None,
+            member_price=None,
+            expires_at=now + self.order_ttl,
+            delivery_address=pickup.address_of(body),
+        )
+        try:
+            payment = payment_intent(
+                ctx,
+                payment_id=self.payment_id(order_id, FIRST),
+                reference=payment_reference(order_id, FIRST),
+                merchant_id=terms.merchant_id,
+                customer_id=principal.sub,
+                amount=order["first_amount"],
+                currency=terms.currency,
+                method=body.method,
+            )
+        except PaymentError:
+            return None  # refused by the full path too, after the campaign's own checks
+        async with ctx.single() as conn:
+            placed = await repo.place_plain(
+                conn,
+                ctx.tables,
+                reservation=campaigns.reservation_params(campaign_id, body.sku, body.quantity, now),
+                terms=terms,
+                order=order,
+                payment=payment,
+            )
+        return placed
+
+    async def _place_in_full(
+        self,
+        ctx: PaymentContext,
+        principal: Principal,
+        campaign_id: uuid.UUID,
+        order_id: uuid.UUID,
+        body: OrderCreate,
+        *,
+        fresh_key: bool,
+        group: groups.GroupIntent | None,
+    ) -> tuple[OrderRow, PaymentRow]:
+        """Every check under the campaign's lock, in one transaction."""
         async with self.db()() as session, session.begin():
             order = None if fresh_key else await repo.get_order(session, order_id)
             if order is None:
@@ -243,13 +332,7 @@ class Orders:
                 method=body.method,
                 payment_method=body.payment_method,
             )
-        payment = await start_payment(ctx, payment, payment_method=body.payment_method)
-        if payment.status != "succeeded":
-            return order, payment  # the payment hook changed nothing: the order is as reserved
-        async with self.db()() as session:
-            paid = await repo.get_order(session, order.id)
-        assert paid is not None
-        return paid, payment
+        return order, payment
 
     async def _reserve(
         self,
@@ -269,6 +352,7 @@ class Orders:
             await self._refuse(session, campaign_id, body.quantity, now)
         assert campaign is not None
         # From here the campaign's row is locked until commit: the checks below are exact.
+        plain_terms.learn(campaign)
         member_price = await eligibility.admit_order(
             session,
             campaign,
@@ -300,33 +384,21 @@ class Orders:
         list_price = campaign.early_bird_price if early else campaign.tiers[0].unit_price
         list_price = place.unit_price if place else list_price
         assert list_price is not None
-        quantity = body.quantity
         order = await repo.insert_order(
             session,
-            {
-                "id": order_id,
-                "campaign_id": campaign_id,
-                "merchant_id": campaign.merchant_id,
-                "customer_id": principal.sub,
-                "sku": body.sku,
-                "quantity": quantity,
-                "currency": campaign.currency,
-                "deposit_type": campaign.deposit_type,
-                "early_bird_price": campaign.early_bird_price if early else None,
-                "first_amount": first_payment(
-                    campaign.deposit_type,
-                    quantity=quantity,
-                    unit_deposit=campaign.unit_deposit,
-                    list_unit_price=unit_price_for_order(list_price, member_price),
-                ),
-                "deposit_credit": quantity * campaign.unit_deposit_credit,
-                "status": "pending_payment",
-                "referral_code": body.referral_code,
-                "member_unit_price": member_price,
+            _order_values(
+                order_id,
+                campaign_id,
+                principal.sub,
+                body,
+                campaigns.PricingTerms.of(campaign),
+                list_price=list_price,
+                early_bird_price=campaign.early_bird_price if early else None,
+                member_price=member_price,
+                expires_at=now + self.order_ttl,
                 **(place.order_columns() if place else {}),
-                "expires_at": now + self.order_ttl,
                 **destination,
-            },
+            ),
         )
         if order is None:
             raise OrderInFlight()
@@ -339,7 +411,11 @@ class Orders:
     ) -> None:
         """Why the reservation took nothing: always raises."""
         campaign = await campaigns.get_campaign(session, campaign_id)
-        if campaign is None or campaign.status == "draft":
+        if campaign is None:
+            plain_terms.forget(campaign_id)
+            raise CampaignNotFound()
+        plain_terms.learn(campaign)
+        if campaign.status == "draft":
             raise CampaignNotFound()
         if campaign.status in ("succeeded", "failed", "fulfilled", "cancelled") or (
             campaign.closes_at <= now
@@ -845,6 +921,46 @@ def visible_orders(principal: Principal, filters: OrderFilters) -> Select[Any]:
     if filters.created_to is not None:
         stmt = stmt.where(cols.created_at < filters.created_to)
     return stmt
+
+
+def _order_values(
+    order_id: uuid.UUID,
+    campaign_id: uuid.UUID,
+    customer_id: str,
+    body: OrderCreate,
+    terms: campaigns.PricingTerms,
+    *,
+    list_price: int,
+    early_bird_price: int | None,
+    member_price: int | None,
+    expires_at: datetime,
+    **columns: Any,
+) -> dict[str, Any]:
+    """A new order's row, waiting for its first payment: the same for both paths."""
+    quantity = body.quantity
+    return {
+        "id": order_id,
+        "campaign_id": campaign_id,
+        "merchant_id": terms.merchant_id,
+        "customer_id": customer_id,
+        "sku": body.sku,
+        "quantity": quantity,
+        "currency": terms.currency,
+        "deposit_type": terms.deposit_type,
+        "early_bird_price": early_bird_price,
+        "first_amount": first_payment(
+            terms.deposit_type,
+            quantity=quantity,
+            unit_deposit=terms.unit_deposit,
+            list_unit_price=unit_price_for_order(list_price, member_price),
+        ),
+        "deposit_credit": quantity * terms.unit_deposit_credit,
+        "status": PENDING,
+        "referral_code": body.referral_code,
+        "member_unit_price": member_price,
+        "expires_at": expires_at,
+        **columns,
+    }
 
 
 def _early_bird_applies(campaign: CampaignRow, quantity: int, now: datetime) -> bool:

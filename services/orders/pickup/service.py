@@ -248,11 +248,16 @@ def merchant_points(principal: Principal | None, merchant_id: str) -> Select[Any
 # --- orders -----------------------------------------------------------------------------
 
 
+def address_of(body: OrderCreate) -> dict[str, Any] | None:
+    """The delivery address as the order stores it."""
+    return None if body.delivery_address is None else body.delivery_address.model_dump()
+
+
 async def destination(session: AsyncSession, merchant_id: str, body: OrderCreate) -> dict[str, Any]:
     """The columns of a new order that say where it goes (the caller holds the campaign's
     lock): the address as given, or an active point of the campaign's merchant with a code
     no other order of the point has (the point's lock makes that exact)."""
-    address = None if body.delivery_address is None else body.delivery_address.model_dump()
+    address = address_of(body)
     if body.pickup_point_id is None:
         return {"delivery_address": address}
     if address is not None or body.gift is not None:

@@ -8,10 +8,24 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Integer, Select, bindparam, exists, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import (
+    CTE,
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    Integer,
+    Select,
+    String,
+    bindparam,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.orders.models import (
     HOLDING_UNITS,
@@ -92,7 +106,7 @@ async def insert_campaign(
 
 
 async def get_campaign(
-    session: AsyncSession, campaign_id: uuid.UUID, *, lock: bool = False
+    session: AsyncSession | AsyncConnection, campaign_id: uuid.UUID, *, lock: bool = False
 ) -> CampaignRow | None:
     stmt = select(c).where(c.c.id == campaign_id)
     if lock:
@@ -166,10 +180,13 @@ class Reservation:
     variant_taken: bool  # the variant's own capacity had room too
 
 
-def _reservation_statement() -> Select[Any]:
-    """The reservation, built once (it runs on every order; building it costs more CPU than
-    running it), its values bound per order. The parameters are not named like columns: in
-    an UPDATE, SQLAlchemy would take such a parameter for a new value of that column."""
+def reservation(*terms: ColumnElement[bool]) -> tuple[CTE, CTE]:
+    """The reservation's two updates (the campaign's counter, then its variant's), built once
+    per use (it runs on every order; building it costs more CPU than running it), its values
+    bound per order: ``reserve_campaign``, ``reserve_sku``, ``reserve_quantity`` and
+    ``reserve_now``. ``terms`` are further conditions on the campaign's row: checked on the
+    row as locked, like the others. The parameters are not named like columns: in an UPDATE,
+    SQLAlchemy would take such a parameter for a new value of that column."""
     quantity = bindparam("reserve_quantity", type_=Integer)
     now = bindparam("reserve_now", type_=DateTime(timezone=True))
     campaign = (
@@ -181,6 +198,7 @@ def _reservation_statement() -> Select[Any]:
             c.c.opens_at <= now,
             c.c.closes_at > now,
             or_(c.c.capacity.is_(None), c.c.reserved_quantity + quantity <= c.c.capacity),
+            *terms,
         )
         .values(reserved_quantity=c.c.reserved_quantity + quantity)
         .returning(c)
@@ -197,6 +215,74 @@ def _reservation_statement() -> Select[Any]:
         .returning(v.c.sku)
         .cte("variant")
     )
+    return campaign, variant
+
+
+@dataclass(frozen=True, slots=True)
+class PricingTerms:
+    """The terms of a campaign that a new order's amounts come from."""
+
+    merchant_id: str
+    currency: str
+    deposit_type: DepositType
+    unit_deposit: int
+    unit_deposit_credit: int
+    tiers: tuple[Tier, ...]
+
+    @classmethod
+    def of(cls, campaign: CampaignRow) -> PricingTerms:
+        return cls(
+            campaign.merchant_id,
+            campaign.currency,
+            campaign.deposit_type,
+            campaign.unit_deposit,
+            campaign.unit_deposit_credit,
+            tuple(campaign.tiers),
+        )
+
+
+def plain_terms_guard() -> tuple[ColumnElement[bool], ...]:
+    """For :func:`reservation`: the campaign's terms are still the :class:`PricingTerms` the
+    order was priced on (bound by :func:`plain_terms_params`), and none of them asks for more
+    than the list price: no restriction to some customers, no limit per customer, no
+    early-bird price."""
+    return (
+        c.c.merchant_id == bindparam("terms_merchant", type_=String),
+        c.c.currency == bindparam("terms_currency", type_=String),
+        c.c.deposit_type == bindparam("terms_deposit_type", type_=String),
+        c.c.unit_deposit == bindparam("terms_unit_deposit", type_=BigInteger),
+        c.c.unit_deposit_credit == bindparam("terms_unit_deposit_credit", type_=BigInteger),
+        c.c.price_tiers == bindparam("terms_tiers", type_=JSONB),
+        c.c.restricted.is_(False),
+        c.c.per_customer_limit.is_(None),
+        c.c.early_bird_price.is_(None),
+    )
+
+
+def plain_terms_params(terms: PricingTerms) -> dict[str, Any]:
+    return {
+        "terms_merchant": terms.merchant_id,
+        "terms_currency": terms.currency,
+        "terms_deposit_type": terms.deposit_type,
+        "terms_unit_deposit": terms.unit_deposit,
+        "terms_unit_deposit_credit": terms.unit_deposit_credit,
+        "terms_tiers": tiers_json(terms.tiers),
+    }
+
+
+def reservation_params(
+    campaign_id: uuid.UUID, sku: str, quantity: int, now: datetime
+) -> dict[str, Any]:
+    return {
+        "reserve_campaign": campaign_id,
+        "reserve_sku": sku,
+        "reserve_quantity": quantity,
+        "reserve_now": now,
+    }
+
+
+def _reservation_statement() -> Select[Any]:
+    campaign, variant = reservation()
     return select(campaign, exists(select(variant.c.sku)).label("variant_taken"))
 
 
@@ -212,12 +298,7 @@ async def reserve_units(
     The row locks it takes serialise every reservation of this campaign until the caller's
     transaction ends, which is what makes the per-customer check that follows race-free. When
     the campaign took units and the variant did not, the caller refuses and rolls back."""
-    params = {
-        "reserve_campaign": campaign_id,
-        "reserve_sku": sku,
-        "reserve_quantity": quantity,
-        "reserve_now": now,
-    }
+    params = reservation_params(campaign_id, sku, quantity, now)
     row = (await session.execute(_RESERVE, params)).first()
     if row is None:
         return Reservation(None, False)
