@@ -136,6 +136,9 @@ def service_env(db_urls: dict[str, str], public_key_file: Path) -> Callable[[str
             "EVENT_SECRET": TEST_EVENT_SECRET,
             "WORKER_ENABLED": "false",
             "LOG_LEVEL": "WARNING",
+            # Pools keep what they open (shared/db.py): the production default of 20 in every
+            # app and process of a run would hold most of a default PostgreSQL's 100.
+            "DB_POOL_SIZE": "10",
             **extra,
         }
 
@@ -256,9 +259,6 @@ def platform(
             PAYMENT_PROVIDER="simulated",
             SIMULATED_WEBHOOK_SECRET=TEST_SIMULATED_WEBHOOK_SECRET,
             SIMULATED_SETTLE_SECONDS="0.2",
-            # Pools keep what they open: four processes of 20 would hold most of a default
-            # PostgreSQL's 100 connections for the whole session.
-            DB_POOL_SIZE="10",
         )
         processes[name] = Process(name, ports[name], logs / f"{name}.log", env=env)
     processes["gateway"] = Process(

@@ -376,6 +376,13 @@ async def _reserve_refund(
     )
 
 
+async def get_payment(
+    session: AsyncSession, ctx: PaymentContext, payment_id: uuid.UUID
+) -> PaymentRow | None:
+    """The payment as recorded, read in the caller's session (None: no such payment)."""
+    return await repo.get_payment(session, ctx.tables, payment_id)
+
+
 async def get_payment_view(ctx: PaymentContext, payment_id: uuid.UUID) -> PaymentView:
     async with ctx.transaction() as session:
         row = await repo.get_payment(session, ctx.tables, payment_id)

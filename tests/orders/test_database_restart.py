@@ -5,11 +5,13 @@ that finds no free connection in time is a 503 database_busy, never a 500."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import text
 
 from shared.db import make_engine
 from tests.conftest import TokenFactory
+from tests.crowdfund.project_support import live_project, place_pledge
 from tests.orders.presale_support import open_campaign, order
 from tests.shared.payments.support import PaymentsApp, payments_app, payments_env
 
@@ -79,3 +81,35 @@ async def test_no_free_connection_in_time_is_a_503_database_busy(
             keyed = await order(app, auth("customer"), campaign_id)
             assert (keyed.status_code, keyed.json()["code"]) == (503, "database_busy")
         assert (await app.client.get(f"/v1/presales/{campaign_id}/public")).status_code == 200
+
+
+async def test_a_pool_of_one_connection_serves_an_order_and_its_reads(
+    service_env: Callable[..., dict[str, str]], auth: TokenFactory
+) -> None:
+    """Pools do not overflow (shared/db.py): a request that took a second connection while it
+    held one would wait on itself. With one connection, ordering, reading the order with its
+    payment, and pledging and reading the pledge each answer."""
+    env = service_env(
+        "orders", **payments_env("simulated", DB_POOL_SIZE="1", DB_POOL_TIMEOUT_SECONDS="0.5")
+    )
+    async with payments_app("orders", env) as app:
+        campaign_id, _ = await open_campaign(app, auth)
+        buyer = auth("customer")
+        ways: list[dict[str, Any]] = [{"method": "wechat_pay", "payment_method": None}, {}]
+        for pay in ways:
+            placed = await order(app, buyer, campaign_id, **pay)
+            assert placed.status_code == 201, placed.text
+            seen = await app.client.get(f"/v1/orders/{placed.json()['id']}", headers=buyer)
+            assert seen.status_code == 200, seen.text
+            assert seen.json()["payment"]["id"] == placed.json()["payment"]["id"]
+    env = service_env(
+        "crowdfund",
+        **payments_env("simulated", DB_POOL_SIZE="1", DB_POOL_TIMEOUT_SECONDS="0.5"),
+    )
+    async with payments_app("crowdfund", env) as app:
+        project_id, _, (reward_id,) = await live_project(app, auth)
+        backer = auth("customer")
+        pledged = await place_pledge(app, backer, project_id, reward_id)
+        assert pledged.status_code == 201, pledged.text
+        seen = await app.client.get(f"/v1/pledges/{pledged.json()['id']}", headers=backer)
+        assert seen.status_code == 200, seen.text

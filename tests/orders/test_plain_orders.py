@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from services.orders.models import customer_order, presale_campaign, presale_variant
 from services.orders.orders import service as orders_service
 from services.orders.orders.plain import plain_terms
+from shared.payments import PaymentProviderUnavailable
 from tests.conftest import TokenFactory
 from tests.orders.presale_support import open_campaign, order, terms_body
 from tests.orders.statement_support import PLAIN, history, statements
@@ -336,3 +337,36 @@ async def test_plain_and_full_orders_at_once_share_the_campaign_and_variant_exac
     rows = await placed_rows(sim_orders, campaign_id)
     assert sorted(r["sku"] for r in rows) == ["M"] * 30 + ["S"] * 20
     assert all(r["amount"] == r["first_amount"] for r in rows), rows
+
+
+@pytest.mark.parametrize("plain", [True, False], ids=["plain", "full"])
+async def test_a_retry_after_the_provider_failed_resumes_the_order_it_committed(
+    sim_orders: PaymentsApp, auth: TokenFactory, monkeypatch: pytest.MonkeyPatch, plain: bool
+) -> None:
+    """The order commits before the provider is asked; the provider is down (the one thing
+    stood in for here: the call to it fails as an outage would), the answer is a 5xx and the
+    key is released. The retry with the same key finds the order and starts its payment:
+    one order, one payment, the units taken once."""
+    campaign_id, _ = await open_campaign(sim_orders, auth, capacity=10)
+    buyer = auth("customer")
+    key = uuid.uuid4().hex
+    pay: dict[str, Any] = {"method": "wechat_pay", "payment_method": None} if plain else {}
+
+    async def provider_down(*args: Any, **kwargs: Any) -> Any:
+        raise PaymentProviderUnavailable("the provider does not answer")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(orders_service, "start_payment", provider_down)
+        failed = await order(sim_orders, buyer, campaign_id, key=key, **pay)
+    assert failed.status_code == 503, failed.text
+    for _ in range(2):
+        retried = await order(sim_orders, buyer, campaign_id, key=key, **pay)
+        assert retried.status_code == 201, retried.text
+    assert await reserved(sim_orders, campaign_id) == (1, {"S": 1, "M": 0})
+    rows = await placed_rows(sim_orders, campaign_id)
+    assert len(rows) == 1
+    assert rows[0]["amount"] == rows[0]["first_amount"] == 2000
+    expected = "requires_payment_method" if plain else "deposit_paid"
+    assert (retried.json()["payment"]["status"] if plain else retried.json()["status"]) == (
+        expected
+    )

@@ -59,12 +59,11 @@ async def confirm_payment(
     principal: Customer,
     pledge_id: uuid.UUID,
     body: PaymentMethodIn,
-    session: SessionDep,
     pledges: PledgesDep,
     charges: ChargesDep,
     key: IdempotencyKeyRequired,
 ) -> PledgeOut:
-    pledge = await pledges.own_pledge(session, principal, pledge_id)
+    pledge = await pledges.backer_pledge(principal, pledge_id)
     payment = await charges.confirm(principal.sub, pledge, body.payment_method, key)
     return await pledges.out(pledge.id, principal, payment=payment)
 

@@ -133,10 +133,8 @@ async def list_pledges(
     summary="A pledge, with its saved card or the payment to complete",
     responses=responses(*_AUTH, PledgeNotFound),
 )
-async def get(
-    principal: AnyCaller, pledge_id: uuid.UUID, session: SessionDep, pledges: PledgesDep
-) -> PledgeOut:
-    pledge = await pledges.visible_pledge(session, principal, pledge_id)
+async def get(principal: AnyCaller, pledge_id: uuid.UUID, pledges: PledgesDep) -> PledgeOut:
+    pledge = await pledges.visible_pledge(principal, pledge_id)
     if pledge.status == "pending" and pledge.customer_id == principal.sub:
         # Back from 3D Secure: a card saved meanwhile confirms the pledge now.
         setup = await pledges.setup_of(pledge)

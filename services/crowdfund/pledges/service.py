@@ -625,11 +625,18 @@ class Pledges:
             raise PledgeNotFound()
         return pledge
 
-    async def visible_pledge(
-        self, session: AsyncSession, principal: Principal, pledge_id: uuid.UUID
-    ) -> PledgeRow:
-        """The pledge for its backer, staff of its merchant and admins."""
-        pledge = await repo.get_pledge(session, pledge_id)
+    async def backer_pledge(self, principal: Principal, pledge_id: uuid.UUID) -> PledgeRow:
+        """:meth:`own_pledge` in a session of its own, closed before the caller goes on (see
+        :meth:`visible_pledge`)."""
+        async with self.db()() as session:
+            return await self.own_pledge(session, principal, pledge_id)
+
+    async def visible_pledge(self, principal: Principal, pledge_id: uuid.UUID) -> PledgeRow:
+        """The pledge for its backer, staff of its merchant and admins, read in a session of
+        its own that is closed before the caller goes on: the request holds no connection
+        while it takes others (with a full pool, that would wait on itself)."""
+        async with self.db()() as session:
+            pledge = await repo.get_pledge(session, pledge_id)
         if pledge is None or not (
             pledge.customer_id == principal.sub or principal.acts_for(pledge.merchant_id)
         ):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import structlog
 from sqlalchemy import Select, bindparam, func, select, true, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
@@ -150,6 +151,10 @@ def _plain_statement(
 
 
 _PLAIN: dict[tuple[Any, ...], Select[Any]] = {}
+# How the plain statement fails by design: no variant took the units (the order's sku is
+# NULL), or an order or payment of these ids exists.
+_NOT_NULL, _UNIQUE = "23502", "23505"
+_log = structlog.get_logger("qunbuy.orders")
 
 
 async def place_plain(
@@ -180,7 +185,12 @@ async def place_plain(
     }
     try:
         found = (await conn.execute(stmt, params)).first()
-    except IntegrityError:
+    except IntegrityError as exc:
+        code = getattr(exc.orig, "sqlstate", None)
+        if code not in (_NOT_NULL, _UNIQUE):
+            # Not one of the two ways it is meant to fail: still nothing written, and the
+            # full path answers, but it should not go unseen.
+            _log.warning("plain_order_refused", sqlstate=code, error=str(exc.orig)[:200])
         return None
     if found is None:
         return None

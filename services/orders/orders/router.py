@@ -222,7 +222,7 @@ def orders_router() -> APIRouter:
     ) -> OrderOut:
         order = await orders.visible_order(session, principal, order_id)
         stage = rules.BALANCE if order.balance_amount else rules.FIRST
-        return _with_payment(order, await orders.payment_of(order, stage), principal)
+        return _with_payment(order, await orders.payment_of(session, order, stage), principal)
 
     @router.post(
         "/v1/orders/{order_id}/balance-payment",

@@ -46,13 +46,11 @@ from shared.pagination import scope_to_merchant
 from shared.payments import (
     PaymentChange,
     PaymentContext,
-    PaymentError,
-    PaymentNotFound,
     PaymentRow,
     PaymentsNotConfigured,
     create_payment,
     domain_reference,
-    get_payment_view,
+    get_payment,
     new_payment_id,
     parse_domain_reference,
     payment_intent,
@@ -110,6 +108,11 @@ class CustomerLimitExceeded(Conflict):
 class OrderInFlight(Conflict):
     code = "order_in_flight"
     title = "This order is being placed by another request; retry shortly"
+
+
+class _OrderExists(OrderInFlight):
+    """The order of this buyer and key exists already (a concurrent request, or one whose
+    answer failed after the order committed)."""
 
 
 class OrderStateConflict(Conflict):
@@ -218,9 +221,11 @@ class Orders:
         The order id comes from the buyer and the Idempotency-Key, so a retry (or a crash
         between the steps) finds the order and resumes its payment instead of ordering
         twice. The reservation commits before the provider is asked anything. With a
-        ``fresh_key`` no order of this key can exist yet: nothing is looked up, a campaign
-        this process just found sold out is refused without the database, and an order that
-        needs nothing but the list price is placed in one statement (``plain.py``)."""
+        ``fresh_key`` (claimed by this request) an order of this key exists only when an
+        earlier request's answer failed after it committed: nothing is looked up first, a
+        campaign this process just found sold out is refused without the database, an order
+        that needs nothing but the list price is placed in one statement (``plain.py``),
+        and the insert that finds the order resumes it."""
         ctx = self.ctx()
         order_id = uuid.uuid5(uuid.NAMESPACE_URL, f"qunbuy:order:{principal.sub}:{key}")
         placed = None
@@ -231,9 +236,18 @@ class Orders:
             if group is None and plain_request(body):
                 placed = await self._place_plain(ctx, principal, campaign_id, order_id, body)
         if placed is None:
-            placed = await self._place_in_full(
-                ctx, principal, campaign_id, order_id, body, fresh_key=fresh_key, group=group
-            )
+            try:
+                placed = await self._place_in_full(
+                    ctx, principal, campaign_id, order_id, body, fresh_key=fresh_key, group=group
+                )
+            except _OrderExists:
+                if not fresh_key:
+                    raise
+                # A key is fresh again when its request's answer failed (a 5xx releases it),
+                # though its order may have committed: this retry resumes that order.
+                placed = await self._place_in_full(
+                    ctx, principal, campaign_id, order_id, body, fresh_key=False, group=group
+                )
         order, payment = placed
         payment = await start_payment(ctx, payment, payment_method=body.payment_method)
         if payment.status != "succeeded":
@@ -287,7 +301,7 @@ class Orders:
                 currency=terms.currency,
                 method=body.method,
             )
-        except PaymentError:
+        except DomainError:
             return None  # refused by the full path too, after the campaign's own checks
         async with ctx.single() as conn:
             placed = await repo.place_plain(
@@ -401,7 +415,7 @@ class Orders:
             ),
         )
         if order is None:
-            raise OrderInFlight()
+            raise _OrderExists()
         if body.gift is not None:
             await gifts.attach(session, self.platform, order, body.gift)
         return order
@@ -496,15 +510,15 @@ class Orders:
             return locked
         return order
 
-    async def payment_of(self, order: OrderRow, stage: str) -> PaymentRow | None:
-        """The order's payment of ``stage`` (first or balance), if it was started."""
+    async def payment_of(
+        self, session: AsyncSession, order: OrderRow, stage: str
+    ) -> PaymentRow | None:
+        """The order's payment of ``stage`` (first or balance), if it was started, read in
+        the caller's session (a request never holds one pooled connection while it takes
+        another: with a full pool, that waits on itself)."""
         if self.payments is None:
             return None
-        try:
-            view = await get_payment_view(self.payments, self.payment_id(order.id, stage))
-        except PaymentNotFound:
-            return None
-        return view.payment
+        return await get_payment(session, self.payments, self.payment_id(order.id, stage))
 
     # --- following payments (the payment hook) --------------------------------------------
 
