@@ -3,9 +3,10 @@
 Most orders of a rush need nothing but the campaign's list price: no limit per customer to
 count, no eligibility to read, no early-bird units to count, no group, gift or pickup point.
 For those the service writes the reservation, the order and its payment's intent in one
-statement that commits on its own (``repository.place_plain``), so the campaign's row is
-locked for that statement alone instead of for a transaction of three round trips; the
-rush's placed orders queue on that lock one after another (docs/benchmarks.md).
+statement that commits on its own (``repository.place_plain``): five round trips a placed
+order instead of nine, and the campaign's row, which every order of the campaign queues on,
+locked for that statement alone instead of for a transaction of three round trips
+(docs/orders.md, "Plain orders"; docs/benchmarks.md has what it was worth).
 
 The order's amounts are computed before the statement, from the terms this process last read
 (:data:`plain_terms`; a campaign new to the process is read first), and the statement takes
