@@ -304,7 +304,7 @@ class Orders:
         except DomainError:
             return None  # refused by the full path too, after the campaign's own checks
         async with ctx.single() as conn:
-            placed = await repo.place_plain(
+            return await repo.place_plain(
                 conn,
                 ctx.tables,
                 reservation=campaigns.reservation_params(campaign_id, body.sku, body.quantity, now),
@@ -312,7 +312,6 @@ class Orders:
                 order=order,
                 payment=payment,
             )
-        return placed
 
     async def _place_in_full(
         self,
