@@ -370,3 +370,18 @@ async def test_a_retry_after_the_provider_failed_resumes_the_order_it_committed(
     assert (retried.json()["payment"]["status"] if plain else retried.json()["status"]) == (
         expected
     )
+
+
+async def test_a_payment_row_the_payment_layer_refuses_is_answered_by_the_full_path(
+    sim_orders: PaymentsApp, auth: TokenFactory
+) -> None:
+    """A full prepayment above the payment layer's maximum (5,000,000 fen in the tests): the
+    plain path writes nothing and the full path refuses it, taking no units."""
+    campaign_id, _ = await open_campaign(sim_orders, auth, capacity=1000, deposit={"type": "full"})
+    first, path = await wechat(sim_orders, campaign_id, auth("customer"))
+    assert (first.status_code, path) == (201, "plain"), first.text
+    large, path = await wechat(sim_orders, campaign_id, auth("customer"), quantity=400)
+    assert path == "full"  # the plain statement never ran
+    assert large.status_code == 422, large.text
+    assert large.json()["code"] == "payment_amount_above_maximum"
+    assert await reserved(sim_orders, campaign_id) == (1, {"S": 1, "M": 0})
