@@ -8,7 +8,6 @@ import gc
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -16,10 +15,11 @@ from gateway.config import GatewaySettings, get_settings
 from gateway.customers.router import router as customers_router
 from gateway.identity import router as identity_router
 from gateway.openapi import MergedOpenAPI
-from gateway.proxy import Gateway, UpstreamPool
+from gateway.proxy import Gateway
 from gateway.ratelimit import RateLimiter, RouteLimits, parse_limit
 from gateway.sessions.router import router as sessions_router
 from gateway.staff.router import router as staff_router
+from gateway.upstream import Upstream, UpstreamError, UpstreamPool
 from gateway.wechat import WeChatClient
 from shared.auth import TokenIssuer, load_or_create_private_key
 from shared.db import make_engine, sessionmaker_for
@@ -112,14 +112,15 @@ def create_app(settings: GatewaySettings | None = None) -> Gateway:
 
     @app.get("/readyz", tags=["ops"], summary="Readiness: every service is ready")
     async def readyz(request: Request) -> Response:
-        async def probe(name: str, session: aiohttp.ClientSession) -> tuple[str, str]:
+        async def probe(name: str, upstream: Upstream) -> tuple[str, str]:
             try:
-                async with asyncio.timeout(3), session.get("/readyz") as resp:
-                    return name, "ready" if resp.status == 200 else f"HTTP {resp.status}"
-            except (TimeoutError, aiohttp.ClientError) as exc:
+                async with asyncio.timeout(3):
+                    status, _ = await upstream.get("/readyz")
+            except (TimeoutError, UpstreamError) as exc:
                 return name, type(exc).__name__
+            return name, "ready" if status == 200 else f"HTTP {status}"
 
-        results = dict(await asyncio.gather(*(probe(n, s) for n, s in pool.sessions.items())))
+        results = dict(await asyncio.gather(*(probe(n, u) for n, u in pool.services.items())))
         if all(v == "ready" for v in results.values()):
             return JSONResponse({"status": "ready", "services": results})
         return problem_response(

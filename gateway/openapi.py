@@ -22,11 +22,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import structlog
 
-from gateway.proxy import UpstreamPool
 from gateway.routes import ROUTES
+from gateway.upstream import Upstream, UpstreamError, UpstreamPool
 
 __all__ = ["MergedOpenAPI", "public_path"]
 
@@ -92,13 +91,14 @@ class MergedOpenAPI:
         self._documents: dict[str, dict[str, Any]] = {}
         self.document: dict[str, Any] = own()
 
-    async def _fetch(self, service: str, session: aiohttp.ClientSession) -> None:
+    async def _fetch(self, service: str, upstream: Upstream) -> None:
         try:
-            async with asyncio.timeout(5), session.get("/openapi.json") as response:
-                if response.status != 200:
-                    return
-                document = json.loads(await response.read())
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            async with asyncio.timeout(5):
+                status, body = await upstream.get("/openapi.json")
+            if status != 200:
+                return
+            document = json.loads(body)
+        except (TimeoutError, UpstreamError, ValueError) as exc:
             _log.info("openapi_not_read", service=service, error=type(exc).__name__)
             return
         if isinstance(document, dict):
@@ -108,7 +108,7 @@ class MergedOpenAPI:
         """Reads every service's document again; True when the merged one changed. A service
         that does not answer keeps the document it last gave."""
         before = dict(self._documents)
-        await asyncio.gather(*(self._fetch(n, s) for n, s in self._pool.sessions.items()))
+        await asyncio.gather(*(self._fetch(n, s) for n, s in self._pool.services.items()))
         if self._documents == before and self.document.get("paths"):
             return False
         self.document = merge(self._own(), self._documents)

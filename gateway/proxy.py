@@ -5,14 +5,12 @@ either proxies it here or hands the request to the FastAPI app that answers the 
 endpoints (identity, health, metrics). What the framework did for proxied requests is done
 here, cheaply: request ids, limits, problem+json errors, metrics.
 
-aiohttp's client, one pooled session per upstream (httpx's pool collapses under concurrent
-load, encode/httpx#3215). Small bodies are read whole (they can be replayed); larger ones
-stream both ways.
+The services are reached through :mod:`gateway.upstream` (pooled HTTP/1.1 connections).
+Small bodies are read whole (they can be replayed); larger ones stream both ways.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import re
 import secrets
@@ -20,14 +18,19 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import structlog
-from multidict import CIMultiDict
 from starlette.types import Message, Receive, Scope, Send
-from yarl import URL
 
 from gateway.ratelimit import RouteLimits
 from gateway.routes import Target, resolve
+from gateway.upstream import (
+    Response,
+    UpstreamError,
+    UpstreamGone,
+    UpstreamPool,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from shared.errors import send_problem
 from shared.limits import (
     BodyTimeout,
@@ -42,10 +45,11 @@ from shared.limits import (
 )
 from shared.observability import HTTP_LATENCY, HTTP_REQUESTS
 
-__all__ = ["Gateway", "UpstreamPool"]
+__all__ = ["Gateway"]
 
 _log = structlog.get_logger("qunbuy.gateway")
-# RFC 9110 §7.6.1 hop-by-hop headers, plus the ones the client library sets itself.
+# RFC 9110 §7.6.1 hop-by-hop headers, the ones the upstream client sets itself, and Expect
+# (the gateway's server answered it; the body is already on its way).
 _HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -57,6 +61,7 @@ _HOP_BY_HOP = frozenset(
         b"trailer",
         b"transfer-encoding",
         b"upgrade",
+        b"expect",
         b"host",
         b"content-length",
         b"x-request-id",
@@ -82,6 +87,8 @@ _RESPONSE_DROP = frozenset(
     }
 )
 _VALID_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+# Bytes that may not appear on a request line (controls, space, DEL).
+_UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f]")
 # Bodies up to this size are read whole: sent with a Content-Length, and replayable.
 _WHOLE = 64 * 1024
 # Methods a proxy may send twice (RFC 9110 §9.2.2); a POST may when it has an Idempotency-Key.
@@ -89,75 +96,37 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _SLOW_SECONDS = 1.0
 
 
-class UpstreamPool:
-    """One aiohttp session per service; created on startup, closed on shutdown."""
-
-    def __init__(
-        self,
-        upstreams: dict[str, str],
-        *,
-        connect_timeout: float,
-        read_timeout: float,
-        pool_size: int,
-        keepalive_seconds: float = 4.0,
-    ) -> None:
-        self.upstreams = upstreams
-        # sock_connect bounds opening a TCP connection; connect (which in aiohttp also covers
-        # waiting for a free pooled connection) gets the read timeout: under a burst larger
-        # than the pool, requests queue for a connection instead of failing after 2 s.
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=read_timeout, sock_connect=connect_timeout, sock_read=read_timeout
-        )
-        self._pool_size = pool_size
-        # Below uvicorn's keep-alive (5 s): an idle connection is dropped here before the
-        # service closes it, so a request never goes out on a connection closing under it.
-        self._keepalive = keepalive_seconds
-        self.sessions: dict[str, aiohttp.ClientSession] = {}
-
-    async def start(self) -> None:
-        for name, base in self.upstreams.items():
-            connector = aiohttp.TCPConnector(
-                limit=self._pool_size,
-                ttl_dns_cache=300,
-                keepalive_timeout=self._keepalive,
-            )
-            self.sessions[name] = aiohttp.ClientSession(
-                base_url=base,
-                connector=connector,
-                timeout=self._timeout,
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
-                # A proxy keeps no cookies: one client's Set-Cookie must never go out with
-                # another client's request (and an empty jar is still filtered per request).
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-
-    async def close(self) -> None:
-        await asyncio.gather(*(s.close() for s in self.sessions.values()))
-        self.sessions.clear()
-
-
 class _InvalidHeader(Exception):
     pass
 
 
-def _forward_headers(scope: Scope, request_id: str) -> tuple[CIMultiDict[str], bool]:
+class _InvalidTarget(Exception):
+    pass
+
+
+class _ClientGone(Exception):
+    """The client went away before its body was whole."""
+
+
+def _forward_headers(scope: Scope, request_id: str) -> tuple[list[tuple[bytes, bytes]], bool]:
     """The headers to send upstream, and whether the request carries an Idempotency-Key.
 
-    Values go out as the client sent them: aiohttp writes header values as UTF-8, so they are
-    decoded as UTF-8 here (decoding them as Latin-1 would encode them twice). Headers named in
-    ``Connection`` are hop-by-hop too (RFC 9110 §7.6.1).
+    Values go out byte for byte as the client sent them (RFC 9110 allows any octet but
+    controls; the server's parser refused CR and LF already, a NUL is refused here). Headers
+    named in ``Connection`` are hop-by-hop too (RFC 9110 §7.6.1).
     """
     raw: list[tuple[bytes, bytes]] = scope["headers"]
     named: set[bytes] = set()
     for name, value in raw:
         if name == b"connection":
             named.update(t.strip().lower() for t in value.split(b","))
-    headers: CIMultiDict[str] = CIMultiDict()
+    headers: list[tuple[bytes, bytes]] = []
     keyed = False
     forwarded_for = b""
     host = b""
     for name, value in raw:
+        if b"\0" in value or b"\r" in value or b"\n" in value:
+            raise _InvalidHeader
         if name == b"x-forwarded-for":
             forwarded_for = value
         elif name == b"host":
@@ -165,17 +134,13 @@ def _forward_headers(scope: Scope, request_id: str) -> tuple[CIMultiDict[str], b
         if name in _HOP_BY_HOP or name in named:
             continue
         keyed = keyed or name == b"idempotency-key"
-        try:
-            headers.add(name.decode("ascii"), value.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise _InvalidHeader from exc
+        headers.append((name, value))
     client = scope.get("client")
-    peer = client[0] if client else ""
-    headers["x-request-id"] = request_id
-    prior = forwarded_for.decode("latin-1")
-    headers["x-forwarded-for"] = f"{prior}, {peer}" if prior else peer
-    headers["x-forwarded-proto"] = scope.get("scheme", "http")
-    headers["x-forwarded-host"] = host.decode("latin-1")
+    peer = client[0].encode("ascii") if client else b""
+    headers.append((b"x-request-id", request_id.encode("ascii")))
+    headers.append((b"x-forwarded-for", forwarded_for + b", " + peer if forwarded_for else peer))
+    headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode("ascii")))
+    headers.append((b"x-forwarded-host", host))
     return headers, keyed
 
 
@@ -277,7 +242,7 @@ class Gateway:
 
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, target: Target, request_id: str
-    ) -> aiohttp.ClientResponse | None:
+    ) -> Response | None:
         """The service's response, or None when the gateway has answered itself."""
         if not await preflight(scope, receive, send, self.limits):
             return None
@@ -289,7 +254,7 @@ class Gateway:
                 send,
                 status=400,
                 code="invalid_header",
-                title="A request header is not valid UTF-8",
+                title="A request header holds a control character",
             )
             return None
         method: str = scope["method"]
@@ -302,79 +267,62 @@ class Gateway:
                 data = await read_body(body_receive)
                 if data is None:
                     return None  # the client went away
-                headers["content-length"] = str(len(data))
             elif length is not None or chunked:
                 data = _stream(body_receive)
-                if length is not None:
-                    headers["content-length"] = str(length)
             replayable = not isinstance(data, AsyncIterator) and (method in _IDEMPOTENT or keyed)
-            upstream = await self._send_upstream(target, method, scope, headers, data, replayable)
+            return await self._send_upstream(
+                target, method, scope, headers, data, length, replayable
+            )
         except BodyTooLarge:
             await drain(receive)
             await send_too_large(scope, send, self.limits)
-            return None
         except BodyTimeout:
             await send_body_timeout(scope, send)
-            return None
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            # A body that broke a limit while it streamed reaches us wrapped by the client.
-            cause = _limit_cause(exc)
-            if isinstance(cause, BodyTooLarge):
-                await drain(receive)
-                await send_too_large(scope, send, self.limits)
-            elif isinstance(cause, BodyTimeout):
-                await send_body_timeout(scope, send)
-            else:
-                await _upstream_error(scope, send, target.service, exc)
-            return None
-        return upstream
+        except _InvalidTarget:
+            await send_problem(
+                scope,
+                send,
+                status=400,
+                code="invalid_path",
+                title="The path or query holds a space or a control character",
+            )
+        except _ClientGone:
+            pass  # nobody to answer
+        except UpstreamError as exc:
+            await _upstream_error(scope, send, target.service, exc)
+        return None
 
     async def _send_upstream(
         self,
         target: Target,
         method: str,
         scope: Scope,
-        headers: CIMultiDict[str],
+        headers: list[tuple[bytes, bytes]],
         data: bytes | AsyncIterator[bytes] | None,
+        length: int | None,
         replayable: bool,
-    ) -> aiohttp.ClientResponse:
-        session = self.pool.sessions[target.service]
+    ) -> Response:
+        upstream = self.pool.services[target.service]
         query: bytes = scope.get("query_string", b"")
-        # Absolute, and encoded=True: the path goes out byte for byte as the client sent it (no
-        # re-encoding, no dot-segment folding by a join with the session's base URL).
-        url = URL(
-            self.pool.upstreams[target.service]
-            + target.path
-            + (f"?{query.decode('latin-1')}" if query else ""),
-            encoded=True,
-        )
-        for attempt in (1, 2):
-            try:
-                return await session.request(
-                    method,
-                    url,
-                    headers=headers,
-                    data=data,
-                    allow_redirects=False,
-                    compress=None,
-                )
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-                # The service closed the connection before answering: a pooled connection it
-                # had just closed, or a process that went away. A request that may be sent
-                # twice goes out once more on another connection; others are answered 502,
-                # since the service may have acted on them.
-                if attempt == 2 or not replayable:
-                    raise
-        raise AssertionError("unreachable")
-
-
-def _limit_cause(exc: BaseException) -> BaseException | None:
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None or isinstance(seen, BodyTooLarge | BodyTimeout):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+        # The path goes out byte for byte as the client sent it (no re-encoding, no
+        # dot-segment folding).
+        path = target.path.encode("latin-1")
+        request_target = path + b"?" + query if query else path
+        if _UNSAFE_TARGET.search(request_target):
+            # uvicorn's parser lets none through; this keeps it so whatever serves the gateway.
+            raise _InvalidTarget
+        try:
+            return await upstream.request(method, request_target, headers, data, length)
+        except UpstreamUnreachable:
+            pass  # nothing was sent (nor a streamed body read): try once more, maybe elsewhere
+        except UpstreamGone:
+            # The service closed the connection before answering: a pooled connection it had
+            # just closed, or a process that went away. A request that may be sent twice goes
+            # out once more on another connection; others are answered 502, since the
+            # service may have acted on them.
+            if not replayable:
+                raise
+        return await upstream.request(method, request_target, headers, data, length)
 
 
 # New request ids: a random per-process prefix and a counter (32 hex digits, like a UUID's):
@@ -397,14 +345,14 @@ async def _stream(receive: Receive) -> AsyncIterator[bytes]:
     while more:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise aiohttp.ClientPayloadError("the client went away mid-body")
+            raise _ClientGone
         chunk = message.get("body", b"")
         if chunk:
             yield chunk
         more = message.get("more_body", False)
 
 
-def _response_headers(upstream: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
+def _response_headers(upstream: Response) -> list[tuple[bytes, bytes]]:
     """The upstream's headers as it sent them (its raw bytes, names lower-cased), without
     hop-by-hop ones and those named in its ``Connection``."""
     headers: list[tuple[bytes, bytes]] = []
@@ -427,7 +375,7 @@ async def _relay_response(
     send: Send,
     send_own: Send,
     service: str,
-    upstream: aiohttp.ClientResponse,
+    upstream: Response,
     own: list[tuple[bytes, bytes]],
 ) -> None:
     """Sends the service's answer (with the gateway's ``own`` headers) to ``send``; a failure
@@ -446,7 +394,7 @@ async def _relay_response(
         # Small bodies (nearly every API answer): read once, send with Content-Length.
         try:
             raw = await upstream.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except UpstreamError as exc:
             await _upstream_error(scope, send_own, service, exc)
             return
         finally:
@@ -462,15 +410,15 @@ async def _relay_response(
         await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
         # An upstream error mid-body propagates: the server then aborts the connection instead
         # of ending the response cleanly, so the client cannot take a truncated body for whole.
-        async for chunk in upstream.content.iter_any():
+        async for chunk in upstream.iter_chunks():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
     finally:
         upstream.release()
 
 
-async def _upstream_error(scope: Scope, send: Send, service: str, exc: BaseException) -> None:
-    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+async def _upstream_error(scope: Scope, send: Send, service: str, exc: UpstreamError) -> None:
+    if isinstance(exc, UpstreamTimeout):
         await send_problem(
             scope,
             send,
