@@ -82,6 +82,7 @@ class Response:
         "_received",
         "_released",
         "_streaming",
+        "_writer",
         "content_length",
         "raw_headers",
         "status",
@@ -103,6 +104,7 @@ class Response:
         self._received = 0
         self._released = False
         self._streaming = False
+        self._writer: asyncio.Task[None] | None = None
 
     async def read(self) -> bytes:
         """The whole body."""
@@ -140,6 +142,8 @@ class Response:
             return
         self._released = True
         conn = self._conn
+        if self._writer is not None:
+            _stop(conn, self._writer)
         reusable = self._done and self._error is None and not self._head_only and conn.keep_alive
         conn.finish(reusable)
 
@@ -163,6 +167,7 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
         self._aborted = False
+        self.waiting_for_client = False
 
     # asyncio.Protocol
 
@@ -256,6 +261,8 @@ class _Connection(asyncio.Protocol):
             # An interim answer (100 Continue, 103 Early Hints): the final one follows.
             response._interim = True
             response.raw_headers.clear()
+            response.content_length = None
+            response._chunked = False
             return
         response.status = status
         response._head_done = True
@@ -281,6 +288,10 @@ class _Connection(asyncio.Protocol):
             and self.transport
         ):
             self._reading_paused = True
+            # The service's keep-alive clock started when it had written the answer, which
+            # may be long before the reader gets to its end: not reused (the 1 s margin
+            # between the two keep-alives would not hold).
+            self.keep_alive = False
             self.transport.pause_reading()
         self._wake()
 
@@ -333,6 +344,10 @@ class _Connection(asyncio.Protocol):
             writer.exception()  # retrieved: an error after the head came is not logged
         self._wake()
 
+    def touch(self) -> None:
+        """Something went out: the service's silence is counted from now."""
+        self._last_activity = self._loop.time()
+
     def resume(self) -> None:
         if self._reading_paused and self.transport is not None and not self.closed:
             self._reading_paused = False
@@ -376,6 +391,7 @@ class _Connection(asyncio.Protocol):
         self._aborted = True
         if self.transport is not None and not self.closed:
             self.transport.abort()
+        self.closed = True
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -389,9 +405,9 @@ class _Connection(asyncio.Protocol):
             return
         now = self._loop.time()
         deadline = self._last_activity + self._upstream.read_timeout
-        if self._reading_paused:
-            # Waiting for our own reader, not for the service. (Paused writing is the
-            # service not reading the request: that counts as its silence.)
+        if self._reading_paused or self.waiting_for_client:
+            # Waiting for our own reader, or for the client's body, not for the service.
+            # (Paused writing is the service not reading the request: its silence.)
             deadline = now + self._upstream.read_timeout
         if now >= deadline:
             self._fail(UpstreamTimeout("the service did not answer in time"))
@@ -521,7 +537,7 @@ class Upstream:
         idle = self._idle
         while idle:
             conn = idle.pop()
-            if conn.closed:
+            if conn.closed or conn.transport is None or conn.transport.is_closing():
                 continue
             if now - conn.idle_since >= self.keepalive:
                 conn.close()
@@ -597,9 +613,12 @@ async def _await_head_while_sending(
     conn: _Connection, response: Response, writer: asyncio.Task[None]
 ) -> None:
     """Waits for the answer's head while ``writer`` streams the body: a service may answer
-    before the body is whole (a 401, a 413), and its answer is returned as soon as it comes,
-    however slowly the client sends. A body that fails (the client's limits, the client
-    gone) raises here. A connection whose body was not sent whole is not used again."""
+    before the body is whole, and its answer is returned as soon as it comes, however slowly
+    the client sends. A refusal (4xx, 5xx) or an answer that closes the connection stops the
+    body (RFC 9112 §9.5); after any other, the body goes on while the answer is read, and
+    :meth:`Response.release` stops it if it is still going. A body that fails (the client's
+    limits, the client gone) before the head raises here. A connection whose body was not
+    sent whole is not used again."""
     try:
         while not response._head_done:
             if response._error is not None:
@@ -609,18 +628,39 @@ async def _await_head_while_sending(
                 if failure is not None:
                     raise failure
             await conn.wait()
-    finally:
-        if not writer.done():
-            writer.cancel()
-            conn.keep_alive = False
-        elif writer.cancelled() or writer.exception() is not None:
-            conn.keep_alive = False
+    except BaseException:
+        _stop(conn, writer)
+        raise
+    if response.status >= 400 or not conn.keep_alive:
+        _stop(conn, writer)
+    elif not writer.done():
+        response._writer = writer
+    elif writer.cancelled() or writer.exception() is not None:
+        conn.keep_alive = False
+
+
+def _stop(conn: _Connection, writer: asyncio.Task[None]) -> None:
+    """Stops a body still being written; a connection left mid-body is not used again."""
+    if not writer.done():
+        writer.cancel()
+        conn.keep_alive = False
+    elif writer.cancelled() or writer.exception() is not None:
+        conn.keep_alive = False
 
 
 async def _send_body(conn: _Connection, body: AsyncIterator[bytes], chunked: bool) -> None:
     """Writes a streamed body as it comes, waiting whenever the service reads slower; stops
     when the connection is gone (its answer, or the closed connection, is read as usual)."""
-    async for chunk in body:
+    chunks = body.__aiter__()
+    while True:
+        conn.waiting_for_client = True
+        try:
+            chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            break
+        finally:
+            conn.waiting_for_client = False
+            conn.touch()
         if conn.closed:
             return
         if not chunk:

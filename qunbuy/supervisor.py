@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import http.client
 import ipaddress
 import os
 import secrets
@@ -64,7 +65,10 @@ def _healthy(url: str) -> bool:
     try:
         with _DIRECT.open(url, timeout=1) as resp:
             return bool(resp.status == 200)
-    except OSError:
+    except (OSError, http.client.HTTPException):
+        # HTTPException: not an HTTP answer. A probe of a port in the ephemeral range that
+        # nothing listens on yet can connect to itself (TCP simultaneous open) and read its
+        # own request back as the answer.
         return False
 
 

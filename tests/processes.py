@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import subprocess
 import sys
@@ -63,8 +64,8 @@ class Process:
                 with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as resp:
                     if resp.status == 200:
                         return
-            except OSError:
-                pass
+            except (OSError, http.client.HTTPException):
+                pass  # not up yet (a port nobody listens on can even answer our own request)
             time.sleep(0.1)
         raise RuntimeError(f"{self.name} did not become healthy: {self.log.read_text()[-2000:]}")
 

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from qunbuy.pg import EmbeddedPostgres, database_url, drop_databases, ensure_databases
+from qunbuy.supervisor import _healthy
 from shared.db import make_engine
 from shared.migrations import DATABASES, alembic_config
 from tests.helpers import free_port
@@ -737,3 +739,23 @@ def test_referrals_reconcile_finds_a_commission_its_entries_do_not_add_up_to(
         f"{commission}\tcommission 100\tledger 0",
         "commissions that differ from their entries: 1",
     ]
+
+
+def test_a_start_up_probe_takes_an_answer_that_is_not_http_for_not_yet_healthy() -> None:
+    """A probe of a port in the ephemeral range that nothing listens on yet can connect to
+    itself and read back its own request (it did, once, in the suite): that is not ready,
+    and not a crash of `qunbuy up`. Here a listener echoes the request back."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def echo() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(conn.recv(4096))
+
+        thread = threading.Thread(target=echo)
+        thread.start()
+        assert _healthy(f"http://127.0.0.1:{port}/healthz") is False
+        thread.join(5)

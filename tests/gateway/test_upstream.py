@@ -220,13 +220,22 @@ async def test_a_head_answer_ends_at_its_head_whatever_its_length_says() -> None
 
 
 async def test_interim_answers_are_passed_over() -> None:
-    answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n" + ok()
-    async with answering(answer) as service:
+    interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n"
+    chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+    async with answering(interim + b"\r\n" + ok()) as service:
         upstream = client(service.port)
         response = await upstream.request("GET", b"/", [])
         assert response.status == 200
         assert response.raw_headers == [(b"content-length", b"5")]
         assert await response.read() == b"hello"
+        response.release()
+        upstream.close()
+    # An interim answer's framing headers are not the final answer's.
+    async with answering(interim + b"content-length: 7\r\n\r\n" + chunked) as service:
+        upstream = client(service.port)
+        response = await upstream.request("GET", b"/", [])
+        assert (response.status, response.content_length) == (200, None)
+        assert await response.read() == b"hi"
         response.release()
         upstream.close()
 
@@ -284,11 +293,15 @@ async def test_a_slow_reader_pauses_the_service_instead_of_timing_out() -> None:
     size = 4 * 1024 * 1024
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if service.connections > 1:
+            await keep_answering(service)(reader, writer)
+            return
         await service.read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size)
         for _ in range(64):
             writer.write(b"z" * (size // 64))
             await writer.drain()
+        await keep_answering(service)(reader, writer)
 
     async with Service(handler) as service:
         upstream = client(service.port, read_timeout=0.3)
@@ -305,6 +318,10 @@ async def test_a_slow_reader_pauses_the_service_instead_of_timing_out() -> None:
         # rather than the whole body the service had sent by then.
         assert largest < 2 * 1024 * 1024
         response.release()
+        # The service's keep-alive clock ran while the reader lagged: the connection is not
+        # used again.
+        assert await upstream.get("/") == (200, b"hello")
+        assert service.connections == 2
         upstream.close()
 
 
@@ -517,4 +534,52 @@ async def test_bytes_nobody_asked_for_end_the_connection() -> None:
         await asyncio.sleep(0.15)
         assert upstream.connections == 0
         assert await upstream.get("/") == (200, b"hello")
+        upstream.close()
+
+
+async def test_a_slow_client_body_is_not_the_services_silence() -> None:
+    """The read timeout counts the service's silence: the time spent waiting for the
+    client's next piece of body is not the service's."""
+
+    async def body() -> AsyncIterator[bytes]:
+        for part in (b"slow ", b"client"):
+            await asyncio.sleep(0.5)
+            yield part
+
+    async with answering() as service:
+        upstream = client(service.port, read_timeout=0.3)
+        response = await upstream.request("POST", b"/u", [], body())
+        assert (response.status, await response.read()) == (200, b"hello")
+        response.release()
+        assert service.requests[0][1] == b"slow client"
+        upstream.close()
+
+
+async def test_after_an_early_answer_that_is_not_a_refusal_the_body_goes_on() -> None:
+    """A service may answer 200 at once and stream back what it reads (RFC 9112 §9.5 asks
+    the client to go on sending unless the answer refuses or closes)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        while True:
+            size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
+            data = await reader.readexactly(size + 2)
+            writer.write(b"%x\r\n%b" % (size, data))
+            if size == 0:
+                break
+        await writer.drain()
+
+    async def body() -> AsyncIterator[bytes]:
+        for part in (b"one ", b"two ", b"three"):
+            await asyncio.sleep(0.05)
+            yield part
+
+    async with Service(handler) as service:
+        upstream = client(service.port)
+        async with asyncio.timeout(2):
+            response = await upstream.request("POST", b"/echo", [], body())
+            assert response.status == 200
+            assert b"".join([c async for c in response.iter_chunks()]) == b"one two three"
+        response.release()
         upstream.close()
