@@ -328,7 +328,7 @@ class _Connection(asyncio.Protocol):
                 await self._drain_waiter
             finally:
                 self._drain_waiter = None
-        self._last_activity = self._loop.time()
+        self.touch()
 
     async def wait(self) -> None:
         waiter = self._waiter = self._loop.create_future()
@@ -351,7 +351,7 @@ class _Connection(asyncio.Protocol):
     def resume(self) -> None:
         if self._reading_paused and self.transport is not None and not self.closed:
             self._reading_paused = False
-            self._last_activity = self._loop.time()
+            self.touch()
             self.transport.resume_reading()
 
     def finish(self, reusable: bool) -> None:
@@ -491,13 +491,7 @@ class Upstream:
             writer = _send(
                 conn, response, self._host_header, method, target, headers, body, content_length
             )
-            if writer is None:
-                while not response._head_done:
-                    if response._error is not None:
-                        raise response._error
-                    await conn.wait()
-            else:
-                await _await_head_while_sending(conn, response, writer)
+            await _await_head(conn, response, writer)
         except BaseException:
             if response is not None:
                 response._error = response._error or UpstreamError("the request was abandoned")
@@ -609,12 +603,12 @@ def _send(
     return writer
 
 
-async def _await_head_while_sending(
-    conn: _Connection, response: Response, writer: asyncio.Task[None]
+async def _await_head(
+    conn: _Connection, response: Response, writer: asyncio.Task[None] | None
 ) -> None:
-    """Waits for the answer's head while ``writer`` streams the body: a service may answer
-    before the body is whole, and its answer is returned as soon as it comes, however slowly
-    the client sends. A refusal (4xx, 5xx) or an answer that closes the connection stops the
+    """Waits for the answer's head, while ``writer`` (if any) streams the body: a service may
+    answer before the body is whole, and its answer is returned as soon as it comes, however
+    slowly the client sends. A refusal (4xx, 5xx) or an answer that closes the connection stops the
     body (RFC 9112 §9.5); after any other, the body goes on while the answer is read, and
     :meth:`Response.release` stops it if it is still going. A body that fails (the client's
     limits, the client gone) before the head raises here. A connection whose body was not
@@ -623,20 +617,21 @@ async def _await_head_while_sending(
         while not response._head_done:
             if response._error is not None:
                 raise response._error
-            if writer.done() and not writer.cancelled():
+            if writer is not None and writer.done() and not writer.cancelled():
                 failure = writer.exception()
                 if failure is not None:
                     raise failure
             await conn.wait()
     except BaseException:
-        _stop(conn, writer)
+        if writer is not None:
+            _stop(conn, writer)
         raise
-    if response.status >= 400 or not conn.keep_alive:
+    if writer is None:
+        return
+    if writer.done() or response.status >= 400 or not conn.keep_alive:
         _stop(conn, writer)
-    elif not writer.done():
+    else:
         response._writer = writer
-    elif writer.cancelled() or writer.exception() is not None:
-        conn.keep_alive = False
 
 
 def _stop(conn: _Connection, writer: asyncio.Task[None]) -> None:
