@@ -474,6 +474,8 @@ class Upstream:
         headers: list[tuple[bytes, bytes]],
         body: bytes | AsyncIterator[bytes] | None = None,
         content_length: int | None = None,
+        *,
+        fresh: bool = False,
     ) -> Response:
         """Sends a request and returns the answer once its head has come; the caller reads
         the body and then calls :meth:`Response.release`.
@@ -481,12 +483,15 @@ class Upstream:
         ``target`` is the path and query as they go on the request line; ``headers`` must not
         carry ``Host`` or the body's framing, which are set here: ``Content-Length`` for a
         bytes body, and for a streamed one ``content_length`` when known, chunked otherwise.
+        ``fresh`` opens a new connection instead of taking an idle one: for a request sent
+        again after :class:`UpstreamGone`, since the idle connections may have been closed by
+        the same event (a restart, a crash closing several at once).
         """
         slots = await self._acquire()
         conn: _Connection | None = None
         response: Response | None = None
         try:
-            conn = await self._connection()
+            conn = await self._connection(fresh)
             response = Response(conn, head_only=method == "HEAD")
             writer = _send(
                 conn, response, self._host_header, method, target, headers, body, content_length
@@ -526,10 +531,10 @@ class Upstream:
         finally:
             response.release()
 
-    async def _connection(self) -> _Connection:
+    async def _connection(self, fresh: bool) -> _Connection:
         now = self.loop.time()
         idle = self._idle
-        while idle:
+        while idle and not fresh:
             conn = idle.pop()
             if conn.closed or conn.transport is None or conn.transport.is_closing():
                 continue

@@ -1,8 +1,6 @@
-"""The gateway's client for the services (gateway/upstream.py), against scripted services:
-real sockets, each test's service answering with exactly the bytes a case needs (a body
-delimited by the connection's end, a head too large, silence, a connection closed early),
-which no real framework would send on demand. The proxy as a whole is tested through real
-processes in tests/e2e/test_gateway_*.py."""
+"""The gateway's client for the services (gateway/upstream.py), against scripted services
+(tests/gateway/scripted.py). The proxy as a whole is tested through real processes in
+tests/e2e/test_gateway_*.py."""
 
 from __future__ import annotations
 
@@ -10,7 +8,7 @@ import asyncio
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 import uvloop
@@ -22,77 +20,8 @@ from gateway.upstream import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from tests.gateway.scripted import Service, answering, keep_answering, ok
 from tests.helpers import free_port
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-class Service:
-    """A scripted service: ``handler`` runs once per connection."""
-
-    def __init__(self, handler: Handler | None = None) -> None:
-        self.handler = handler or keep_answering(self)
-        self.connections = 0
-        self.open = 0
-        self.most_open = 0
-        self.requests: list[tuple[bytes, bytes]] = []
-        self._server: asyncio.Server | None = None
-        self.port = 0
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self.open += 1
-        self.most_open = max(self.most_open, self.open)
-        try:
-            await self.handler(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self.open -= 1
-            writer.close()
-
-    async def read_request(self, reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
-        """One request's head and body (Content-Length or chunked)."""
-        head = await reader.readuntil(b"\r\n\r\n")
-        lower = head.lower()
-        body = b""
-        if b"transfer-encoding: chunked" in lower:
-            while True:
-                size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
-                data = await reader.readexactly(size + 2)
-                if size == 0:
-                    break
-                body += data[:-2]
-        elif b"content-length:" in lower:
-            length = int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
-            body = await reader.readexactly(length)
-        self.requests.append((head, body))
-        return head, body
-
-    async def __aenter__(self) -> Service:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-
-
-def ok(body: bytes = b"hello", extra: bytes = b"") -> bytes:
-    return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n%b\r\n%b" % (len(body), extra, body)
-
-
-def keep_answering(service: Service, answer: bytes = b"") -> Handler:
-    """A handler answering every request on its connection with ``answer``."""
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await service.read_request(reader)
-            writer.write(answer or ok())
-            await writer.drain()
-
-    return handler
 
 
 def client(port: int, **options: float) -> Upstream:
@@ -112,12 +41,6 @@ def client(port: int, **options: float) -> Upstream:
     )
     upstream.start()
     return upstream
-
-
-def answering(answer: bytes = b"") -> Service:
-    service = Service()
-    service.handler = keep_answering(service, answer)
-    return service
 
 
 async def test_a_kept_alive_connection_carries_request_after_request() -> None:
@@ -582,4 +505,16 @@ async def test_after_an_early_answer_that_is_not_a_refusal_the_body_goes_on() ->
             assert response.status == 200
             assert b"".join([c async for c in response.iter_chunks()]) == b"one two three"
         response.release()
+        upstream.close()
+
+
+async def test_a_fresh_request_opens_a_new_connection_while_one_is_idle() -> None:
+    async with answering() as service:
+        upstream = client(service.port)
+        assert await upstream.get("/x") == (200, b"hello")
+        response = await upstream.request("GET", b"/x", [], fresh=True)
+        assert (response.status, await response.read()) == (200, b"hello")
+        response.release()
+        assert service.connections == 2
+        assert upstream.connections == 2  # both kept: the idle one was not taken or dropped
         upstream.close()
