@@ -318,13 +318,12 @@ class Gateway:
         except UpstreamGone:
             # The service closed the connection before answering: a pooled connection it had
             # just closed, or a process that went away. A request that may be sent twice goes
-            # out once more, on a new connection (the other idle ones may have been closed by
-            # the same event); others are answered 502, since the service may have acted on
-            # them.
+            # out once more; others are answered 502, since the service may have acted on them.
             if not replayable:
                 raise
-            return await upstream.request(method, request_target, headers, data, length, fresh=True)
-        return await upstream.request(method, request_target, headers, data, length)
+        # On a new connection: whatever failed the first attempt (a restart, a crash) has
+        # likely closed the idle ones too.
+        return await upstream.request(method, request_target, headers, data, length, fresh=True)
 
 
 # New request ids: a random per-process prefix and a counter (32 hex digits, like a UUID's):

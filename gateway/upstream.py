@@ -484,8 +484,9 @@ class Upstream:
         carry ``Host`` or the body's framing, which are set here: ``Content-Length`` for a
         bytes body, and for a streamed one ``content_length`` when known, chunked otherwise.
         ``fresh`` opens a new connection instead of taking an idle one: for a request sent
-        again after :class:`UpstreamGone`, since the idle connections may have been closed by
-        the same event (a restart, a crash closing several at once).
+        again, since whatever failed the first attempt may have closed the idle ones too. On
+        :class:`UpstreamGone` the idle connections are dropped for the same reason (a request
+        that may not be sent twice must not meet the next one).
         """
         slots = await self._acquire()
         conn: _Connection | None = None
@@ -497,7 +498,9 @@ class Upstream:
                 conn, response, self._host_header, method, target, headers, body, content_length
             )
             await _await_head(conn, response, writer)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, UpstreamGone):
+                self._drop_idle()
             if response is not None:
                 response._error = response._error or UpstreamError("the request was abandoned")
                 response.release()
@@ -562,6 +565,11 @@ class Upstream:
             raise UpstreamUnreachable("the pool is closed")
         self._all.add(conn)
         return conn
+
+    def _drop_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
     def put_back(self, conn: _Connection | None) -> None:
         """A connection comes back from a request (None: it was closed); its slot is free."""

@@ -251,8 +251,7 @@ def platform(
         env = service_env(
             name,
             # The worker as in production: woken by NOTIFY, with the default 10 s safety net.
-            # (A 0.1 s poll cost six processes most of one core of the two, and hid any path
-            # that forgets to wake it; here such a path shows as a 10 s wait.)
+            # (A 0.1 s poll cost six processes most of one core of the two.)
             WORKER_ENABLED="true",
             LOG_LEVEL="INFO",
             EVENT_SUBSCRIBERS="" if name == "referrals" else f"referrals={referrals_url}",

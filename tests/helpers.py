@@ -4,48 +4,85 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
+import functools
 import os
+import random
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import uvicorn
 from starlette.types import ASGIApp
 
-# The tests' servers listen on ports below the kernel's ephemeral range (32768-60999 on Linux),
-# which no outgoing connection takes as its source port, from a block of their own for each
-# xdist worker, handed out in turn. A port from the kernel (bind to port 0, then close) could be
-# handed out twice: to two processes started together, or to two workers; the second process
-# failed to bind while the first answered its health check in its place (CI saw orders' routes
-# answered by crowdfund).
-_FIRST_PORT = 20000
-_PORTS_PER_WORKER = 1200  # ten blocks: 20000-31999
-_ports: Iterator[int] | None = None
+# Ports for the tests' servers. A port from the kernel (bind to port 0, then close) could be
+# handed out twice, to two processes started together or to two xdist workers: the second
+# process failed to bind while the first answered its health check in its place (CI saw
+# orders' routes answered by crowdfund). So each worker takes ports in turn from a block of its
+# own, in a region outside the kernel's ephemeral range: no outgoing connection takes one as
+# its source port (nor connects to itself on one).
+_MIN_BLOCK = 200
 
 
-def _port_block() -> range:
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1"...; unset without xdist
-    index = int(worker[2:]) + 1 if worker.startswith("gw") and worker[2:].isdigit() else 0
-    start = _FIRST_PORT + (index % 10) * _PORTS_PER_WORKER
-    return range(start, start + _PORTS_PER_WORKER)
+def _region() -> range:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        low, high = (int(part) for part in text.split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    below, above = range(10_000, low), range(high + 1, 65_536)
+    return max(below, above, key=len)
+
+
+@functools.cache
+def _block() -> range:
+    """This process's share of the region: xdist sets both variables before tests import
+    anything; without xdist the whole region is this process's."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1"...
+    region = _region()
+    if not workers or not worker.startswith("gw"):
+        return region
+    size = len(region) // workers
+    if size < _MIN_BLOCK:
+        raise RuntimeError(f"{workers} test workers leave under {_MIN_BLOCK} ports each")
+    first = region.start + int(worker[2:]) * size
+    return range(first, first + size)
+
+
+_next = -1  # index into the block of the next port to try; a random start on first use
+
+
+def free_ports(count: int = 1) -> int:
+    """The first of ``count`` consecutive ports on 127.0.0.1 that nothing listens on. None is
+    handed out again by this process before the rest of its block has been, nor ever by
+    another worker of the run. (A second test run on the same machine draws from the same
+    blocks at a random point: a clash is as unlikely as before, not impossible.)"""
+    global _next
+    block = _block()
+    if _next < 0:
+        _next = random.randrange(len(block))
+    for _ in range(len(block)):
+        if _next + count > len(block):
+            _next = 0
+        base = block[_next]
+        _next += count
+        if all(_bindable(port) for port in range(base, base + count)):
+            return base
+    raise RuntimeError("no free ports left in this test worker's block")
 
 
 def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on, never handed out twice in a row of 1,200
-    by this process nor ever by another test worker."""
-    global _ports
-    if _ports is None:
-        _ports = itertools.cycle(_port_block())
-    for _ in range(_PORTS_PER_WORKER):
-        port = next(_ports)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))  # no SO_REUSEADDR: a port in TIME_WAIT is passed
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("every port of this worker's block is in use")
+    return free_ports(1)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))  # no SO_REUSEADDR: a port in TIME_WAIT is passed
+        except OSError:
+            return False
+    return True
 
 
 @contextlib.asynccontextmanager

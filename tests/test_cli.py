@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -31,7 +30,7 @@ from qunbuy.pg import EmbeddedPostgres, database_url, drop_databases, ensure_dat
 from qunbuy.supervisor import _healthy
 from shared.db import make_engine
 from shared.migrations import DATABASES, alembic_config
-from tests.helpers import free_port
+from tests.helpers import free_port, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 60.0
@@ -53,25 +52,6 @@ def base_env(**extra: str) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
-
-
-def port_block(size: int = 5) -> int:
-    """A base port such that base .. base+size-1 are all free right now."""
-    for _ in range(500):
-        base = random.randint(20_000, 60_000)
-        sockets: list[socket.socket] = []
-        try:
-            for port in range(base, base + size):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-        return base
-    raise RuntimeError("no block of free ports found")
 
 
 @dataclass
@@ -234,7 +214,7 @@ def urls(db_env: dict[str, str]) -> dict[str, str]:
 def test_up_serves_then_stops_on_a_signal(
     db_env: dict[str, str], tmp_path: Path, sig: signal.Signals, group: bool
 ) -> None:
-    base = port_block()
+    base = free_ports(5)
     gateway = f"http://127.0.0.1:{base}"
     args = ["up", "--port-base", str(base), "--data-dir", str(tmp_path / "data")]
     with qunbuy(args, base_env(**db_env), tmp_path) as cli:
@@ -270,7 +250,7 @@ def test_up_serves_then_stops_on_a_signal(
 def test_up_stops_cleanly_when_signalled_during_start_up(
     db_env: dict[str, str], tmp_path: Path
 ) -> None:
-    base = port_block()
+    base = free_ports(5)
     args = ["up", "--port-base", str(base), "--data-dir", str(tmp_path / "data")]
     with qunbuy(args, base_env(**db_env), tmp_path) as cli:
         deadline = time.monotonic() + START_TIMEOUT
@@ -298,7 +278,7 @@ def children_by_app(cli: Cli) -> dict[str, psutil.Process]:
 
 
 def test_up_stops_everything_when_one_service_dies(db_env: dict[str, str], tmp_path: Path) -> None:
-    base = port_block()
+    base = free_ports(5)
     args = ["up", "--port-base", str(base), "--data-dir", str(tmp_path / "data")]
     with qunbuy(args, base_env(**db_env), tmp_path) as cli:
         wait_ready(cli, f"http://127.0.0.1:{base}")
@@ -321,7 +301,7 @@ def test_services_do_not_outlive_a_killed_supervisor(
     db_env: dict[str, str], tmp_path: Path
 ) -> None:
     """Even SIGKILL, which qunbuy cannot handle, leaves no orphaned service behind."""
-    base = port_block()
+    base = free_ports(5)
     args = ["up", "--port-base", str(base), "--data-dir", str(tmp_path / "data")]
     with qunbuy(args, base_env(**db_env), tmp_path) as cli:
         wait_ready(cli, f"http://127.0.0.1:{base}")
@@ -335,7 +315,7 @@ def test_services_do_not_outlive_a_killed_supervisor(
 
 @pytest.mark.parametrize("offset", [0, 1], ids=["gateway-port", "orders-port"])
 def test_up_refuses_a_port_in_use(db_env: dict[str, str], tmp_path: Path, offset: int) -> None:
-    base = port_block()
+    base = free_ports(5)
     port = base + offset
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
         busy.bind(("127.0.0.1", port))
@@ -372,7 +352,7 @@ def test_up_reports_an_unreachable_database(tmp_path: Path, how: str) -> None:
         )
     started = time.monotonic()
     cli = run(
-        ["up", "--port-base", str(port_block()), "--data-dir", str(tmp_path / "data")],
+        ["up", "--port-base", str(free_ports(5)), "--data-dir", str(tmp_path / "data")],
         env,
         tmp_path,
         timeout=30,
@@ -411,7 +391,7 @@ def test_development_mode_refuses_to_listen_beyond_loopback(tmp_path: Path, host
 def test_up_reports_a_failed_migration(db_env: dict[str, str], tmp_path: Path) -> None:
     orders = urls(db_env)["orders"]
     sql(orders, "CREATE TABLE outbox (id text PRIMARY KEY, note text)")
-    base = port_block()
+    base = free_ports(5)
     cli = run(
         ["up", "--port-base", str(base), "--data-dir", str(tmp_path / "data")],
         base_env(**db_env),
@@ -432,7 +412,7 @@ def test_up_reports_a_failed_migration(db_env: dict[str, str], tmp_path: Path) -
 
 def test_production_mode_never_falls_back_to_the_embedded_server(tmp_path: Path) -> None:
     cli = run(
-        ["up", "--port-base", str(port_block()), "--data-dir", str(tmp_path / "data")],
+        ["up", "--port-base", str(free_ports(5)), "--data-dir", str(tmp_path / "data")],
         base_env(QUNBUY_MODE="production"),
         tmp_path,
         timeout=30,
@@ -473,7 +453,7 @@ def test_up_embedded_default_keeps_its_data(
     try:
 
         def run_up() -> None:
-            base = port_block()
+            base = free_ports(5)
             args = ["up", "--port-base", str(base), "--data-dir", str(data_dir)]
             with qunbuy(args, env, tmp_path) as cli:
                 wait_ready(cli, f"http://127.0.0.1:{base}")
@@ -523,7 +503,7 @@ def test_up_stops_the_embedded_server_it_adopted_after_a_killed_supervisor(
     pg_dir = data_dir / "postgres"
     env = base_env(XDG_RUNTIME_DIR=str(embedded_home / "run"))
     try:
-        base = port_block()
+        base = free_ports(5)
         args = ["up", "--port-base", str(base), "--data-dir", str(data_dir)]
         with qunbuy(args, env, tmp_path) as cli:
             wait_ready(cli, f"http://127.0.0.1:{base}")
@@ -532,7 +512,7 @@ def test_up_stops_the_embedded_server_it_adopted_after_a_killed_supervisor(
         assert postgres_processes(pg_dir), "a killed supervisor cannot stop its server"
 
         for _ in range(2):  # and every run after it stops what it started
-            base = port_block()
+            base = free_ports(5)
             args = ["up", "--port-base", str(base), "--data-dir", str(data_dir)]
             with qunbuy(args, env, tmp_path) as cli:
                 wait_ready(cli, f"http://127.0.0.1:{base}")

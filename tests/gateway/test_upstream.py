@@ -518,3 +518,38 @@ async def test_a_fresh_request_opens_a_new_connection_while_one_is_idle() -> Non
         assert service.connections == 2
         assert upstream.connections == 2  # both kept: the idle one was not taken or dropped
         upstream.close()
+
+
+async def test_a_connection_gone_drops_the_idle_ones_so_the_next_request_opens_a_new_one() -> None:
+    # The first two connections each answer one request, then close without a byte on the
+    # next, as a service going away does; later ones keep answering. A keyless POST after the
+    # first Gone must not meet the other dead connection (the proxy would answer it 502).
+    two_open = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        number = service.connections
+        await service.read_request(reader)
+        if number <= 2:
+            if number == 2:
+                two_open.set()
+            await two_open.wait()
+            writer.write(ok())
+            await writer.drain()
+            await service.read_request(reader)
+            return
+        writer.write(ok())
+        await writer.drain()
+        await keep_answering(service)(reader, writer)
+
+    async with Service(handler) as service:
+        upstream = client(service.port)
+        first = await asyncio.gather(upstream.get("/a"), upstream.get("/b"))
+        assert list(first) == [(200, b"hello")] * 2
+        assert upstream.connections == 2
+        with pytest.raises(UpstreamGone):
+            await upstream.get("/c")
+        response = await upstream.request("POST", b"/d", [], b"{}")
+        assert (response.status, await response.read()) == (200, b"hello")
+        response.release()
+        assert service.connections == 3
+        upstream.close()
