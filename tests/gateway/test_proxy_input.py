@@ -8,11 +8,11 @@ import json
 from typing import Any
 
 import pytest
-from starlette.types import Message
 
 from gateway.proxy import Gateway
 from gateway.upstream import UpstreamPool
 from shared.limits import RequestLimits
+from tests.gateway.asgi import call, unused_api
 from tests.helpers import free_port
 
 
@@ -24,34 +24,9 @@ async def _call(scope_changes: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         read_timeout=1,
         pool_size=1,
     )
-
-    async def unused_api(scope: Any, receive: Any, send: Any) -> None:
-        raise AssertionError("a proxied path reached the gateway's own app")
-
     gateway = Gateway(unused_api, pool=pool, limits=RequestLimits())
-    scope: dict[str, Any] = {
-        "type": "http",
-        "method": "GET",
-        "path": "/v1/orders/o1",
-        "raw_path": b"/v1/orders/o1",
-        "query_string": b"",
-        "headers": [(b"host", b"gw")],
-        "client": ("127.0.0.1", 5000),
-        "scheme": "http",
-    }
-    scope.update(scope_changes)
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await gateway(scope, receive, send)
-    status = sent[0]["status"]
-    body = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
-    return status, body
+    status, body = await call(gateway, **scope_changes)
+    return status, json.loads(body)
 
 
 @pytest.mark.parametrize(

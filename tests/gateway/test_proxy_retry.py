@@ -6,41 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
-
-from starlette.types import Message
 
 from gateway.proxy import Gateway
 from gateway.upstream import UpstreamPool
 from shared.limits import RequestLimits
+from tests.gateway.asgi import call, unused_api
 from tests.gateway.scripted import Service, ok
-
-
-async def _get(gateway: Gateway, path: str) -> tuple[int, bytes]:
-    scope: dict[str, Any] = {
-        "type": "http",
-        "method": "GET",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "headers": [(b"host", b"gw")],
-        "client": ("127.0.0.1", 5000),
-        "scheme": "http",
-    }
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await gateway(scope, receive, send)
-    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
-
-
-async def _unused_api(scope: Any, receive: Any, send: Any) -> None:
-    raise AssertionError("a proxied path reached the gateway's own app")
 
 
 async def test_a_request_the_service_closed_on_goes_out_again_on_a_new_connection() -> None:
@@ -67,13 +38,13 @@ async def test_a_request_the_service_closed_on_goes_out_again_on_a_new_connectio
             pool_size=4,
         )
         await pool.start()
-        gateway = Gateway(_unused_api, pool=pool, limits=RequestLimits())
+        gateway = Gateway(unused_api, pool=pool, limits=RequestLimits())
         try:
-            first = await asyncio.gather(*(_get(gateway, "/v1/orders/o1") for _ in range(2)))
+            first = await asyncio.gather(*(call(gateway) for _ in range(2)))
             assert [status for status, _ in first] == [200, 200]
             assert pool.services["orders"].connections == 2
 
-            status, body = await _get(gateway, "/v1/orders/o1")
+            status, body = await call(gateway)
         finally:
             await pool.close()
     assert status == 200, body
